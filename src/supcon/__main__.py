@@ -1,0 +1,3 @@
+from supcon.cli import main
+
+raise SystemExit(main())

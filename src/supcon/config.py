@@ -1,0 +1,177 @@
+"""One ``Config`` dataclass carries every option of every command.
+
+The command-line flags, the ``--config`` YAML file and the ``config.yaml`` written into each run directory are
+all views of this class: each field's metadata holds its help text, its allowed values and the commands it
+applies to, so nothing about an option is written twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+COMMANDS = ("pretrain", "linear", "ce", "compare")
+STAGE1 = ("pretrain", "compare")
+STAGE2 = ("linear", "compare")
+BASELINE = ("ce", "compare")
+TRAINING = COMMANDS
+
+
+def option(default: Any, help: str, commands=TRAINING, choices=None, metavar=None) -> Any:
+    return field(default=default,
+                 metadata={"help": help, "commands": tuple(commands), "choices": choices, "metavar": metavar})
+
+
+@dataclass
+class Config:
+    # data
+    dataset: str = option("digits", "data set: 'digits' (bundled with scikit-learn), 'npz:PATH' or 'folder:PATH'",
+                          metavar="SPEC")
+    image_size: int | None = option(None, "resize images to this square size (default: the data set's own size)",
+                                    metavar="PX")
+    val_fraction: float = option(0.15, "validation share when the data set has no split of its own")
+    max_train: int | None = option(None, "use at most this many training images (stratified; for quick runs)",
+                                   metavar="N")
+    max_val: int | None = option(None, "use at most this many validation images (stratified)", metavar="N")
+    # model
+    encoder: str = option("auto", "encoder: resnet18/34/50/101/152, smallcnn, or auto (smallcnn below 32 px, "
+                          "else resnet18)",
+                          choices=("auto", "smallcnn", "resnet18", "resnet34", "resnet50", "resnet101",
+                                   "resnet152"))
+    stem: str = option("auto", "ResNet stem: imagenet (7x7/2 + max-pool), cifar (3x3/1, no pool), auto "
+                       "(cifar up to 32 px)", choices=("auto", "imagenet", "cifar"))
+    projection: str = option("mlp", "projection head: mlp (one hidden layer) or linear", STAGE1,
+                             choices=("mlp", "linear"))
+    proj_hidden: int = option(2048, "hidden width of the mlp projection head", STAGE1)
+    proj_dim: int = option(128, "output size of the projection head", STAGE1)
+    # stage 1 / CE optimisation
+    epochs: int = option(30, "epochs of stage 1 (SupCon) and of the CE baseline", STAGE1 + ("ce",))
+    batch_size: int = option(128, "images per batch (each gives --views views in stage 1)")
+    optimizer: str = option("adamw", "optimizer for stage 1 and CE", STAGE1 + ("ce",),
+                            choices=("sgd", "adam", "adamw", "rmsprop"))
+    lr: float = option(1e-3, "learning rate for stage 1 and CE", STAGE1 + ("ce",))
+    momentum: float = option(0.9, "momentum (sgd, rmsprop)", STAGE1 + ("ce",))
+    nesterov: bool = option(False, "Nesterov momentum (sgd)", STAGE1 + ("ce",))
+    weight_decay: float = option(1e-4, "weight decay for stage 1 and CE", STAGE1 + ("ce",))
+    schedule: str = option("cosine", "learning-rate schedule", choices=("fixed", "cosine", "step"))
+    step_epochs: int = option(30, "epochs between decays of the 'step' schedule")
+    step_gamma: float = option(0.1, "decay factor of the 'step' schedule")
+    warmup_epochs: float = option(0.0, "linear warm-up, in epochs (fractions allowed)")
+    grad_clip: float | None = option(None, "clip the gradient norm to this value", metavar="NORM")
+    # loss
+    loss: str = option("supcon", "stage-1 loss: supcon (L_out), supcon_in (L_in) or simclr (labels ignored)",
+                       STAGE1, choices=("supcon", "supcon_in", "simclr"))
+    temperature: float = option(0.1, "temperature of the contrastive loss", STAGE1)
+    base_temperature: float | None = option(None, "loss is scaled by temperature/base_temperature "
+                                            "(default: no scaling)", STAGE1, metavar="T")
+    contrast_mode: str = option("all", "anchors: every view (all) or view 0 only (one)", STAGE1,
+                                choices=("all", "one"))
+    loss_block_size: int = option(1024, "anchor rows per block in the loss (bounds its memory)", STAGE1)
+    # augmentation
+    augment: str = option("simclr", "augmentation policy of stage 1 and CE",
+                          STAGE1 + ("ce",), choices=("none", "crop", "simclr", "autoaugment", "randaugment"))
+    views: int = option(2, "views per image in stage 1", STAGE1)
+    first_view: str = option("same", "view 0 uses the policy (same) or plain crop+resize (crop), as in the study",
+                             STAGE1, choices=("same", "crop"))
+    crop_scale: float = option(0.2, "smallest area share kept by the random resized crop")
+    hflip: bool = option(True, "random horizontal flips in crop-based policies")
+    blur: bool = option(False, "Gaussian blur in the simclr policy")
+    normalize: bool = option(False, "normalise inputs with the training set's channel mean and std "
+                             "(default: pixels scaled to [0, 1], as in the study)")
+    # stage 2
+    linear_epochs: int = option(100, "most epochs of the linear probe (stage 2)", STAGE2)
+    linear_optimizer: str = option("adam", "optimizer of the linear probe", STAGE2,
+                                   choices=("sgd", "adam", "adamw", "rmsprop"))
+    linear_lr: float = option(1e-2, "learning rate of the linear probe", STAGE2)
+    linear_augment: str = option("none", "augmentation while training the linear probe (none: features are "
+                                 "computed once)", STAGE2,
+                                 choices=("none", "crop", "simclr", "autoaugment", "randaugment"))
+    patience: int = option(10, "early stopping: epochs without a better val accuracy (0: off)",
+                           STAGE2 + BASELINE)
+    # run
+    run: str | None = option(None, "finished pretrain run directory whose encoder to probe", ("linear",),
+                             metavar="DIR")
+    seed: int = option(0, "random seed (runs are deterministic on CPU)")
+    device: str = option("auto", "device: auto (cuda, mps, then cpu), cpu, cuda, cuda:N, mps")
+    amp: str = option("auto", "mixed precision on CUDA: auto (bf16 where supported), bf16, fp16, none",
+                      choices=("auto", "bf16", "fp16", "none"))
+    eval_batch_size: int = option(512, "batch size for evaluation and feature extraction")
+    tsne: bool = option(True, "draw t-SNE pictures of the test embeddings", ("compare",))
+    out: str | None = option(None, "run directory (default: runs/<command>-<dataset>-<time>)", metavar="DIR")
+    quiet: bool = option(False, "no progress bars")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise ValueError(f"{f.name} must be one of {', '.join(choices)}; got {value!r}")
+        positive = ["epochs", "batch_size", "lr", "temperature", "views", "proj_dim", "proj_hidden",
+                    "linear_epochs", "linear_lr", "eval_batch_size", "loss_block_size", "step_epochs"]
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive; got {getattr(self, name)!r}")
+        for name in ("image_size", "max_train", "max_val", "base_temperature", "grad_clip"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive; got {value!r}")
+        if self.views < 1:
+            raise ValueError(f"views must be at least 1; got {self.views}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be between 0 and 1; got {self.val_fraction}")
+        if not 0 < self.crop_scale <= 1:
+            raise ValueError(f"crop_scale must be in (0, 1]; got {self.crop_scale}")
+        if self.weight_decay < 0 or self.warmup_epochs < 0 or self.patience < 0 or self.momentum < 0:
+            raise ValueError("weight_decay, warmup_epochs, patience and momentum must not be negative")
+
+    # views of the config -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> Config:
+        values = {k.replace("-", "_"): v for k, v in values.items()}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown option(s) in {source}: {', '.join(unknown)}; valid options: "
+                             f"{', '.join(sorted(known))}")
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Config:
+        return cls.from_dict(load_yaml(path), source=str(path))
+
+    def save(self, path: str | Path) -> None:
+        from supcon.io import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of option: value; got {type(values).__name__}")
+    return values
+
+
+def fields_for(command: str) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(Config) if command in f.metadata["commands"]]

@@ -1,0 +1,38 @@
+"""Image data sets held in memory as uint8 tensors.
+
+`load_dataset(spec)` accepts "digits" (scikit-learn's bundled 8x8 digits, the default),
+"npz:PATH" (x_train/y_train/x_test/y_test/class_names, uint8 NHWC) and "folder:PATH" (one
+sub-folder per class, optionally under train/ and val/ or test/). New schemes register a loader
+with `register_loader` in their own module and are imported below.
+"""
+
+# Each module registers its scheme on import; this order is the order available_datasets() lists.
+# isort: off
+from . import digits, npz, folder  # noqa: F401
+
+# isort: on
+from .core import (
+    DataSplits,
+    ImageDataset,
+    LoadOptions,
+    available_datasets,
+    describe,
+    load_dataset,
+    register_loader,
+    resize_uint8,
+    stratified_split,
+    stratified_subset,
+)
+
+__all__ = [
+    "DataSplits",
+    "ImageDataset",
+    "LoadOptions",
+    "available_datasets",
+    "describe",
+    "load_dataset",
+    "register_loader",
+    "resize_uint8",
+    "stratified_split",
+    "stratified_subset",
+]

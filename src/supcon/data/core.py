@@ -1,0 +1,226 @@
+"""Data containers, the loader registry and the shared split / subsample / resize steps."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass
+class ImageDataset:
+    """One split held in memory: uint8 images [N, C, H, W] (C is 1 or 3) and int64 labels [N]."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+
+    def __post_init__(self) -> None:
+        # Fail here, at construction, rather than deep inside a training step.
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] not in (1, 3):
+            raise ValueError(
+                f"images must be uint8 [N, C, H, W] with C in (1, 3), got {self.images.dtype} "
+                f"{tuple(self.images.shape)}"
+            )
+        if self.labels.dtype != torch.int64 or self.labels.ndim != 1 or len(self.labels) != len(self.images):
+            raise ValueError(
+                f"labels must be int64 [{len(self.images)}], "
+                f"got {self.labels.dtype} {tuple(self.labels.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class DataSplits:
+    """A train and a val split of one data set, plus the files that could not be decoded."""
+
+    train: ImageDataset
+    val: ImageDataset
+    name: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train.class_names)
+
+    @property
+    def channels(self) -> int:
+        return int(self.train.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train.images.shape[2])
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """The keyword arguments of `load_dataset`, handed to every loader."""
+
+    image_size: int | None = None
+    val_fraction: float = 0.15
+    seed: int = 0
+    max_train: int | None = None
+    max_val: int | None = None
+    progress: bool = False
+
+
+Loader = Callable[[str, LoadOptions], DataSplits]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    fn: Loader
+    usage: str
+    takes_path: bool
+
+
+_LOADERS: dict[str, _Entry] = {}
+
+
+def register_loader(scheme: str, *, takes_path: bool) -> Callable[[Loader], Loader]:
+    """Register `fn(arg, options) -> DataSplits` for specs `scheme` (or `scheme:PATH` if takes_path).
+
+    Loaders may apply max_train / max_val / image_size themselves (to avoid decoding what is then
+    thrown away); `load_dataset` applies them afterwards in any case, which is then a no-op.
+    """
+
+    def deco(fn: Loader) -> Loader:
+        _LOADERS[scheme] = _Entry(fn, f"{scheme}:PATH" if takes_path else scheme, takes_path)
+        return fn
+
+    return deco
+
+
+def available_datasets() -> list[str]:
+    """The accepted forms of `spec`, for --help: e.g. ["digits", "npz:PATH", "folder:PATH"]."""
+    return [e.usage for e in _LOADERS.values()]
+
+
+def _checked_options(o: LoadOptions) -> LoadOptions:
+    vf = o.val_fraction
+    if isinstance(vf, bool) or not isinstance(vf, numbers.Real) or not 0 < vf < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {vf!r}")
+    ints = {}
+    for key in ("image_size", "max_train", "max_val"):
+        v = getattr(o, key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1):
+            raise ValueError(f"{key} must be a positive int or None, got {v!r}")
+        ints[key] = None if v is None else int(v)
+    return replace(o, val_fraction=float(vf), seed=int(o.seed), **ints)
+
+
+def load_dataset(
+    spec: str = "digits",
+    *,
+    image_size: int | None = None,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+    max_train: int | None = None,
+    max_val: int | None = None,
+    progress: bool = False,
+) -> DataSplits:
+    """Load a data set into memory as uint8 tensors, split into train and val.
+
+    spec: "digits" (scikit-learn's 8x8 digits), "npz:PATH" (x_train/y_train/x_test/y_test/
+    class_names, its own split) or "folder:PATH" (one sub-folder per class, optionally under
+    train/ and val/ or test/). Where the source has no split of its own, a seeded stratified split
+    with `val_fraction` is made. `image_size` resizes to a square once at load time (None keeps the
+    stored size, which must then be square). `max_train` / `max_val` take a seeded, class-balanced
+    subsample.
+    Raises ValueError (one line) on a bad spec, a missing path or malformed data.
+    """
+    opts = _checked_options(LoadOptions(image_size, val_fraction, seed, max_train, max_val, progress))
+    scheme, sep, arg = spec.partition(":")
+    entry = _LOADERS.get(scheme)
+    if entry is None or entry.takes_path != bool(sep) or (entry.takes_path and not arg):
+        hint = ""
+        if Path(spec).exists():  # a bare path: say which prefix it needs
+            hint = f" (did you mean {'folder' if Path(spec).is_dir() else 'npz'}:{spec}?)"
+        raise ValueError(f"unknown data set {spec!r}; valid forms: {', '.join(available_datasets())}{hint}")
+    splits = entry.fn(arg, opts)
+    splits.train = _finish(splits.train, opts.max_train, opts.seed, opts.image_size, f"{splits.name} train")
+    splits.val = _finish(splits.val, opts.max_val, opts.seed, opts.image_size, f"{splits.name} val")
+    h, w = splits.train.images.shape[2:]
+    if h != w:  # the models and augmentations downstream take one image_size
+        raise ValueError(f"{splits.name}: images are {h}×{w}, not square; pass image_size to resize them")
+    return splits
+
+
+def describe(splits: DataSplits) -> str:
+    """One line: "npz:imagenet5_64: 1250 train / 250 val, 5 classes, 3×64×64"."""
+    c, h, w = splits.train.images.shape[1:]
+    text = (
+        f"{splits.name}: {len(splits.train)} train / {len(splits.val)} val, "
+        f"{splits.num_classes} classes, {c}×{h}×{w}"
+    )
+    if splits.skipped:
+        text += f", {len(splits.skipped)} unreadable files skipped"
+    return text
+
+
+def stratified_split(
+    labels: np.ndarray, val_fraction: float, seed: int, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified (train_idx, val_idx), each sorted so that source order is kept."""
+    from sklearn.model_selection import train_test_split
+
+    labels = np.asarray(labels)
+    counts = np.bincount(labels)
+    counts = counts[counts > 0]
+    n, k = len(labels), len(counts)
+    n_val = int(np.ceil(val_fraction * n))  # what scikit-learn does with a float test_size
+    if counts.min() < 2 or n_val < k or n - n_val < k:
+        raise ValueError(
+            f"{what} is too small for a stratified split with val_fraction={val_fraction}: {n} images, "
+            f"{k} classes, smallest class {counts.min()} (each split needs >= 1 per class)"
+        )
+    tr, va = train_test_split(np.arange(n), test_size=val_fraction, stratify=labels, random_state=seed)
+    return np.sort(tr), np.sort(va)
+
+
+def stratified_subset(labels: np.ndarray, size: int | None, seed: int, what: str) -> np.ndarray:
+    """Sorted indices of a seeded, class-balanced subsample of `size` (all if size is None or >= N)."""
+    from sklearn.model_selection import train_test_split
+
+    labels = np.asarray(labels)
+    n = len(labels)
+    if size is None or size >= n:
+        return np.arange(n)
+    k = len(np.unique(labels))
+    if size < k:
+        raise ValueError(f"cannot take a class-balanced subsample of {size} from {what}: it has {k} classes")
+    keep, _ = train_test_split(np.arange(n), train_size=size, stratify=labels, random_state=seed)
+    return np.sort(keep)
+
+
+def resize_uint8(images: torch.Tensor, size: int, chunk: int = 512) -> torch.Tensor:
+    """Resize uint8 [N, C, H, W] to [N, C, size, size] (bicubic, antialiased), back to uint8."""
+    if images.shape[-2:] == (size, size):
+        return images
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    # Chunks keep the float intermediate torchvision makes for bicubic small.
+    out = [
+        F.resize(images[i : i + chunk], [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+        for i in range(0, len(images), chunk)
+    ]
+    return torch.cat(out).to(torch.uint8).contiguous()
+
+
+def _finish(
+    ds: ImageDataset, max_n: int | None, seed: int, image_size: int | None, what: str
+) -> ImageDataset:
+    keep = stratified_subset(ds.labels.numpy(), max_n, seed, what)
+    if len(keep) < len(ds):
+        idx = torch.from_numpy(keep)
+        ds = ImageDataset(ds.images[idx].contiguous(), ds.labels[idx].contiguous(), ds.class_names)
+    if image_size is not None:
+        ds = ImageDataset(resize_uint8(ds.images, image_size), ds.labels, ds.class_names)
+    return ds

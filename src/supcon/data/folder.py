@@ -1,0 +1,183 @@
+"""`folder:PATH`: one sub-folder per class, optionally under train/ and val/ (or test/)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .core import (
+    DataSplits,
+    ImageDataset,
+    LoadOptions,
+    register_loader,
+    stratified_split,
+    stratified_subset,
+)
+
+log = logging.getLogger(__name__)
+
+# Pillow releases the GIL while decoding, so a few threads help even on 2 cores.
+DECODE_WORKERS = min(4, os.cpu_count() or 1)
+
+
+@register_loader("folder", takes_path=True)
+def load_folder(arg: str, opts: LoadOptions) -> DataSplits:
+    """Decode a class-per-folder tree once into uint8 [N, 3, H, W] tensors (RGB).
+
+    Uses PATH/train and PATH/val (or PATH/test) when both exist, otherwise PATH/<class> with a seeded
+    stratified split. Files that do not decode are skipped and listed in `DataSplits.skipped`.
+    """
+    root = Path(arg).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"folder not found: {root}")
+    val_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+    if (root / "train").is_dir() and val_dir is not None:
+        classes = _class_dirs(root / "train")
+        extra = sorted(set(_class_dirs(val_dir, check=False)) - set(classes))
+        if extra:
+            raise ValueError(f"{val_dir} has classes not in {root / 'train'}: {extra}")
+        tr_paths, tr_labels = _list_files(root / "train", classes, require_all=True)
+        va_paths, va_labels = _list_files(val_dir, classes, require_all=False)
+        places = (str(root / "train"), str(val_dir))
+    else:
+        classes = _class_dirs(root)
+        paths, labels = _list_files(root, classes, require_all=True)
+        tr, va = stratified_split(labels, opts.val_fraction, opts.seed, f"folder {root}")
+        tr_paths, tr_labels = [paths[i] for i in tr], labels[tr]
+        va_paths, va_labels = [paths[i] for i in va], labels[va]
+        places = (f"{root} (train split)", f"{root} (val split)")
+
+    # Subsample file lists before decoding, so that quick runs on big folders stay quick.
+    keep_tr = stratified_subset(tr_labels, opts.max_train, opts.seed, f"folder {root} train")
+    keep_va = stratified_subset(va_labels, opts.max_val, opts.seed, f"folder {root} val")
+    tr_paths, tr_labels = [tr_paths[i] for i in keep_tr], tr_labels[keep_tr]
+    va_paths, va_labels = [va_paths[i] for i in keep_va], va_labels[keep_va]
+
+    images, ok, skipped = _decode_all(tr_paths + va_paths, opts.image_size, root, opts.progress)
+    labels = np.concatenate([tr_labels, va_labels])[ok]
+    n_tr = int((ok < len(tr_paths)).sum())
+    parts = {"train": (images[:n_tr], labels[:n_tr]), "val": (images[n_tr:], labels[n_tr:])}
+
+    for c, name in enumerate(classes):
+        if not (labels == c).any():
+            raise ValueError(f"class '{name}' has no readable images in {root}")
+        for (_, lab), where in zip(parts.values(), places, strict=True):
+            if not (lab == c).any():
+                raise ValueError(f"class '{name}' has no readable images in {where}")
+    if skipped:
+        for p, why in skipped:
+            log.info("skipped unreadable image %s: %s", p, why)
+        warnings.warn(
+            f"skipped {len(skipped)} unreadable image file(s) in {root} (listed in DataSplits.skipped)",
+            stacklevel=3,
+        )
+    train, val = (ImageDataset(x, torch.from_numpy(y), classes) for x, y in parts.values())
+    return DataSplits(train, val, f"folder:{root.name or root.resolve().name}", skipped)
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _class_dirs(d: Path, check: bool = True) -> list[str]:
+    names = sorted(p.name for p in d.iterdir() if p.is_dir() and not _hidden(p.name))
+    if check and not names:
+        raise ValueError(f"no class sub-folders in {d} (expected {d}/<class>/<image files>)")
+    if check and len(names) == 1:
+        raise ValueError(f"only one class ('{names[0]}') in {d}; need at least 2 class sub-folders")
+    return names
+
+
+def _list_files(d: Path, classes: list[str], require_all: bool) -> tuple[list[Path], np.ndarray]:
+    paths: list[Path] = []
+    labels: list[int] = []
+    for c, name in enumerate(classes):
+        found = []
+        if (d / name).is_dir():
+            for dirpath, dirnames, filenames in os.walk(d / name):
+                dirnames[:] = sorted(n for n in dirnames if not _hidden(n))
+                found += [Path(dirpath) / f for f in sorted(filenames) if not _hidden(f)]
+        if not found and (require_all or (d / name).is_dir()):
+            raise ValueError(f"class '{name}' has no readable images in {d}")
+        paths += found
+        labels += [c] * len(found)
+    if not paths:
+        raise ValueError(f"no image files in {d}")
+    return paths, np.asarray(labels, dtype=np.int64)
+
+
+def _decode_all(
+    paths: list[Path], size: int | None, root: Path, progress: bool
+) -> tuple[torch.Tensor, np.ndarray, list[tuple[str, str]]]:
+    """Decode into one preallocated uint8 [N, 3, H, W] buffer; returns (images, decoded indices, skipped)."""
+    from tqdm.auto import tqdm
+
+    buf: np.ndarray | None = None
+    first = ""
+    ok: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    pool = ThreadPoolExecutor(max_workers=DECODE_WORKERS)
+    try:
+        results = pool.map(lambda p: _decode(p, size), paths)
+        bar = tqdm(results, total=len(paths), desc=f"decoding {root.name}", unit="img", disable=not progress)
+        for i, (arr, why) in enumerate(bar):
+            if arr is None:
+                skipped.append((str(paths[i]), why))
+                continue
+            if buf is None:
+                buf = np.empty((len(paths), 3, *arr.shape[:2]), dtype=np.uint8)
+                first = f"{arr.shape[1]}×{arr.shape[0]} in {paths[i]}"
+            elif arr.shape[:2] != buf.shape[2:]:
+                raise ValueError(
+                    f"images in {root} differ in size ({first}, {arr.shape[1]}×{arr.shape[0]} "
+                    f"in {paths[i]}); pass image_size to resize them to a square"
+                )
+            buf[len(ok)] = arr.transpose(2, 0, 1)
+            ok.append(i)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    if buf is None:
+        raise ValueError(f"no readable images in {root} ({len(skipped)} files tried)")
+    return torch.from_numpy(buf[: len(ok)]), np.asarray(ok, dtype=np.int64), skipped
+
+
+def _decode(path: Path, size: int | None) -> tuple[np.ndarray | None, str]:
+    """One file to uint8 [H, W, 3], or (None, reason). Never raises: bad files are data, not bugs."""
+    from PIL import Image, ImageOps
+
+    try:
+        if path.stat().st_size == 0:
+            return None, "empty file"
+        with Image.open(path) as im:
+            im.load()  # force the full decode here, so truncated files fail now rather than later
+            im = _to_rgb(ImageOps.exif_transpose(im))
+            if size is not None and im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.BICUBIC)
+            return np.asarray(im, dtype=np.uint8), ""
+    except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...)
+        msg = str(e).strip().splitlines()
+        return None, f"{type(e).__name__}: {msg[0]}" if msg else type(e).__name__
+
+
+def _to_rgb(im):  # PIL.Image.Image
+    from PIL import Image
+
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        # Pillow's own convert clips 16-bit values at 255 (a white image), so scale them first.
+        a = np.asarray(im).astype(np.float64)
+        if im.mode.startswith("I;16") or a.max() > 255:
+            a = a / 257.0
+        elif im.mode == "F" and a.max() <= 1.0:
+            a = a * 255.0
+        return Image.fromarray(np.round(a).clip(0, 255).astype(np.uint8)).convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # the direct P -> RGB route warns about palette transparency
+    return im.convert("RGB")

@@ -1,0 +1,49 @@
+"""t-SNE pictures of learned embeddings, one panel per method, side by side."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def tsne_2d(features: torch.Tensor | np.ndarray, seed: int = 0) -> np.ndarray:
+    """2-D t-SNE of ``[N, D]`` features (cosine distance, since the representations live on the sphere)."""
+    from sklearn.manifold import TSNE
+
+    x = np.asarray(features, dtype=np.float32)
+    if len(x) < 5:
+        raise ValueError(f"t-SNE needs at least 5 points; got {len(x)}")
+    perplexity = float(min(30.0, (len(x) - 1) / 3))
+    return TSNE(2, perplexity=perplexity, metric="cosine", init="pca", random_state=seed).fit_transform(x)
+
+
+def plot_embeddings(panels: Sequence[tuple[str, np.ndarray]], labels: np.ndarray, class_names: Sequence[str],
+                    path: str | Path) -> Path:
+    """Scatter each ``(title, points[N, 2])`` panel coloured by class, with one shared legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = np.asarray(labels)
+    cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5.0), squeeze=False)
+    for ax, (title, xy) in zip(axes[0], panels):
+        for c, name in enumerate(class_names):
+            sel = labels == c
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=9, color=cmap(c % cmap.N), label=name, alpha=0.8,
+                       linewidths=0)
+        ax.set_title(title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(len(class_names), 10), frameon=False,
+               markerscale=2)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,78 @@
+"""Files of a run directory, written so that a crash never leaves half a file behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def _atomic(path: str | Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    _atomic(path, lambda fh: fh.write(text.encode()))
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path} not found") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+
+
+def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def save_weights(path: str | Path, module: torch.nn.Module) -> None:
+    """Save a module's state as safetensors, atomically (safetensors writes to a path, so write aside first)."""
+    path = Path(path)
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_weights(path: str | Path, module: torch.nn.Module) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"weights not found: {path}")
+    try:
+        state = load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"cannot read {path}: {err}") from None
+    module.load_state_dict(state)

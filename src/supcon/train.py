@@ -1,0 +1,535 @@
+"""One training loop for every stage: ``pretrain`` (stage 1), ``linear_probe`` (stage 2) and ``train_ce``.
+
+:func:`fit` is the loop: batches, optimizer and schedule, mixed precision, early stopping with the best
+weights restored, one ``metrics.jsonl`` line per epoch and progress bars. The three stage functions only
+say what a batch is and what its loss is.
+
+>>> from supcon.config import Config
+>>> from supcon.data import load_dataset
+>>> from supcon import train
+>>> cfg = Config(dataset="digits", epochs=5)
+>>> data = load_dataset(cfg.dataset)
+>>> stage1 = train.pretrain(cfg, data, "runs/digits")
+>>> probe = train.linear_probe(cfg, data, stage1.encoder, "runs/digits")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from supcon.augment import apply_batch, multiview_transform, to_float, view_transform
+from supcon.config import Config
+from supcon.data import DataSplits
+from supcon.io import append_jsonl, read_json, save_weights, write_json
+from supcon.losses import SupConLoss
+from supcon.models import Classifier, Encoder, ProjectionHead, SupConModel, build_encoder
+
+# ---------------------------------------------------------------------------------------------- devices
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps; got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' requested but MPS is not available here")
+    return device
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """Mixed precision only on CUDA: bf16 where the card supports it (no loss scaling needed), else fp16."""
+    if device.type != "cuda" or amp == "none":
+        return None
+    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+# ---------------------------------------------------------------------------------------------- batches
+
+
+@dataclass
+class Inputs:
+    """How images become model inputs: float scaling, optional normalisation, size and channels."""
+
+    image_size: int
+    channels: int
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    @classmethod
+    def for_data(cls, data: DataSplits, normalize: bool) -> Inputs:
+        mean = std = None
+        if normalize:
+            x = data.train.images.float() / 255
+            mean = x.mean(dim=(0, 2, 3)).tolist()
+            std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+        return cls(data.image_size, data.channels, mean, std)
+
+    def plain(self):
+        return to_float(self.mean, self.std)
+
+
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """A seeded permutation cut into batches; a trailing batch of one is dropped (BatchNorm needs two)."""
+    order = torch.randperm(n, generator=generator)
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches.pop()
+    return batches
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, transform, device: torch.device, batch_size: int = 512,
+            dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Model outputs for a uint8 image tensor, in eval mode and batches, returned on the CPU in float32."""
+    was_training = model.training
+    model.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        x = apply_batch(transform, images[start:start + batch_size]).to(device, non_blocking=True)
+        with autocast(device, dtype):
+            outputs.append(model(x).float().cpu())
+    model.train(was_training)
+    return torch.cat(outputs)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(1) == labels).float().mean().item()
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+def build_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
+                    nesterov: bool = False) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
+                               weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be one of sgd, adam, adamw, rmsprop; got {name!r}")
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, steps_per_epoch: int,
+                   warmup_epochs: float = 0.0, step_epochs: int = 30, step_gamma: float = 0.1):
+    """A per-step LambdaLR: linear warm-up, then fixed, cosine (to zero at the last step) or step decay."""
+    warmup = int(round(warmup_epochs * steps_per_epoch))
+    if schedule not in ("fixed", "cosine", "step"):
+        raise ValueError(f"schedule must be fixed, cosine or step; got {schedule!r}")
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "cosine":
+            progress = (step - warmup) / max(1, total_steps - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if schedule == "step":
+            return step_gamma ** (step // max(1, step_epochs * steps_per_epoch))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_val_acc: float | None = None
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+
+def fit(model: nn.Module, step: Callable[[list[torch.Tensor]], tuple[torch.Tensor, int | None]],
+        epoch_batches: Callable[[int], Iterator[list[torch.Tensor]]], steps_per_epoch: int, *, epochs: int,
+        optimizer: torch.optim.Optimizer, scheduler=None, evaluate: Callable[[], dict[str, float]] | None = None,
+        patience: int = 0, grad_clip: float | None = None, scaler: torch.amp.GradScaler | None = None,
+        stage: str = "train", metrics_path: Path | None = None, progress: bool = True) -> FitResult:
+    """The training loop shared by every stage.
+
+    ``step(batch) -> (loss, n_correct or None)`` computes one batch's loss; ``epoch_batches(epoch)`` yields
+    the batches of one epoch; ``evaluate()`` returns validation metrics (``val_acc`` drives early stopping
+    when ``patience > 0``, and the best weights are restored at the end).
+    """
+    result = FitResult()
+    best_state = None
+    bad_epochs = 0
+    start = time.perf_counter()
+    epoch_bar = tqdm(range(1, epochs + 1), desc=stage, unit="epoch", disable=not progress, file=sys.stderr,
+                     dynamic_ncols=True)
+    for epoch in epoch_bar:
+        model.train()
+        t0 = time.perf_counter()
+        total_loss, total_seen, total_correct, counted = 0.0, 0, 0, False
+        batch_bar = tqdm(epoch_batches(epoch), total=steps_per_epoch, desc=f"epoch {epoch}", leave=False,
+                         unit="batch", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        for batch in batch_bar:
+            loss, correct = step(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{stage}: the loss became {loss.item()} at epoch {epoch}; lower the "
+                                         "learning rate, or raise the temperature if it is very small")
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            n = len(batch[-1])
+            total_loss += loss.item() * n
+            total_seen += n
+            if correct is not None:
+                total_correct += correct
+                counted = True
+            batch_bar.set_postfix(loss=f"{loss.item():.4f}")
+        record: dict[str, Any] = {"stage": stage, "epoch": epoch, "loss": total_loss / max(1, total_seen),
+                                  "lr": optimizer.param_groups[0]["lr"]}
+        if counted:
+            record["train_acc"] = total_correct / max(1, total_seen)
+        if evaluate is not None:
+            record.update(evaluate())
+        record["seconds"] = time.perf_counter() - t0
+        result.history.append(record)
+        if metrics_path is not None:
+            append_jsonl(metrics_path, record)
+        epoch_bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k in ("loss", "val_acc")})
+
+        val = record.get("val_acc")
+        if val is not None and (result.best_val_acc is None or val > result.best_val_acc):
+            result.best_val_acc, result.best_epoch, bad_epochs = val, epoch, 0
+            if patience > 0:
+                best_state = copy.deepcopy(model.state_dict())
+        elif val is not None:
+            bad_epochs += 1
+            if patience > 0 and bad_epochs >= patience:
+                result.stopped_early = True
+                break
+    epoch_bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+
+@dataclass
+class StageResult:
+    """What a stage returns: the trained modules, its metrics and the summary written to ``results.json``."""
+
+    summary: dict[str, Any]
+    fit: FitResult
+    encoder: Encoder
+    model: nn.Module
+    inputs: Inputs
+
+
+def _setup(cfg: Config, out: str | Path | None):
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    out = Path(out) if out is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    return device, amp_dtype(cfg.amp, device), out
+
+
+def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == "cuda":
+        x = x.pin_memory().to(device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+    return x.to(device)
+
+
+def _optimizer_and_schedule(cfg: Config, params, steps_per_epoch: int, epochs: int, name: str, lr: float,
+                            weight_decay: float):
+    optimizer = build_optimizer(name, params, lr, weight_decay, cfg.momentum, cfg.nesterov)
+    scheduler = build_schedule(optimizer, cfg.schedule, epochs * steps_per_epoch, steps_per_epoch,
+                               cfg.warmup_epochs, cfg.step_epochs, cfg.step_gamma)
+    return optimizer, scheduler
+
+
+def _make_encoder(cfg: Config, data: DataSplits, normalize: bool = True) -> Encoder:
+    return build_encoder(cfg.encoder, data.channels, data.image_size, cfg.stem, normalize=normalize)
+
+
+def _policy_options(cfg: Config) -> dict[str, Any]:
+    return {"crop_scale": cfg.crop_scale, "hflip": cfg.hflip, "blur": cfg.blur}
+
+
+def _epoch_batches(images: torch.Tensor, labels: torch.Tensor, cfg: Config, transform, device):
+    """Per-epoch batch iterator factory: a seeded shuffle, the transform applied per image, moved to device."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    batches_per_epoch = len(shuffled_batches(len(labels), cfg.batch_size, torch.Generator().manual_seed(0)))
+
+    def batches(epoch: int):
+        for idx in shuffled_batches(len(labels), cfg.batch_size, generator):
+            x = images[idx]
+            if transform is not None:
+                x = apply_batch(transform, x)
+            yield [_to_device(x, device), labels[idx].to(device)]
+
+    return batches, batches_per_epoch
+
+
+def _write_results(out: Path | None, data: DataSplits, summary: dict[str, Any], inputs: Inputs) -> None:
+    if out is None:
+        return
+    write_json(out / "results.json", {"dataset": data.name, "runs": [summary],
+                                      "input": inputs.__dict__, "class_names": data.train.class_names})
+
+
+def pretrain(cfg: Config, data: DataSplits, out: str | Path | None = None) -> StageResult:
+    """Stage 1: train encoder and projection head with the SupCon loss (or SimCLR's, ``cfg.loss="simclr"``)."""
+    device, dtype, out = _setup(cfg, out)
+    inputs = Inputs.for_data(data, cfg.normalize)
+    encoder = _make_encoder(cfg, data)
+    head = ProjectionHead(encoder.out_dim, cfg.proj_hidden, cfg.proj_dim, cfg.projection)
+    model = _prepare(SupConModel(encoder, head), device)
+    criterion = SupConLoss(cfg.temperature, cfg.base_temperature, variant="in" if cfg.loss == "supcon_in"
+                           else "out", contrast_mode=cfg.contrast_mode, block_size=cfg.loss_block_size)
+    views = multiview_transform(cfg.augment, data.image_size, cfg.views, first_view=cfg.first_view,
+                                mean=inputs.mean, std=inputs.std, **_policy_options(cfg))
+    batches, steps = _epoch_batches(data.train.images, data.train.labels, cfg, views, device)
+    optimizer, scheduler = _optimizer_and_schedule(cfg, model.parameters(), steps, cfg.epochs, cfg.optimizer,
+                                                   cfg.lr, cfg.weight_decay)
+    use_labels = cfg.loss != "simclr"
+
+    def step(batch):
+        x, y = batch  # x: [B, V, C, H, W]
+        b, v = x.shape[:2]
+        with autocast(device, dtype):
+            z = model(x.flatten(0, 1)).view(b, v, -1)
+        return criterion(z.float(), y if use_labels else None), None
+
+    result = fit(model, step, batches, steps, epochs=cfg.epochs, optimizer=optimizer, scheduler=scheduler,
+                 grad_clip=cfg.grad_clip, scaler=_scaler(dtype), stage="pretrain",
+                 metrics_path=out / "metrics.jsonl" if out else None, progress=not cfg.quiet)
+    summary = {"method": "simclr" if cfg.loss == "simclr" else "supcon", "loss": cfg.loss,
+               "supcon_loss": result.history[-1]["loss"], "val_acc": None, "train_acc": None,
+               "epochs": len(result.history), "seconds": result.seconds, "pretrain_seconds": result.seconds}
+    if out is not None:
+        cfg.save(out / "config.yaml")
+        save_weights(out / "encoder.safetensors", model.encoder)
+        save_weights(out / "projection.safetensors", model.head)
+    _write_results(out, data, summary, inputs)
+    return StageResult(summary, result, model.encoder, model, inputs)
+
+
+def _scaler(dtype: torch.dtype | None):
+    return torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+
+
+class LinearProbe(nn.Module):
+    """A frozen encoder (always in eval mode, so BatchNorm statistics stay put) and a trainable linear layer."""
+
+    def __init__(self, encoder: Encoder, num_classes: int):
+        super().__init__()
+        self.encoder = encoder.requires_grad_(False)
+        self.fc = nn.Linear(encoder.out_dim, num_classes)
+
+    def train(self, mode: bool = True) -> LinearProbe:
+        super().train(mode)
+        self.encoder.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            h = self.encoder(x)
+        return self.fc(h)
+
+
+def _classification_step(model, device, dtype):
+    def step(batch):
+        x, y = batch
+        with autocast(device, dtype):
+            logits = model(x)
+        logits = logits.float()
+        return F.cross_entropy(logits, y), int((logits.argmax(1) == y).sum())
+    return step
+
+
+def linear_probe(cfg: Config, data: DataSplits, encoder: Encoder, out: str | Path | None = None,
+                 inputs: Inputs | None = None) -> StageResult:
+    """Stage 2: freeze the encoder, drop the projection head and train a linear classifier with CE.
+
+    Early stopping on validation accuracy (``cfg.patience``) restores the best epoch's weights. Without
+    augmentation (``cfg.linear_augment="none"``) the features are computed once and the loop runs on them.
+    """
+    device, dtype, out = _setup(cfg, out)
+    inputs = inputs or Inputs.for_data(data, cfg.normalize)
+    probe = _prepare(LinearProbe(encoder, data.num_classes), device)
+    plain = inputs.plain()
+    if cfg.linear_augment == "none":
+        train_x = predict(encoder, data.train.images, plain, device, cfg.eval_batch_size, dtype)
+        val_x = predict(encoder, data.val.images, plain, device, cfg.eval_batch_size, dtype)
+        head, transform = probe.fc, None
+    else:
+        train_x, val_x = data.train.images, data.val.images
+        head = probe
+        transform = view_transform(cfg.linear_augment, data.image_size, mean=inputs.mean, std=inputs.std,
+                                   **_policy_options(cfg))
+    batches, steps = _epoch_batches(train_x, data.train.labels, cfg, transform, device)
+    optimizer, scheduler = _optimizer_and_schedule(cfg, probe.fc.parameters(), steps, cfg.linear_epochs,
+                                                   cfg.linear_optimizer, cfg.linear_lr, 0.0)
+
+    def logits_of(x: torch.Tensor) -> torch.Tensor:
+        if transform is None:
+            with torch.no_grad():
+                return probe.fc(x.to(device)).float().cpu()
+        return predict(probe, x, plain, device, cfg.eval_batch_size, dtype)
+
+    def evaluate():
+        return {"val_acc": accuracy(logits_of(val_x), data.val.labels)}
+
+    result = fit(head, _classification_step(head, device, dtype), batches, steps, epochs=cfg.linear_epochs,
+                 optimizer=optimizer, scheduler=scheduler, evaluate=evaluate, patience=cfg.patience,
+                 stage="linear", metrics_path=out / "metrics.jsonl" if out else None, progress=not cfg.quiet)
+    summary = {"train_acc": accuracy(logits_of(train_x), data.train.labels),
+               "val_acc": accuracy(logits_of(val_x), data.val.labels),
+               "linear_epochs": len(result.history), "best_epoch": result.best_epoch,
+               "stopped_early": result.stopped_early, "linear_seconds": result.seconds}
+    if out is not None:
+        save_weights(out / "linear.safetensors", probe.fc)
+    return StageResult(summary, result, encoder, probe, inputs)
+
+
+def train_ce(cfg: Config, data: DataSplits, out: str | Path | None = None) -> StageResult:
+    """The baseline: the same encoder and a linear layer trained end to end with cross-entropy."""
+    device, dtype, out = _setup(cfg, out)
+    inputs = Inputs.for_data(data, cfg.normalize)
+    # The CE baseline follows the usual practice (and the reference implementations): the classifier sees the
+    # raw representation; normalising it would cap the logits and slow CE down.
+    model = _prepare(Classifier(_make_encoder(cfg, data, normalize=False), data.num_classes), device)
+    transform = view_transform(cfg.augment, data.image_size, mean=inputs.mean, std=inputs.std,
+                               **_policy_options(cfg))
+    plain = inputs.plain()
+    batches, steps = _epoch_batches(data.train.images, data.train.labels, cfg, transform, device)
+    optimizer, scheduler = _optimizer_and_schedule(cfg, model.parameters(), steps, cfg.epochs, cfg.optimizer,
+                                                   cfg.lr, cfg.weight_decay)
+
+    def evaluate():
+        logits = predict(model, data.val.images, plain, device, cfg.eval_batch_size, dtype)
+        return {"val_acc": accuracy(logits, data.val.labels)}
+
+    result = fit(model, _classification_step(model, device, dtype), batches, steps, epochs=cfg.epochs,
+                 optimizer=optimizer, scheduler=scheduler, evaluate=evaluate, patience=cfg.patience,
+                 grad_clip=cfg.grad_clip, scaler=_scaler(dtype), stage="ce",
+                 metrics_path=out / "metrics.jsonl" if out else None, progress=not cfg.quiet)
+    train_logits = predict(model, data.train.images, plain, device, cfg.eval_batch_size, dtype)
+    val_logits = predict(model, data.val.images, plain, device, cfg.eval_batch_size, dtype)
+    summary = {"method": "ce", "loss": "ce", "supcon_loss": None, "train_acc": accuracy(train_logits,
+               data.train.labels), "val_acc": accuracy(val_logits, data.val.labels),
+               "epochs": len(result.history), "best_epoch": result.best_epoch,
+               "stopped_early": result.stopped_early, "seconds": result.seconds}
+    if out is not None:
+        cfg.save(out / "config.yaml")
+        save_weights(out / "encoder.safetensors", model.encoder)
+        save_weights(out / "linear.safetensors", model.fc)
+    _write_results(out, data, summary, inputs)
+    return StageResult(summary, result, model.encoder, model, inputs)
+
+
+def supcon(cfg: Config, data: DataSplits, out: str | Path | None = None) -> StageResult:
+    """Both stages: :func:`pretrain`, then :func:`linear_probe` on its encoder; one run directory."""
+    stage1 = pretrain(cfg, data, out)
+    stage2 = linear_probe(cfg, data, stage1.encoder, out, stage1.inputs)
+    summary = {**stage1.summary, **stage2.summary,
+               "seconds": stage1.summary["seconds"] + stage2.summary["linear_seconds"]}
+    _write_results(Path(out) if out is not None else None, data, summary, stage1.inputs)
+    return StageResult(summary, stage2.fit, stage1.encoder, stage2.model, stage1.inputs)
+
+
+# ---------------------------------------------------------------------------------------------- run dirs
+
+
+def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Encoder, Config, Inputs]:
+    """Rebuild a finished run's encoder from its ``config.yaml``, ``results.json`` and weights."""
+    from supcon.io import load_weights
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg = Config.from_yaml(run_dir / "config.yaml")
+    results = read_json(run_dir / "results.json")
+    inputs = Inputs(**results["input"])
+    method = results["runs"][0]["method"]
+    encoder = build_encoder(cfg.encoder, inputs.channels, inputs.image_size, cfg.stem,
+                            normalize=method != "ce")
+    load_weights(run_dir / "encoder.safetensors", encoder)
+    return encoder.to(device).eval(), cfg, inputs
+
+
+def linear_probe_run(run_dir: str | Path, cfg: Config | None = None, data: DataSplits | None = None
+                     ) -> StageResult:
+    """Stage 2 on a finished ``pretrain`` run directory; its ``results.json`` then holds the full SupCon run.
+
+    ``cfg`` defaults to the run's own ``config.yaml`` (the data set and stage-2 options are taken from it).
+    """
+    from supcon.data import load_dataset
+
+    run_dir = Path(run_dir)
+    encoder, run_cfg, inputs = load_encoder(run_dir)
+    cfg = cfg or run_cfg
+    previous = read_json(run_dir / "results.json")["runs"][0]
+    if previous["method"] == "ce":
+        raise ValueError(f"{run_dir} is a cross-entropy run; linear probes need a pretrain run")
+    if data is None:
+        data = load_dataset(cfg.dataset, image_size=cfg.image_size, val_fraction=cfg.val_fraction,
+                            seed=cfg.seed, max_train=cfg.max_train, max_val=cfg.max_val, progress=not cfg.quiet)
+    if (data.channels, data.image_size) != (inputs.channels, inputs.image_size):
+        raise ValueError(f"the encoder in {run_dir} expects {inputs.channels}x{inputs.image_size}x"
+                         f"{inputs.image_size} images; {data.name} gives {data.channels}x{data.image_size}x"
+                         f"{data.image_size} (set --image-size)")
+    stage2 = linear_probe(cfg, data, encoder, run_dir, inputs)
+    summary = {**previous, **stage2.summary,
+               "seconds": previous.get("pretrain_seconds", previous["seconds"]) + stage2.summary["linear_seconds"]}
+    cfg.save(run_dir / "config.yaml")
+    _write_results(run_dir, data, summary, inputs)
+    return StageResult(summary, stage2.fit, encoder, stage2.model, inputs)

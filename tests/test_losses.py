@@ -1,0 +1,369 @@
+"""Tests for supcon.losses: an independent dense float64 reference, the official implementation's golden
+values, pytorch-metric-learning as an oracle, gradients, blocking, edge cases and input validation."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from supcon.losses import SupConLoss, supcon_loss
+
+VARIANTS = ["out", "in"]
+MODES = ["all", "one"]
+
+
+def reference(features, labels, temperature, base_temperature=None, variant="out", contrast_mode="all"):
+    """Textbook SupCon in float64, one anchor at a time. Returns ([B, V_anchor] losses, validity mask)."""
+    batch, views, _ = features.shape
+    z = torch.cat(torch.unbind(features.double(), dim=1))
+    y = (torch.arange(batch) if labels is None else labels.cpu()).repeat(views).tolist()
+    n = len(y)
+    num_anchors = batch if contrast_mode == "one" else n
+    scale = temperature / (base_temperature or temperature)
+    losses, valid = [], []
+    for i in range(num_anchors):
+        others = [a for a in range(n) if a != i]
+        pos = [p for p in others if y[p] == y[i]]
+        valid.append(bool(pos))
+        if not pos:
+            losses.append(z.new_zeros(()))
+            continue
+        s = z[i] @ z.T / temperature
+        denominator = torch.exp(s[others]).sum()
+        if variant == "out":
+            loss = -torch.stack([torch.log(torch.exp(s[p]) / denominator) for p in pos]).mean()
+        else:
+            loss = -torch.log(torch.stack([torch.exp(s[p]) for p in pos]).mean() / denominator)
+        losses.append(scale * loss)
+    per_anchor = torch.stack(losses).view(num_anchors // batch, batch).T
+    return per_anchor, torch.tensor(valid).view(num_anchors // batch, batch).T
+
+
+def reference_mean(*args, **kwargs):
+    per_anchor, valid = reference(*args, **kwargs)
+    return per_anchor[valid].mean()
+
+
+def unit_features(batch, views, dim, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(batch, views, dim, generator=g, dtype=torch.float64), dim=-1).to(dtype)
+
+
+def loss_and_grad(fn, features, *args, **kwargs):
+    x = features.clone().requires_grad_(True)
+    loss = fn(x, *args, **kwargs)
+    (grad,) = torch.autograd.grad(loss.sum(), x)
+    return loss.detach(), grad
+
+
+LABELS = torch.tensor([3, 1, 3, 0, 1, 3])
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+@pytest.mark.parametrize("temperature", [0.05, 0.1, 1.0])
+@pytest.mark.parametrize("use_labels", [True, False])
+@pytest.mark.parametrize("contrast_mode", MODES)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_matches_dense_reference(variant, contrast_mode, use_labels, temperature, dtype, rtol):
+    features = unit_features(6, 3, 5, seed=1)
+    labels = LABELS if use_labels else None
+    kw = dict(temperature=temperature, variant=variant, contrast_mode=contrast_mode)
+    ref, ref_grad = loss_and_grad(lambda x: reference_mean(x, labels, **kw), features)
+    ref_none = reference(features, labels, **kw)[0]
+    ours, grad = loss_and_grad(lambda x: supcon_loss(x, labels, **kw), features.to(dtype))
+    ours_none = supcon_loss(features.to(dtype), labels, reduction="none", **kw)
+    assert ours.dtype == dtype and ours.shape == ()
+    torch.testing.assert_close(ours.double(), ref, rtol=rtol, atol=0)
+    torch.testing.assert_close(ours_none.double(), ref_none, rtol=rtol, atol=rtol * 1e-2)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=rtol, atol=rtol * ref_grad.abs().max().item())
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_base_temperature_rescales(variant):
+    features, kw = unit_features(6, 2, 4, seed=2), dict(temperature=0.1, variant=variant)
+    ours = SupConLoss(base_temperature=0.07, **kw)(features, LABELS)
+    torch.testing.assert_close(ours, reference_mean(features, LABELS, base_temperature=0.07, **kw))
+    torch.testing.assert_close(ours, supcon_loss(features, LABELS, **kw) * (0.1 / 0.07))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("contrast_mode", MODES)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_gradcheck(variant, contrast_mode, reduction):
+    # Unnormalised features, labels with a singleton class (an anchor without positives when V=1 is
+    # covered separately) and a block size that does not divide N.
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 2, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 2, 0, 2, 9])
+    kw = dict(
+        temperature=0.5, variant=variant, contrast_mode=contrast_mode, reduction=reduction, block_size=3
+    )
+    assert torch.autograd.gradcheck(lambda x: supcon_loss(x, labels, **kw), (x,))
+
+
+# Golden values from google-research/google-research supcon/losses_test.py
+# (testLossForSummationLocationsAndDenominatorModes, denominator_mode=ALL, no positives cap). That test
+# feeds these raw, *unnormalised* features with temperature=1.0 and scale_by_temperature=True (the loss
+# is multiplied by tau = 1), i.e. tau_b = tau here. Its per-sample loss is the mean over the sample's views
+# of the per-anchor losses, which is reduction="none" averaged over dim 1.
+GOLDEN_FEATURES = [
+    [[0.01, 0.02, 0.14], [0.38, 0.61, 0.50]],
+    [[0.86, 0.97, 0.33], [0.26, 0.68, 0.45]],
+    [[0.32, 0.64, 0.28], [0.45, 0.74, 0.73]],
+]
+GOLDEN = {"out": [1.6755852, 1.7973773, 1.58471], "in": [1.6356678, 1.7135872, 1.58471]}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_official_golden_values(variant, dtype):
+    features = torch.tensor(GOLDEN_FEATURES, dtype=dtype)
+    per_anchor = supcon_loss(
+        features, torch.tensor([0, 0, 1]), temperature=1.0, variant=variant, reduction="none"
+    )
+    assert per_anchor.shape == (3, 2)
+    torch.testing.assert_close(
+        per_anchor.mean(1), torch.tensor(GOLDEN[variant], dtype=dtype), rtol=0, atol=5e-6
+    )
+
+
+def test_official_closed_form_values():
+    # Further cases of the same official test file, whose expected values are closed forms.
+    s2, s6 = math.sqrt(2), math.sqrt(6)
+    tetrahedron = torch.tensor(
+        [[[0, 0, 1], [0, 2 * s2 / 3, -1 / 3]], [[s6 / 3, -s2 / 3, -1 / 3], [-s6 / 3, -s2 / 3, -1 / 3]]]
+    )
+    # testLossValue / testLossValueWithLabels: every pair has similarity -1/3, one positive each.
+    assert supcon_loss(tetrahedron, temperature=1.0).item() == pytest.approx(math.log(3), abs=1e-6)
+    assert supcon_loss(tetrahedron, torch.tensor([0, 1]), temperature=1.0).item() == pytest.approx(
+        math.log(3)
+    )
+    # testLossValueWithTemp (scale_by_temperature multiplies by tau, i.e. tau_b = 1) and ...NoScaleByTemp.
+    assert supcon_loss(tetrahedron, temperature=0.1, base_temperature=1.0).item() == pytest.approx(
+        0.1 * math.log(3), rel=1e-5
+    )
+    assert supcon_loss(tetrahedron, temperature=0.1).item() == pytest.approx(math.log(3), rel=1e-5)
+    # testContrastModeOneVsAll.
+    orthogonal = torch.tensor([[[0.0, 0, 1], [0, 1, 0]], [[1, 0, 0], [0, -1, 0]]])
+    assert supcon_loss(orthogonal, temperature=1.0, contrast_mode="one").item() == pytest.approx(math.log(3))
+    assert supcon_loss(orthogonal, temperature=1.0).item() != pytest.approx(math.log(3))
+    # testLossValueWithLabelsAndPositives.
+    axes = torch.eye(3).flip(1)[:, None, :].repeat(1, 2, 1)
+    per_sample = supcon_loss(axes, torch.tensor([0, 0, 1]), temperature=1.0, reduction="none").mean(1)
+    log_e4 = math.log(math.e + 4)
+    torch.testing.assert_close(per_sample, torch.tensor([(3 * log_e4 - 1) / 3] * 2 + [log_e4 - 1]))
+
+
+def test_official_one_view_value():
+    # testLossForOneView: one view, the third sample has no positive and gets 0.
+    f = torch.tensor(GOLDEN_FEATURES, dtype=torch.float64)[:, :1]
+    loss = supcon_loss(f, torch.tensor([1, 1, 2]), temperature=1.0, reduction="none")[:, 0]
+    z = f[:, 0]
+    expected = [-torch.log_softmax(z[i] @ z[[1 - i, 2]].T, 0)[0] for i in (0, 1)] + [torch.tensor(0.0)]
+    torch.testing.assert_close(loss, torch.stack(expected).double())
+
+
+@pytest.mark.parametrize("views", [1, 2])
+@pytest.mark.parametrize("temperature", [0.07, 0.5])
+def test_matches_pytorch_metric_learning(temperature, views):
+    pml = pytest.importorskip(
+        "pytorch_metric_learning.losses", reason="pytorch-metric-learning not installed"
+    )
+    # PML normalises internally (cosine similarity) and has no tau/tau_b factor: our tau_b = tau.
+    # Its AvgNonZeroReducer drops anchors with zero loss, i.e. those without positives, like ours.
+    # Our side normalises explicitly so that the gradients see the same normalisation Jacobian.
+    features = unit_features(8, views, 6, seed=4)
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 5, 2])  # class 5 is a singleton
+    criterion = SupConLoss(temperature=temperature)
+    ours, grad = loss_and_grad(lambda x: criterion(F.normalize(x, dim=-1), labels), features)
+    oracle = pml.SupConLoss(temperature=temperature)
+    theirs, their_grad = loss_and_grad(
+        lambda x: oracle(torch.cat(torch.unbind(x, dim=1)), labels.repeat(views)), features
+    )
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=0)
+    torch.testing.assert_close(grad, their_grad, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("contrast_mode", MODES)
+def test_block_size_does_not_change_result(variant, contrast_mode):
+    features, labels = unit_features(5, 3, 4, seed=5), torch.tensor([4, 4, 1, 0, 1])  # N = 15
+    for reduction in ("mean", "none"):
+        kw = dict(variant=variant, contrast_mode=contrast_mode, reduction=reduction, temperature=0.2)
+        base, base_grad = loss_and_grad(supcon_loss, features, labels, block_size=15, **kw)
+        for block_size in (1, 3, 7, 16, 1000):
+            loss, grad = loss_and_grad(supcon_loss, features, labels, block_size=block_size, **kw)
+            torch.testing.assert_close(loss, base, rtol=1e-12, atol=1e-14)
+            torch.testing.assert_close(grad, base_grad, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_arbitrary_integer_labels(variant):
+    features = unit_features(6, 2, 4, seed=6)
+    raw = torch.tensor([-5, 10**12, -5, 7, 10**12, 0])
+    dense = torch.tensor([0, 3, 0, 2, 3, 1])
+    for reduction in ("mean", "none"):
+        kw = dict(variant=variant, reduction=reduction)
+        torch.testing.assert_close(supcon_loss(features, raw, **kw), supcon_loss(features, dense, **kw))
+    small = torch.tensor([-3, 2, -3, 7, 2, 0], dtype=torch.int8)
+    torch.testing.assert_close(supcon_loss(features, small), supcon_loss(features, dense))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_anchors_without_positives_are_excluded(variant):
+    features, labels = unit_features(5, 1, 4, seed=7), torch.tensor([0, 0, 1, 2, 1])  # sample 3 is alone
+    loss, grad = loss_and_grad(lambda x: supcon_loss(x, labels, variant=variant), features)
+    per_anchor = supcon_loss(features, labels, variant=variant, reduction="none")
+    assert torch.isfinite(loss) and torch.isfinite(grad).all() and torch.isfinite(per_anchor).all()
+    assert per_anchor[3, 0] == 0 and (per_anchor[[0, 1, 2, 4], 0] > 0).all()
+    torch.testing.assert_close(loss, per_anchor[[0, 1, 2, 4]].mean())
+    torch.testing.assert_close(loss, reference_mean(features, labels, 0.1, variant=variant))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_no_positives_at_all_gives_connected_zero(variant):
+    x = unit_features(4, 1, 3, seed=8).requires_grad_(True)
+    loss = supcon_loss(x, torch.tensor([0, 1, 2, 3]), variant=variant)
+    assert loss.item() == 0 and loss.requires_grad
+    loss.backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    assert torch.equal(supcon_loss(x, variant=variant, reduction="none"), torch.zeros(4, 1, dtype=x.dtype))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_single_view_with_repeated_labels(variant):
+    features, labels = unit_features(7, 1, 5, seed=9), torch.tensor([1, 0, 1, 0, 0, 2, 2])
+    for mode in MODES:  # with one view both modes use the same anchors
+        kw = dict(variant=variant, contrast_mode=mode, temperature=0.3)
+        ref, ref_grad = loss_and_grad(reference_mean, features, labels, **kw)
+        loss, grad = loss_and_grad(supcon_loss, features, labels, **kw)
+        torch.testing.assert_close(loss, ref)
+        torch.testing.assert_close(grad, ref_grad)
+
+
+def test_reduction_none_shapes_and_mean():
+    features = unit_features(4, 3, 5, seed=10)
+    labels = torch.tensor([0, 1, 0, 1])
+    assert SupConLoss(reduction="none")(features, labels).shape == (4, 3)
+    one = SupConLoss(reduction="none", contrast_mode="one")(features, labels)
+    assert one.shape == (4, 1)
+    torch.testing.assert_close(one.mean(), SupConLoss(contrast_mode="one")(features, labels))
+
+
+def test_no_grad_and_detached_inputs():
+    features = unit_features(6, 2, 4, seed=11)
+    with torch.no_grad():
+        a = supcon_loss(features.clone().requires_grad_(True), LABELS)
+    assert not a.requires_grad
+    torch.testing.assert_close(a, supcon_loss(features, LABELS))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_input_returns_fp32(dtype):
+    x = unit_features(6, 2, 8, seed=12, dtype=dtype).requires_grad_(True)
+    loss = supcon_loss(x, LABELS)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert x.grad.dtype == dtype and torch.isfinite(x.grad.float()).all()
+    torch.testing.assert_close(loss.double(), reference_mean(x.detach(), LABELS, 0.1), rtol=1e-5, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_matches_reference(dtype):
+    features = unit_features(64, 2, 32, seed=13)
+    labels = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(0))
+    x = features.to("cuda", dtype).requires_grad_(True)
+    loss = supcon_loss(x, labels.cuda(), block_size=16)
+    loss.backward()
+    assert loss.dtype == torch.float32 and x.grad.dtype == dtype
+    rtol = 1e-5 if dtype == torch.float32 else 1e-4  # the input itself is rounded for half types
+    expected = reference_mean(x.detach().cpu(), labels, 0.1)
+    torch.testing.assert_close(loss.cpu().double(), expected, rtol=rtol, atol=0)
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any op produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_never_materialises_n_by_n(variant, reduction):
+    batch, views, dim, block = 200, 2, 4, 16
+    n = batch * views
+    x = unit_features(batch, views, dim, seed=14, dtype=torch.float32).requires_grad_(True)
+    labels = torch.arange(batch) % 7
+    with _LargestTensor() as mode:
+        loss = supcon_loss(x, labels, variant=variant, reduction=reduction, block_size=block)
+        loss.sum().backward()
+    assert mode.largest <= block * n < n * n
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_invariant_to_batch_permutation(variant, seed):
+    g = torch.Generator().manual_seed(seed)
+    batch = int(torch.randint(2, 12, (1,), generator=g))
+    features = unit_features(batch, 2, 6, seed=seed + 100)
+    labels = torch.randint(-3, 4, (batch,), generator=g)
+    perm = torch.randperm(batch, generator=g)
+    for mode in MODES:
+        kw = dict(variant=variant, contrast_mode=mode, block_size=3)
+        torch.testing.assert_close(
+            supcon_loss(features[perm], labels[perm], **kw), supcon_loss(features, labels, **kw)
+        )
+        torch.testing.assert_close(
+            supcon_loss(features[perm], labels[perm], reduction="none", **kw),
+            supcon_loss(features, labels, reduction="none", **kw)[perm],
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs,fragment",
+    [
+        (dict(temperature=0.0), "temperature > 0"),
+        (dict(temperature=-1.0), "temperature > 0"),
+        (dict(base_temperature=0.0), "base_temperature > 0"),
+        (dict(variant="both"), "variant"),
+        (dict(contrast_mode="two"), "contrast_mode"),
+        (dict(reduction="sum"), "reduction"),
+        (dict(block_size=0), "block_size"),
+        (dict(block_size=2.5), "block_size"),
+    ],
+)
+def test_invalid_options(kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        SupConLoss(**kwargs)
+    with pytest.raises(ValueError, match=fragment):
+        supcon_loss(unit_features(2, 2, 3), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "features,labels,fragment",
+    [
+        (torch.randn(4, 8), None, r"expected features shaped \[batch, views, dim\], got shape \(4, 8\)"),
+        (torch.randn(2, 2, 2, 3), None, "expected features shaped"),
+        (torch.ones(3, 2, 4, dtype=torch.long), None, "floating-point features"),
+        (torch.randn(1, 1, 4), None, "at least 2 feature vectors"),
+        (torch.randn(3, 2, 4), torch.tensor([0, 1]), r"labels shaped \[3\]"),
+        (torch.randn(3, 2, 4), torch.zeros(3, 1, dtype=torch.long), r"labels shaped \[3\]"),
+        (torch.randn(3, 2, 4), torch.tensor([0.0, 1.0, 0.0]), "integer labels"),
+        (torch.randn(3, 2, 4), torch.tensor([True, False, True]), "integer labels"),
+    ],
+)
+def test_invalid_inputs(features, labels, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        SupConLoss()(features, labels)
