@@ -20,8 +20,10 @@ POLICIES = ("none", "crop", "simclr", "autoaugment", "randaugment")
 
 def to_float(mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> v2.Transform:
     """uint8 to float in [0, 1], then ``(x - mean) / std`` when both are given."""
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std, or neither")
     steps: list[v2.Transform] = [v2.ToDtype(torch.float32, scale=True)]
-    if mean is not None and std is not None:
+    if mean is not None:
         steps.append(v2.Normalize(list(mean), list(std)))
     return v2.Compose(steps)
 
@@ -96,8 +98,8 @@ def apply_batch(transform, images: torch.Tensor) -> torch.Tensor:
 
     transforms.v2 draws one set of random parameters per call, so each image gets its own call.
     """
-    if images.ndim != 4 or images.dtype != torch.uint8:
-        raise ValueError(f"expected a uint8 batch shaped [B, C, H, W]; got {images.dtype} {tuple(images.shape)}")
+    if images.ndim != 4 or images.dtype != torch.uint8 or len(images) == 0:
+        raise ValueError(f"expected a non-empty uint8 batch shaped [B, C, H, W]; got {images.dtype} {tuple(images.shape)}")
     if isinstance(transform, MultiViewTransform):
         return torch.stack([torch.stack(transform(img)) for img in images])
     return torch.stack([transform(img) for img in images])

@@ -7,6 +7,7 @@ import dataclasses
 import sys
 import time
 import typing
+import warnings
 from pathlib import Path
 
 from supcon import __version__
@@ -119,7 +120,12 @@ def run_command(command: str, cfg: Config) -> int:
     return 0
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"supcon: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _one_line_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

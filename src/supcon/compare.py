@@ -50,6 +50,7 @@ def compare(cfg: Config, out: str | Path, data: DataSplits | None = None,
     results = {"dataset": data.name, "runs": runs, "skipped_images": len(data.skipped),
                "class_names": data.train.class_names}
     write_json(out / "results.json", results)
+    train.write_skipped(out, data)
     table = results_table(runs)
     atomic_write_text(out / "results.md", table + "\n")
     if cfg.tsne:

@@ -83,13 +83,14 @@ def build_encoder(name: str = "resnet18", in_channels: int = 3, image_size: int 
     if in_channels < 1:
         raise ValueError(f"in_channels must be positive; got {in_channels}")
     name = resolve_encoder(name, image_size)
+    stem = resolve_stem(stem, image_size)
     if name == "smallcnn":
         backbone = SmallCNN(in_channels)
         return Encoder(backbone, backbone.out_dim, name, normalize)
     resnet = getattr(torchvision.models, name)(weights=None)
     out_dim = resnet.fc.in_features
     resnet.fc = nn.Identity()
-    if resolve_stem(stem, image_size) == "cifar":
+    if stem == "cifar":
         resnet.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         resnet.maxpool = nn.Identity()
     elif in_channels != 3:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from supcon.augment import apply_batch, multiview_transform, to_float, view_transform
 from supcon.config import Config
 from supcon.data import DataSplits
-from supcon.io import append_jsonl, read_json, save_weights, write_json
+from supcon.io import append_jsonl, atomic_write_text, read_json, save_weights, write_json
 from supcon.losses import SupConLoss
 from supcon.models import Classifier, Encoder, ProjectionHead, SupConModel, build_encoder
 
@@ -321,8 +321,15 @@ def _epoch_batches(images: torch.Tensor, labels: torch.Tensor, cfg: Config, tran
 def _write_results(out: Path | None, data: DataSplits, summary: dict[str, Any], inputs: Inputs) -> None:
     if out is None:
         return
-    write_json(out / "results.json", {"dataset": data.name, "runs": [summary],
-                                      "input": inputs.__dict__, "class_names": data.train.class_names})
+    write_json(out / "results.json", {"dataset": data.name, "runs": [summary], "input": inputs.__dict__,
+                                      "class_names": data.train.class_names, "skipped_images": len(data.skipped)})
+    write_skipped(out, data)
+
+
+def write_skipped(out: Path, data: DataSplits) -> None:
+    """List the images the loader could not read, one ``path<TAB>reason`` a line, in ``skipped_images.txt``."""
+    if data.skipped:
+        atomic_write_text(out / "skipped_images.txt", "".join(f"{p}\t{why}\n" for p, why in data.skipped))
 
 
 def pretrain(cfg: Config, data: DataSplits, out: str | Path | None = None) -> StageResult:

@@ -1,0 +1,180 @@
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from supcon import train
+from supcon.config import Config
+from supcon.data import load_dataset
+from supcon.io import read_json
+
+QUICK = dict(dataset="digits", max_train=300, max_val=150, epochs=2, linear_epochs=4, batch_size=64,
+             quiet=True, tsne=False)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", max_train=300, max_val=150)
+
+
+@pytest.fixture(scope="module")
+def pretrained(digits, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain")
+    return out, train.pretrain(Config(**QUICK), digits, out)
+
+
+# ------------------------------------------------------------------------------------------- pieces
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "rmsprop"])
+def test_build_optimizer(name):
+    opt = train.build_optimizer(name, nn.Linear(3, 2).parameters(), lr=0.1, weight_decay=1e-4)
+    assert opt.param_groups[0]["lr"] == 0.1
+
+
+def test_build_optimizer_rejects_unknown():
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        train.build_optimizer("lbfgs", nn.Linear(3, 2).parameters(), lr=0.1)
+
+
+def _lrs(schedule, steps=20, per_epoch=2, **kw):
+    opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0)
+    sched = train.build_schedule(opt, schedule, steps, per_epoch, **kw)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def test_schedules():
+    assert _lrs("fixed") == [1.0] * 20
+    cosine = _lrs("cosine")
+    assert cosine[0] == 1.0 and cosine[-1] < 0.01 and all(a >= b for a, b in zip(cosine, cosine[1:]))
+    assert _lrs("step", step_epochs=5, step_gamma=0.5)[::10] == [1.0, 0.5]
+    warm = _lrs("cosine", warmup_epochs=2)  # 4 warm-up steps
+    assert warm[:4] == [0.25, 0.5, 0.75, 1.0] and warm[4] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="schedule must be"):
+        _lrs("linear")
+
+
+def test_shuffled_batches_drop_a_trailing_single_image():
+    g = torch.Generator().manual_seed(0)
+    batches = train.shuffled_batches(9, 4, g)
+    assert [len(b) for b in batches] == [4, 4]
+    assert sorted(torch.cat(train.shuffled_batches(10, 4, g)).tolist()) == list(range(10))
+
+
+def test_early_stopping_restores_the_best_epoch(digits):
+    """A scripted validation curve: best at epoch 2, then no gain for `patience` epochs."""
+    x = digits.train.images.flatten(1).float() / 255
+    y = digits.train.labels
+    model = nn.Linear(x.shape[1], 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    curve = iter([0.5, 0.7, 0.6, 0.65, 0.7, 0.9])
+    weights = []
+
+    def step(batch):
+        logits = model(batch[0])
+        return nn.functional.cross_entropy(logits, batch[1]), None
+
+    def evaluate():
+        weights.append(model.weight.detach().clone())
+        return {"val_acc": next(curve)}
+
+    result = train.fit(model, step, lambda epoch: iter([[x, y]]), 1, epochs=6, optimizer=opt,
+                       evaluate=evaluate, patience=3, progress=False)
+    assert result.stopped_early and len(result.history) == 5
+    assert result.best_epoch == 2 and result.best_val_acc == 0.7
+    assert torch.equal(model.weight, weights[1])
+    assert not torch.equal(model.weight, weights[-1])
+
+
+def test_non_finite_loss_stops_with_a_clear_message():
+    model = nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def step(batch):
+        return (model(batch[0]).sum() * 0 + math.inf), None
+
+    with pytest.raises(FloatingPointError, match="loss became inf at epoch 1"):
+        train.fit(model, step, lambda e: iter([[torch.ones(2, 2), torch.zeros(2)]]), 1, epochs=1,
+                  optimizer=opt, progress=False)
+
+
+# ------------------------------------------------------------------------------------------- stages on digits
+
+
+def test_pretrain_writes_a_run_directory(pretrained):
+    out, result = pretrained
+    for name in ("config.yaml", "metrics.jsonl", "results.json", "encoder.safetensors", "projection.safetensors"):
+        assert (out / name).is_file(), name
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2] and all(r["stage"] == "pretrain" for r in lines)
+    assert all(math.isfinite(r["loss"]) for r in lines)
+    run = read_json(out / "results.json")["runs"][0]
+    assert run["method"] == "supcon" and run["supcon_loss"] == pytest.approx(lines[-1]["loss"])
+
+
+def test_pretrain_is_deterministic_on_cpu(digits, pretrained):
+    _, first = pretrained
+    again = train.pretrain(Config(**QUICK), digits)
+    assert [r["loss"] for r in again.fit.history] == [r["loss"] for r in first.fit.history]
+
+
+def test_linear_probe_keeps_the_encoder_frozen(digits, pretrained):
+    _, stage1 = pretrained
+    before = {k: v.clone() for k, v in stage1.encoder.state_dict().items()}
+    for augment in ("none", "crop"):
+        probe = train.linear_probe(Config(**QUICK, linear_augment=augment), digits, stage1.encoder)
+        assert 0.0 <= probe.summary["val_acc"] <= 1.0
+        after = stage1.encoder.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before), f"encoder changed with {augment}"
+
+
+def test_linear_probe_run_completes_a_pretrain_directory(pretrained, digits):
+    out, _ = pretrained
+    result = train.linear_probe_run(out, Config(**QUICK), digits)
+    run = read_json(out / "results.json")["runs"][0]
+    assert run["val_acc"] == result.summary["val_acc"] and run["train_acc"] is not None
+    assert run["supcon_loss"] is not None and run["epochs"] == 2
+    assert (out / "linear.safetensors").is_file()
+    encoder, cfg, inputs = train.load_encoder(out)
+    assert (inputs.channels, inputs.image_size) == (1, 8) and cfg.epochs == 2
+
+
+def test_linear_probe_run_rejects_a_ce_run(digits, tmp_path):
+    train.train_ce(Config(**{**QUICK, "epochs": 1}), digits, tmp_path)
+    with pytest.raises(ValueError, match="is a cross-entropy run"):
+        train.linear_probe_run(tmp_path, Config(**QUICK), digits)
+
+
+def test_load_encoder_rejects_a_plain_directory(tmp_path):
+    with pytest.raises(ValueError, match="is not a run directory"):
+        train.load_encoder(tmp_path)
+
+
+def test_simclr_and_supcon_in_and_one_view_mode_train(digits):
+    for changes in ({"loss": "simclr"}, {"loss": "supcon_in", "contrast_mode": "one"}, {"views": 3}):
+        result = train.pretrain(Config(**{**QUICK, "epochs": 1, **changes}), digits)
+        assert math.isfinite(result.summary["supcon_loss"])
+    assert train.pretrain(Config(**{**QUICK, "epochs": 1, "loss": "simclr"}), digits).summary["method"] == "simclr"
+
+
+def test_normalize_records_the_training_statistics(digits, tmp_path):
+    train.train_ce(Config(**{**QUICK, "epochs": 1, "normalize": True}), digits, tmp_path)
+    inputs = read_json(tmp_path / "results.json")["input"]
+    x = digits.train.images.float() / 255
+    assert inputs["mean"] == pytest.approx([x.mean().item()], rel=1e-5)
+
+
+def test_resolve_device():
+    assert train.resolve_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="device must be"):
+        train.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            train.resolve_device("cuda")
