@@ -53,7 +53,7 @@ def _lrs(schedule, steps=20, per_epoch=2, **kw):
 def test_schedules():
     assert _lrs("fixed") == [1.0] * 20
     cosine = _lrs("cosine")
-    assert cosine[0] == 1.0 and cosine[-1] < 0.01 and all(a >= b for a, b in zip(cosine, cosine[1:]))
+    assert cosine[0] == 1.0 and cosine[-1] < 0.01 and all(a >= b for a, b in zip(cosine, cosine[1:], strict=False))
     assert _lrs("step", step_epochs=5, step_gamma=0.5)[::10] == [1.0, 0.5]
     warm = _lrs("cosine", warmup_epochs=2)  # 4 warm-up steps
     assert warm[:4] == [0.25, 0.5, 0.75, 1.0] and warm[4] == pytest.approx(1.0)

@@ -99,7 +99,8 @@ def apply_batch(transform, images: torch.Tensor) -> torch.Tensor:
     transforms.v2 draws one set of random parameters per call, so each image gets its own call.
     """
     if images.ndim != 4 or images.dtype != torch.uint8 or len(images) == 0:
-        raise ValueError(f"expected a non-empty uint8 batch shaped [B, C, H, W]; got {images.dtype} {tuple(images.shape)}")
+        got = f"{images.dtype} {tuple(images.shape)}"
+        raise ValueError(f"expected a non-empty uint8 batch shaped [B, C, H, W]; got {got}")
     if isinstance(transform, MultiViewTransform):
         return torch.stack([torch.stack(transform(img)) for img in images])
     return torch.stack([transform(img) for img in images])

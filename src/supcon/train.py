@@ -327,6 +327,17 @@ def _write_results(out: Path | None, data: DataSplits, summary: dict[str, Any], 
     write_skipped(out, data)
 
 
+def _save_run(out: Path | None, cfg: Config, data: DataSplits, summary: dict[str, Any], inputs: Inputs,
+              weights: dict[str, nn.Module]) -> None:
+    """The files of a run directory: the resolved config, each module's weights and the results."""
+    if out is None:
+        return
+    cfg.save(out / "config.yaml")
+    for name, module in weights.items():
+        save_weights(out / f"{name}.safetensors", module)
+    _write_results(out, data, summary, inputs)
+
+
 def write_skipped(out: Path, data: DataSplits) -> None:
     """List the images the loader could not read, one ``path<TAB>reason`` a line, in ``skipped_images.txt``."""
     if data.skipped:
@@ -364,11 +375,7 @@ def pretrain(cfg: Config, data: DataSplits, out: str | Path | None = None) -> St
                "supcon_loss": result.history[-1]["loss"], "val_acc": None, "train_acc": None,
                "epochs": len(result.history)}
     summary["seconds"] = summary["pretrain_seconds"] = time.perf_counter() - started
-    if out is not None:
-        cfg.save(out / "config.yaml")
-        save_weights(out / "encoder.safetensors", model.encoder)
-        save_weights(out / "projection.safetensors", model.head)
-    _write_results(out, data, summary, inputs)
+    _save_run(out, cfg, data, summary, inputs, {"encoder": model.encoder, "projection": model.head})
     return StageResult(summary, result, model.encoder, model, inputs)
 
 
@@ -480,11 +487,7 @@ def train_ce(cfg: Config, data: DataSplits, out: str | Path | None = None) -> St
                data.train.labels), "val_acc": accuracy(val_logits, data.val.labels),
                "epochs": len(result.history), "best_epoch": result.best_epoch,
                "stopped_early": result.stopped_early, "seconds": time.perf_counter() - started}
-    if out is not None:
-        cfg.save(out / "config.yaml")
-        save_weights(out / "encoder.safetensors", model.encoder)
-        save_weights(out / "linear.safetensors", model.fc)
-    _write_results(out, data, summary, inputs)
+    _save_run(out, cfg, data, summary, inputs, {"encoder": model.encoder, "linear": model.fc})
     return StageResult(summary, result, model.encoder, model, inputs)
 
 

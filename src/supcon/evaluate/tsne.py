@@ -31,7 +31,7 @@ def plot_embeddings(panels: Sequence[tuple[str, np.ndarray]], labels: np.ndarray
     labels = np.asarray(labels)
     cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5.0), squeeze=False)
-    for ax, (title, xy) in zip(axes[0], panels):
+    for ax, (title, xy) in zip(axes[0], panels, strict=True):
         for c, name in enumerate(class_names):
             sel = labels == c
             ax.scatter(xy[sel, 0], xy[sel, 1], s=9, color=cmap(c % cmap.N), label=name, alpha=0.8,
