@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -146,3 +147,16 @@ def test_compare_on_real_photos_beats_chance(shared_data, tmp_path, capsys):
     for run in results["runs"]:
         assert run["val_acc"] > 0.4, run
     assert (tmp_path / "tsne.png").stat().st_size > 10_000
+
+
+def test_runs_repeat_exactly_across_processes_with_one_thread(tmp_path):
+    """Seeded runs are bit-for-bit repeatable on CPU with one thread (with more, reductions may reorder)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    losses = []
+    for i in range(2):
+        out = tmp_path / str(i)
+        subprocess.run([sys.executable, "-m", "supcon", "pretrain", "--max-train", "200", "--epochs", "1",
+                        "--batch-size", "64", "--quiet", "--out", str(out)], check=True, env=env,
+                       capture_output=True)
+        losses.append(json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss"])
+    assert losses[0] == losses[1]
