@@ -142,6 +142,9 @@ def test_linear_probe_run_completes_a_pretrain_directory(pretrained, digits):
     assert run["val_acc"] == result.summary["val_acc"] and run["train_acc"] is not None
     assert run["supcon_loss"] is not None and run["epochs"] == 2
     assert (out / "linear.safetensors").is_file()
+    train.linear_probe_run(out, Config(**QUICK), digits)  # a second probe replaces the first one's lines
+    stages = [json.loads(line)["stage"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert stages.count("pretrain") == 2 and stages.count("linear") == result.summary["linear_epochs"]
     encoder, cfg, inputs = train.load_encoder(out)
     assert (inputs.channels, inputs.image_size) == (1, 8) and cfg.epochs == 2
 

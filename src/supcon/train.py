@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 import sys
 import time
@@ -196,8 +197,9 @@ def fit(model: nn.Module, step: Callable[[list[torch.Tensor]], tuple[torch.Tenso
                          unit="batch", disable=not progress, file=sys.stderr, dynamic_ncols=True)
         for batch in batch_bar:
             loss, correct = step(batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{stage}: the loss became {loss.item()} at epoch {epoch}; lower the "
+            value = loss.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(f"{stage}: the loss became {value} at epoch {epoch}; lower the "
                                          "learning rate, or raise the temperature if it is very small")
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -215,12 +217,12 @@ def fit(model: nn.Module, step: Callable[[list[torch.Tensor]], tuple[torch.Tenso
             if scheduler is not None:
                 scheduler.step()
             n = len(batch[-1])
-            total_loss += loss.item() * n
+            total_loss += value * n
             total_seen += n
             if correct is not None:
                 total_correct += correct
                 counted = True
-            batch_bar.set_postfix(loss=f"{loss.item():.4f}")
+            batch_bar.set_postfix(loss=f"{value:.4f}")
         record: dict[str, Any] = {"stage": stage, "epoch": epoch, "loss": total_loss / max(1, total_seen),
                                   "lr": optimizer.param_groups[0]["lr"]}
         if counted:
@@ -264,14 +266,24 @@ class StageResult:
     inputs: Inputs
 
 
-def _setup(cfg: Config, out: str | Path | None):
-    """Seed, device, AMP dtype and the output directory of a stage."""
+def _setup(cfg: Config, out: str | Path | None, fresh: bool = True):
+    """Seed, device, AMP dtype and the output directory of a stage; a first stage starts a new metrics log."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     out = Path(out) if out is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            (out / "metrics.jsonl").unlink(missing_ok=True)
     return device, amp_dtype(cfg.amp, device), out
+
+
+def _drop_stage(metrics_path: Path, stage: str) -> None:
+    if metrics_path.is_file():
+        lines = metrics_path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if json.loads(line).get("stage") != stage]
+        if len(kept) != len(lines):
+            atomic_write_text(metrics_path, "".join(kept))
 
 
 def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
@@ -420,7 +432,9 @@ def linear_probe(cfg: Config, data: DataSplits, encoder: Encoder, out: str | Pat
     augmentation (``cfg.linear_augment="none"``) the features are computed once and the loop runs on them.
     """
     started = time.perf_counter()
-    device, dtype, out = _setup(cfg, out)
+    device, dtype, out = _setup(cfg, out, fresh=False)  # stage 2 adds to stage 1's metrics
+    if out is not None:
+        _drop_stage(out / "metrics.jsonl", "linear")  # a repeated probe replaces the last one
     inputs = inputs or Inputs.for_data(data, cfg.normalize)
     probe = _prepare(LinearProbe(encoder, data.num_classes), device)
     plain = inputs.plain()
