@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
             kind = _value_type(f.name)
             # The help shows the Config default; SUPPRESS keeps unset flags out of the namespace so that a
             # YAML file or a run's config.yaml below them is not overwritten by defaults.
-            kwargs = {"help": f.metadata["help"] + f" (default: {f.default})"}
+            text = f.metadata["help"]
+            kwargs = {"help": text if "default" in text else f"{text} (default: {f.default})"}
             if kind is bool:
                 sub.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
                 continue

@@ -19,6 +19,7 @@ STAGE1 = ("pretrain", "compare")
 STAGE2 = ("linear", "compare")
 BASELINE = ("ce", "compare")
 TRAINING = COMMANDS
+NEW_RUN = ("pretrain", "ce", "compare")  # `linear` adds to an existing run: its encoder and directory are given
 
 
 def option(default: Any, help: str, commands=TRAINING, choices=None, metavar=None) -> Any:
@@ -39,11 +40,11 @@ class Config:
     max_val: int | None = option(None, "use at most this many validation images (stratified)", metavar="N")
     # model
     encoder: str = option("auto", "encoder: resnet18/34/50/101/152, smallcnn, or auto (smallcnn below 32 px, "
-                          "else resnet18)",
+                          "else resnet18)", NEW_RUN,
                           choices=("auto", "smallcnn", "resnet18", "resnet34", "resnet50", "resnet101",
                                    "resnet152"))
     stem: str = option("auto", "ResNet stem: imagenet (7x7/2 + max-pool), cifar (3x3/1, no pool), auto "
-                       "(cifar up to 32 px)", choices=("auto", "imagenet", "cifar"))
+                       "(cifar up to 32 px)", NEW_RUN, choices=("auto", "imagenet", "cifar"))
     projection: str = option("mlp", "projection head: mlp (one hidden layer) or linear", STAGE1,
                              choices=("mlp", "linear"))
     proj_hidden: int = option(2048, "hidden width of the mlp projection head", STAGE1)
@@ -81,7 +82,7 @@ class Config:
     hflip: bool = option(True, "random horizontal flips in crop-based policies")
     blur: bool = option(False, "Gaussian blur in the simclr policy")
     normalize: bool = option(False, "normalise inputs with the training set's channel mean and std "
-                             "(default: pixels scaled to [0, 1], as in the study)")
+                             "(default: pixels scaled to [0, 1], as in the study)", NEW_RUN)
     # stage 2
     linear_epochs: int = option(100, "most epochs of the linear probe (stage 2)", STAGE2)
     linear_optimizer: str = option("adam", "optimizer of the linear probe", STAGE2,
@@ -101,7 +102,8 @@ class Config:
                       choices=("auto", "bf16", "fp16", "none"))
     eval_batch_size: int = option(512, "batch size for evaluation and feature extraction")
     tsne: bool = option(True, "draw t-SNE pictures of the test embeddings", ("compare",))
-    out: str | None = option(None, "run directory (default: runs/<command>-<dataset>-<time>)", metavar="DIR")
+    out: str | None = option(None, "run directory (default: runs/<command>-<dataset>-<time>)", NEW_RUN,
+                             metavar="DIR")
     quiet: bool = option(False, "no progress bars")
 
     def __post_init__(self) -> None:
