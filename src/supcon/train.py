@@ -462,7 +462,8 @@ def linear_probe(cfg: Config, data: DataSplits, encoder: Encoder, out: str | Pat
 
     result = fit(head, _classification_step(head, device, dtype), batches, steps, epochs=cfg.linear_epochs,
                  optimizer=optimizer, scheduler=scheduler, evaluate=evaluate, patience=cfg.patience,
-                 grad_clip=cfg.grad_clip, stage="linear", metrics_path=out / "metrics.jsonl" if out else None, progress=not cfg.quiet)
+                 grad_clip=cfg.grad_clip, stage="linear", metrics_path=out / "metrics.jsonl" if out else None,
+                 progress=not cfg.quiet)
     summary = {"train_acc": accuracy(logits_of(train_x), data.train.labels),
                "val_acc": accuracy(logits_of(val_x), data.val.labels),
                "linear_epochs": len(result.history), "best_epoch": result.best_epoch,
