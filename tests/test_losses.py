@@ -367,3 +367,132 @@ def test_invalid_options(kwargs, fragment):
 def test_invalid_inputs(features, labels, fragment):
     with pytest.raises(ValueError, match=fragment):
         SupConLoss()(features, labels)
+
+
+# --- Blocked fast path: exactness whatever the block size, including the automatic one ---------------------------
+
+from supcon.losses.supcon import _auto_block_size  # noqa: E402
+
+
+def dense_reference(features, labels, temperature, variant="out", contrast_mode="all"):
+    """Vectorised float64 reference (log_softmax over the contrast set) for sizes where `reference` is too slow."""
+    batch, views, _ = features.shape
+    z = torch.cat(torch.unbind(features.double(), dim=1))
+    y = (torch.arange(batch) if labels is None else labels).repeat(views)
+    n = z.shape[0]
+    num_anchors = batch if contrast_mode == "one" else n
+    is_self = torch.zeros(num_anchors, n, dtype=torch.bool)
+    is_self[torch.arange(num_anchors), torch.arange(num_anchors)] = True
+    log_prob = torch.log_softmax((z[:num_anchors] @ z.T / temperature).masked_fill(is_self, -math.inf), dim=1)
+    pos = (y[:num_anchors, None] == y[None, :]) & ~is_self
+    valid = pos.any(1)
+    log_prob, pos, num_pos = log_prob[valid], pos[valid], pos[valid].sum(1)
+    if variant == "out":
+        per_anchor = -log_prob.masked_fill(~pos, 0).sum(1) / num_pos
+    else:
+        per_anchor = num_pos.log() - torch.logsumexp(log_prob.masked_fill(~pos, -math.inf), dim=1)
+    return per_anchor.mean()
+
+
+# Labels with gaps, negative values and a singleton (class 40), so some anchors have no positive when V = 1.
+GAPPY = torch.tensor([-7, 12, -7, 40, 3, 12, 3, -7, 1000, 1000, 3])
+
+
+@pytest.mark.parametrize("views", [1, 3])
+@pytest.mark.parametrize("contrast_mode", MODES)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_exact_for_every_block_size(variant, contrast_mode, views):
+    # N = 11 or 33 vectors: block sizes below, equal to, above N and not dividing it, plus the automatic one.
+    features = unit_features(len(GAPPY), views, 5, seed=20)
+    kw = dict(temperature=0.07, variant=variant, contrast_mode=contrast_mode)
+    ref, ref_grad = loss_and_grad(lambda x: reference_mean(x, GAPPY, **kw), features)
+    ref_none = reference(features, GAPPY, **kw)[0]
+    n = len(GAPPY) * views
+    for block_size in (None, 1, 2, 4, n - 1, n, n + 5):
+        x = features.float()
+        loss, grad = loss_and_grad(supcon_loss, x, GAPPY, block_size=block_size, **kw)
+        torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=0)
+        torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-5, atol=1e-5 * ref_grad.abs().max().item())
+        per_anchor, grad_none = loss_and_grad(supcon_loss, x, GAPPY, block_size=block_size, reduction="none", **kw)
+        torch.testing.assert_close(per_anchor.double(), ref_none, rtol=1e-5, atol=1e-7)
+        assert torch.isfinite(grad_none).all()
+
+
+@pytest.mark.parametrize("contrast_mode", MODES)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_exact_with_automatic_blocks_at_moderate_n(variant, contrast_mode):
+    # N = 2,500: the automatic block size gives several blocks (1024 rows) and N is not a multiple of it, so the
+    # fast path's block loop, L_in's label windows and the partial last block are all exercised.
+    batch, views = 1250, 2
+    assert _auto_block_size(batch * views, batch * views) == 1024
+    g = torch.Generator().manual_seed(21)
+    features = unit_features(batch, views, 16, seed=22)
+    labels = torch.randint(-5, 25, (batch,), generator=g) * 3  # gaps and negative values
+    kw = dict(temperature=0.1, variant=variant, contrast_mode=contrast_mode)
+    ref, ref_grad = loss_and_grad(lambda x: dense_reference(x, labels, **kw), features)
+    loss, grad = loss_and_grad(supcon_loss, features.float(), labels, **kw)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=0)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-5, atol=1e-5 * ref_grad.abs().max().item())
+    # SimCLR mode (each sample its own class) through the same path, with a block size that does not divide N.
+    ref, ref_grad = loss_and_grad(lambda x: dense_reference(x, None, **kw), features)
+    loss, grad = loss_and_grad(supcon_loss, features.float(), None, block_size=300, **kw)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=0)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-5, atol=1e-5 * ref_grad.abs().max().item())
+
+
+def test_automatic_block_size():
+    for n in (2, 7, 1000, 1024, 2500, 4096, 8192, 16384, 65536, 1 << 20):
+        for num_anchors in (n, max(1, n // 2)):
+            rows = _auto_block_size(num_anchors, n)
+            assert 1 <= rows <= num_anchors
+            assert rows == num_anchors or rows & (rows - 1) == 0  # a power of two unless all anchors fit
+            assert rows * n <= max(1 << 25, n)  # the [block, N] buffer stays within 128 MiB of fp32
+    assert _auto_block_size(1024, 1024) == 1024  # small N: one block
+    assert _auto_block_size(65536, 65536) == 512  # 128 MiB: the 512 MiB budget at N = 65k holds
+    features, labels = unit_features(40, 2, 6, seed=23, dtype=torch.float32), torch.arange(40) % 3
+    torch.testing.assert_close(supcon_loss(features, labels), SupConLoss(block_size=None)(features, labels))
+    assert SupConLoss().block_size is None
+
+
+@pytest.mark.parametrize("contrast_mode", MODES)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_exact_when_positives_underflow(variant, contrast_mode):
+    # tau = 0.01 with anti-parallel positives: exp(s_ip - max_a s_ia) = exp(-200) underflows in fp32, so L_in
+    # must fall back to a per-row positive maximum; L_out never exponentiates the positives.
+    g = torch.Generator().manual_seed(24)
+    base = F.normalize(torch.randn(6, 4, generator=g, dtype=torch.float64), dim=-1)
+    features = torch.stack([base, -base], dim=1)  # the two views of a sample point in opposite directions
+    labels = torch.arange(6)
+    kw = dict(temperature=0.01, variant=variant, contrast_mode=contrast_mode)
+    ref, ref_grad = loss_and_grad(lambda x: reference_mean(x, labels, **kw), features)
+    for block_size in (None, 4):
+        loss, grad = loss_and_grad(supcon_loss, features.float(), labels, block_size=block_size, **kw)
+        assert torch.isfinite(loss) and torch.isfinite(grad).all()
+        torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=0)
+        torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-5, atol=1e-5 * ref_grad.abs().max().item())
+
+
+def test_results_do_not_alias_reused_buffers():
+    # The CPU scratch buffers are reused across calls; nothing returned may live in them.
+    a, b = unit_features(30, 2, 8, seed=25, dtype=torch.float32), unit_features(50, 2, 8, seed=26, dtype=torch.float32)
+    labels_a, labels_b = torch.arange(30) % 4, torch.arange(50) % 3
+    for variant in VARIANTS:
+        for reduction in ("mean", "none"):
+            kw = dict(variant=variant, reduction=reduction)
+            first, first_grad = loss_and_grad(supcon_loss, a, labels_a, **kw)
+            kept, kept_grad = first.clone(), first_grad.clone()
+            loss_and_grad(supcon_loss, b, labels_b, **kw)
+            assert torch.equal(first, kept) and torch.equal(first_grad, kept_grad)
+            again, again_grad = loss_and_grad(supcon_loss, a, labels_a, **kw)
+            assert torch.equal(again, kept) and torch.equal(again_grad, kept_grad)
+
+
+def test_inference_mode_then_training():
+    # An evaluation call under inference_mode must not leave behind a buffer that training calls cannot write to.
+    features, labels = unit_features(12, 2, 6, seed=27, dtype=torch.float32), torch.arange(12) % 4
+    for variant in VARIANTS:
+        with torch.inference_mode():
+            evaluated = supcon_loss(features, labels, variant=variant)
+        loss, grad = loss_and_grad(supcon_loss, features, labels, variant=variant)
+        torch.testing.assert_close(loss, evaluated)
+        assert torch.isfinite(grad).all()

@@ -71,7 +71,8 @@ class Config:
                                             "(default: no scaling)", STAGE1, metavar="T")
     contrast_mode: str = option("all", "anchors: every view (all) or view 0 only (one)", STAGE1,
                                 choices=("all", "one"))
-    loss_block_size: int = option(1024, "anchor rows per block in the loss (bounds its memory)", STAGE1)
+    loss_block_size: int | None = option(None, "anchor rows per block in the loss, bounding its memory "
+                                         "(default: automatic, from N)", STAGE1, metavar="ROWS")
     # augmentation
     augment: str = option("simclr", "augmentation policy of stage 1 and CE",
                           STAGE1 + ("ce",), choices=("none", "crop", "simclr", "autoaugment", "randaugment"))
@@ -116,11 +117,11 @@ class Config:
             if choices and value not in choices:
                 raise ValueError(f"{f.name} must be one of {', '.join(choices)}; got {value!r}")
         positive = ["epochs", "batch_size", "lr", "temperature", "views", "proj_dim", "proj_hidden",
-                    "linear_epochs", "linear_lr", "eval_batch_size", "loss_block_size", "step_epochs"]
+                    "linear_epochs", "linear_lr", "eval_batch_size", "step_epochs"]
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive; got {getattr(self, name)!r}")
-        for name in ("image_size", "max_train", "max_val", "base_temperature", "grad_clip"):
+        for name in ("image_size", "max_train", "max_val", "base_temperature", "grad_clip", "loss_block_size"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive; got {value!r}")
