@@ -88,7 +88,7 @@ def default_out(command: str, dataset: str) -> Path:
 def run_command(command: str, cfg: Config) -> int:
     from supcon import train
     from supcon.compare import compare, results_table
-    from supcon.data import describe, load_dataset
+    from supcon.data import describe
 
     def say(message: str) -> None:
         if not cfg.quiet:
@@ -107,8 +107,7 @@ def run_command(command: str, cfg: Config) -> int:
         print(results_table(results["runs"]))
         print(f"compare finished: outputs (results.json, results.md, tsne.png, ce/, supcon/) in {out}")
         return 0
-    data = load_dataset(cfg.dataset, image_size=cfg.image_size, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                        max_train=cfg.max_train, max_val=cfg.max_val, progress=not cfg.quiet)
+    data = train.load_data(cfg)
     say(describe(data))
     if command == "pretrain":
         result = train.pretrain(cfg, data, out)

@@ -12,7 +12,7 @@ from typing import Any
 
 from supcon import train
 from supcon.config import Config
-from supcon.data import DataSplits, describe, load_dataset
+from supcon.data import DataSplits, describe
 from supcon.io import atomic_write_text, write_json
 
 COLUMNS = ("method", "SupCon loss", "train acc", "val acc", "time")
@@ -39,8 +39,7 @@ def compare(cfg: Config, out: str | Path, data: DataSplits | None = None,
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.yaml")
     if data is None:
-        data = load_dataset(cfg.dataset, image_size=cfg.image_size, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                            max_train=cfg.max_train, max_val=cfg.max_val, progress=not cfg.quiet)
+        data = train.load_data(cfg)
     log(describe(data))
     log("1/2 cross-entropy baseline")
     ce = train.train_ce(cfg, data, out / "ce")

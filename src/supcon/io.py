@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 
 def _atomic(path: str | Path, write) -> None:
@@ -51,20 +51,9 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
 
 
 def save_weights(path: str | Path, module: torch.nn.Module) -> None:
-    """Save a module's state as safetensors, atomically (safetensors writes to a path, so write aside first)."""
-    path = Path(path)
+    """Save a module's state as safetensors, atomically."""
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _atomic(path, lambda fh: fh.write(save(state)))
 
 
 def load_weights(path: str | Path, module: torch.nn.Module) -> None:

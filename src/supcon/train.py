@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import sys
@@ -33,8 +34,8 @@ from tqdm.auto import tqdm
 
 from supcon.augment import apply_batch, multiview_transform, to_float, view_transform
 from supcon.config import Config
-from supcon.data import DataSplits
-from supcon.io import append_jsonl, atomic_write_text, read_json, save_weights, write_json
+from supcon.data import DataSplits, load_dataset
+from supcon.io import append_jsonl, atomic_write_text, load_weights, read_json, save_weights, write_json
 from supcon.losses import SupConLoss
 from supcon.models import Classifier, Encoder, ProjectionHead, SupConModel, build_encoder
 
@@ -266,6 +267,12 @@ class StageResult:
     inputs: Inputs
 
 
+def load_data(cfg: Config) -> DataSplits:
+    """The data set a config names, with its size, split and subsampling options."""
+    return load_dataset(cfg.dataset, image_size=cfg.image_size, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                        max_train=cfg.max_train, max_val=cfg.max_val, progress=not cfg.quiet)
+
+
 def _setup(cfg: Config, out: str | Path | None, fresh: bool = True):
     """Seed, device, AMP dtype and the output directory of a stage; a first stage starts a new metrics log."""
     torch.manual_seed(cfg.seed)
@@ -319,7 +326,9 @@ def _policy_options(cfg: Config) -> dict[str, Any]:
 def _epoch_batches(images: torch.Tensor, labels: torch.Tensor, cfg: Config, transform, device):
     """Per-epoch batch iterator factory: a seeded shuffle, the transform applied per image, moved to device."""
     generator = torch.Generator().manual_seed(cfg.seed)
-    batches_per_epoch = len(shuffled_batches(len(labels), cfg.batch_size, torch.Generator().manual_seed(0)))
+    batches_per_epoch = -(-len(labels) // cfg.batch_size)
+    last = len(labels) - (batches_per_epoch - 1) * cfg.batch_size
+    batches_per_epoch -= batches_per_epoch > 1 and last < 2  # as shuffled_batches: a trailing single is dropped
 
     def batches(epoch: int):
         for idx in shuffled_batches(len(labels), cfg.batch_size, generator):
@@ -334,7 +343,7 @@ def _epoch_batches(images: torch.Tensor, labels: torch.Tensor, cfg: Config, tran
 def _write_results(out: Path | None, data: DataSplits, summary: dict[str, Any], inputs: Inputs) -> None:
     if out is None:
         return
-    write_json(out / "results.json", {"dataset": data.name, "runs": [summary], "input": inputs.__dict__,
+    write_json(out / "results.json", {"dataset": data.name, "runs": [summary], "input": dataclasses.asdict(inputs),
                                       "class_names": data.train.class_names, "skipped_images": len(data.skipped)})
     write_skipped(out, data)
 
@@ -521,8 +530,6 @@ def supcon(cfg: Config, data: DataSplits, out: str | Path | None = None) -> Stag
 
 def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Encoder, Config, Inputs]:
     """Rebuild a finished run's encoder from its ``config.yaml``, ``results.json`` and weights."""
-    from supcon.io import load_weights
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
@@ -542,8 +549,6 @@ def linear_probe_run(run_dir: str | Path, cfg: Config | None = None, data: DataS
 
     ``cfg`` defaults to the run's own ``config.yaml`` (the data set and stage-2 options are taken from it).
     """
-    from supcon.data import load_dataset
-
     run_dir = Path(run_dir)
     encoder, run_cfg, inputs = load_encoder(run_dir)
     cfg = cfg or run_cfg
@@ -551,8 +556,7 @@ def linear_probe_run(run_dir: str | Path, cfg: Config | None = None, data: DataS
     if previous["method"] == "ce":
         raise ValueError(f"{run_dir} is a cross-entropy run; linear probes need a pretrain run")
     if data is None:
-        data = load_dataset(cfg.dataset, image_size=cfg.image_size, val_fraction=cfg.val_fraction,
-                            seed=cfg.seed, max_train=cfg.max_train, max_val=cfg.max_val, progress=not cfg.quiet)
+        data = load_data(cfg)
     if (data.channels, data.image_size) != (inputs.channels, inputs.image_size):
         raise ValueError(f"the encoder in {run_dir} expects {inputs.channels}x{inputs.image_size}x"
                          f"{inputs.image_size} images; {data.name} gives {data.channels}x{data.image_size}x"
