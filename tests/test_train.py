@@ -181,3 +181,55 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             train.resolve_device("cuda")
+
+
+# ------------------------------------------------------------------------------------------- heads and monitors
+
+
+def test_binary_head_loss_equals_two_class_softmax():
+    """sigmoid(l) is softmax([0, l])[1]: one logit and BCE is the two-class softmax with one logit fixed."""
+    torch.manual_seed(0)
+    logit = torch.randn(16, 1)
+    y = torch.randint(0, 2, (16,))
+    two = torch.cat([torch.zeros_like(logit), logit], 1)
+    assert train.classification_loss(logit, y).item() == pytest.approx(
+        nn.functional.cross_entropy(two, y).item(), rel=1e-6)
+    assert torch.equal(train.predicted_class(logit), two.argmax(1))
+
+
+def test_binary_head_trains_on_cats_vs_dogs(shared_data, tmp_path):
+    data = load_dataset(f"npz:{shared_data / 'cats_vs_dogs_64.npz'}", image_size=16, max_train=256, max_val=128)
+    cfg = Config(**{**QUICK, "dataset": "cats", "epochs": 1, "linear_epochs": 2, "head": "binary",
+                    "encoder": "smallcnn"})
+    ce = train.train_ce(cfg, data, tmp_path / "ce")
+    assert ce.model.fc.out_features == 1 and 0 <= ce.summary["val_acc"] <= 1
+    probe = train.linear_probe(cfg, data, ce.encoder)
+    assert probe.model.fc.out_features == 1
+    assert "val_loss" in probe.fit.history[0]
+    with pytest.raises(ValueError, match="needs a two-class data set; this one has 10 classes"):
+        train.train_ce(cfg, load_dataset("digits", max_train=100, max_val=50))
+
+
+def test_early_stopping_on_val_loss_keeps_the_lowest_loss_epoch():
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    curve = iter([(0.5, 1.0), (0.6, 0.4), (0.7, 0.5), (0.8, 0.6)])  # accuracy rises while the loss does not
+
+    def evaluate():
+        acc, loss = next(curve)
+        return {"val_acc": acc, "val_loss": loss}
+
+    batch = [torch.ones(2, 2), torch.tensor([0, 1])]
+    result = train.fit(model, lambda b: (nn.functional.cross_entropy(model(b[0]), b[1]), None),
+                       lambda e: iter([batch]), 1, epochs=4, optimizer=opt, evaluate=evaluate, patience=2,
+                       monitor="val_loss", progress=False)
+    assert result.best_epoch == 2 and result.best_val_acc == 0.6 and result.stopped_early
+
+
+def test_loss_floor_and_stage1_progress(digits):
+    assert train.loss_floor(torch.tensor([0, 0, 1, 1]), 2) == pytest.approx(math.log(3))
+    assert train.loss_floor(torch.tensor([0, 1, 2]), 2) == 0.0  # only its other view: log 1
+    assert train.loss_floor(None, 3) == pytest.approx(math.log(2))
+    summary = train.pretrain(Config(**{**QUICK, "epochs": 1}), digits).summary
+    assert summary["supcon_loss_floor"] < summary["supcon_loss"] <= summary["supcon_loss_start"] + 0.5
+    assert summary["stage1_progress"] < 1

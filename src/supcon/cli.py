@@ -19,7 +19,11 @@ DESCRIPTIONS = {
     "ce": "The baseline: the same encoder and a linear layer trained end to end with cross-entropy.",
     "compare": "Train the CE baseline and SupCon (stage 1 + stage 2) on one data set under the same budget; "
                "print a table and draw t-SNE pictures of both encoders' embeddings.",
+    "sweep": "Run a grid of SupCon and CE runs (default: the reference study's optimizer x lr strategy x "
+             "augmentation grid) and write sweep.md, sweep.csv and sweep.png; a sweep started again skips "
+             "finished cells. Options below set the base configuration of every cell.",
 }
+SWEEP_KEYS = ("grid", "ce_grid")
 _HINTS = typing.get_type_hints(Config)
 
 
@@ -39,7 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(command, help=DESCRIPTIONS[command], description=DESCRIPTIONS[command],
                                   argument_default=argparse.SUPPRESS)
         sub.add_argument("--config", metavar="FILE",
-                         help="YAML file of options (keys as below, with - or _); flags override it")
+                         help="YAML file of options (keys as below, with - or _); flags override it" + (
+                             "; a sweep file may also hold grid: and ce_grid: mappings of axis lists"
+                             if command == "sweep" else ""))
+        if command == "sweep":
+            sub.add_argument("--grid", action="append", metavar="KEY=V1,V2",
+                             help="a SupCon axis (repeat for more); replaces the study's default grid "
+                                  "(optimizer=sgd,adam,rmsprop schedule=fixed,cosine augment=none,<--augment>)")
+            sub.add_argument("--ce-grid", action="append", metavar="KEY=V1,V2",
+                             help="a cross-entropy axis (repeat for more); default optimizer=sgd,adam,rmsprop")
+            sub.add_argument("--no-ce", action="store_true", help="no cross-entropy cells")
+            sub.add_argument("--jobs", type=int, metavar="N",
+                             help="cells run at once, each in its own process with cores/N threads (default: 1)")
         for f in fields_for(command):
             flag = "--" + f.name.replace("_", "-")
             kind = _value_type(f.name)
@@ -61,14 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> Config:
     """Layers, lowest first: Config defaults, a linear run's config.yaml, --config YAML, then flags."""
     values: dict = {}
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "grid", "ce_grid", "no_ce",
+                                                              "jobs")}
     run = flags.get("run")
     if args.command == "linear":
         if run is None:
             raise ValueError("linear needs --run DIR, the directory of a finished pretrain run")
         values.update(load_yaml(Path(run) / "config.yaml") if (Path(run) / "config.yaml").is_file() else {})
     if getattr(args, "config", None):
-        values.update(load_yaml(args.config))
+        values.update({k: v for k, v in load_yaml(args.config).items() if k not in SWEEP_KEYS})
     values.update(flags)
     allowed = {f.name for f in fields_for(args.command)} | ({f.name for f in dataclasses.fields(Config)}
                                                            if args.command == "linear" else set())
@@ -80,12 +96,33 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config.from_dict(values, source=source)
 
 
+def sweep_from_args(args: argparse.Namespace, cfg: Config):
+    """The grid: the sweep file's ``grid``/``ce_grid``, replaced by ``--grid``/``--ce-grid`` flags."""
+    from supcon.sweep import STUDY_CE_GRID, STUDY_GRID, Sweep, parse_axis
+
+    grid, ce_grid = dict(STUDY_GRID), dict(STUDY_CE_GRID)
+    if getattr(args, "config", None):
+        values = load_yaml(args.config)
+        for key in SWEEP_KEYS:
+            if key in values and not isinstance(values[key], dict):
+                raise ValueError(f"{args.config}: {key} must be a mapping of option: [values]")
+        grid = values.get("grid", grid)
+        ce_grid = values.get("ce_grid", ce_grid)
+    if getattr(args, "grid", None):
+        grid = dict(parse_axis(text) for text in args.grid)
+    if getattr(args, "ce_grid", None):
+        ce_grid = dict(parse_axis(text) for text in args.ce_grid)
+    if getattr(args, "no_ce", False):
+        ce_grid = {}
+    return Sweep(cfg, grid, ce_grid)
+
+
 def default_out(command: str, dataset: str) -> Path:
     slug = "".join(c if c.isalnum() else "-" for c in Path(dataset.split(":", 1)[-1]).stem).strip("-")
     return Path("runs") / f"{command}-{slug or 'data'}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def run_command(command: str, cfg: Config) -> int:
+def run_command(command: str, cfg: Config, args: argparse.Namespace | None = None) -> int:
     from supcon import train
     from supcon.compare import compare, results_table
     from supcon.data import describe
@@ -102,6 +139,14 @@ def run_command(command: str, cfg: Config) -> int:
         return 0
     out = Path(cfg.out) if cfg.out else default_out(command, cfg.dataset)
     cfg = cfg.replace(out=str(out))
+    if command == "sweep":
+        from supcon.sweep import run_sweep, sweep_markdown
+
+        args = args or argparse.Namespace()
+        rows = run_sweep(sweep_from_args(args, cfg), out, jobs=getattr(args, "jobs", None) or 1, log=say)
+        print(sweep_markdown(rows))
+        print(f"sweep finished: outputs (sweep.md, sweep.csv, sweep.png, cells/) in {out}")
+        return 0
     if command == "compare":
         results = compare(cfg, out, log=say)
         print(results_table(results["runs"]))
@@ -130,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)
-        return run_command(args.command, cfg)
+        return run_command(args.command, cfg, args)
     except (ValueError, FloatingPointError, OSError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"supcon {args.command}: error: {message}", file=sys.stderr)

@@ -14,12 +14,17 @@ from typing import Any
 
 import yaml
 
-COMMANDS = ("pretrain", "linear", "ce", "compare")
-STAGE1 = ("pretrain", "compare")
-STAGE2 = ("linear", "compare")
-BASELINE = ("ce", "compare")
+COMMANDS = ("pretrain", "linear", "ce", "compare", "sweep")
+STAGE1 = ("pretrain", "compare", "sweep")
+STAGE2 = ("linear", "compare", "sweep")
+BASELINE = ("ce", "compare", "sweep")
 TRAINING = COMMANDS
-NEW_RUN = ("pretrain", "ce", "compare")  # `linear` adds to an existing run: its encoder and directory are given
+NEW_RUN = ("pretrain", "ce", "compare", "sweep")  # `linear` adds to an existing run: its encoder and dir are given
+
+
+# The usual starting points: SGD with momentum at 0.1 for batch 128-256 (He et al. 2016, and the SupCon reference
+# code's CE and contrastive recipes scaled to that batch); the adaptive methods at their libraries' default.
+DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3}
 
 
 def option(default: Any, help: str, commands=TRAINING, choices=None, metavar=None) -> Any:
@@ -54,7 +59,8 @@ class Config:
     batch_size: int = option(128, "images per batch (each gives --views views in stage 1)")
     optimizer: str = option("adamw", "optimizer for stage 1 and CE", STAGE1 + ("ce",),
                             choices=("sgd", "adam", "adamw", "rmsprop"))
-    lr: float = option(1e-3, "learning rate for stage 1 and CE", STAGE1 + ("ce",))
+    lr: float | None = option(None, "learning rate for stage 1 and CE (default: by optimizer, sgd 0.1, adam, adamw "
+                              "and rmsprop 0.001)", STAGE1 + ("ce",), metavar="LR")
     momentum: float = option(0.9, "momentum (sgd, rmsprop)", STAGE1 + ("ce",))
     nesterov: bool = option(False, "Nesterov momentum (sgd)", STAGE1 + ("ce",))
     weight_decay: float = option(1e-4, "weight decay for stage 1 and CE", STAGE1 + ("ce",))
@@ -92,8 +98,13 @@ class Config:
     linear_augment: str = option("none", "augmentation while training the linear probe (none: features are "
                                  "computed once)", STAGE2,
                                  choices=("none", "crop", "simclr", "autoaugment", "randaugment"))
-    patience: int = option(10, "early stopping: epochs without a better val accuracy (0: off)",
+    patience: int = option(10, "early stopping: epochs without a better --monitor value (0: off)",
                            STAGE2 + BASELINE)
+    monitor: str = option("val_acc", "what early stopping watches (the best epoch's weights are restored)",
+                          STAGE2 + BASELINE, choices=("val_acc", "val_loss"))
+    head: str = option("softmax", "classifier of stage 2 and CE: softmax (one logit per class, cross-entropy) or "
+                       "binary (two classes only: one logit, sigmoid and binary cross-entropy)", STAGE2 + BASELINE,
+                       choices=("softmax", "binary"))
     # run
     run: str | None = option(None, "finished pretrain run directory whose encoder to probe", ("linear",),
                              metavar="DIR")
@@ -102,7 +113,7 @@ class Config:
     amp: str = option("auto", "mixed precision on CUDA: auto (bf16 where supported), bf16, fp16, none",
                       choices=("auto", "bf16", "fp16", "none"))
     eval_batch_size: int = option(512, "batch size for evaluation and feature extraction")
-    tsne: bool = option(True, "draw t-SNE pictures of the test embeddings", ("compare",))
+    tsne: bool = option(True, "draw t-SNE pictures of the test embeddings", ("compare", "sweep"))
     out: str | None = option(None, "run directory (default: runs/<command>-<dataset>-<time>)", NEW_RUN,
                              metavar="DIR")
     quiet: bool = option(False, "no progress bars")
@@ -116,12 +127,12 @@ class Config:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise ValueError(f"{f.name} must be one of {', '.join(choices)}; got {value!r}")
-        positive = ["epochs", "batch_size", "lr", "temperature", "views", "proj_dim", "proj_hidden",
+        positive = ["epochs", "batch_size", "temperature", "views", "proj_dim", "proj_hidden",
                     "linear_epochs", "linear_lr", "eval_batch_size", "step_epochs"]
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive; got {getattr(self, name)!r}")
-        for name in ("image_size", "max_train", "max_val", "base_temperature", "grad_clip", "loss_block_size"):
+        for name in ("image_size", "max_train", "max_val", "base_temperature", "grad_clip", "loss_block_size", "lr"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive; got {value!r}")
@@ -133,6 +144,10 @@ class Config:
             raise ValueError(f"crop_scale must be in (0, 1]; got {self.crop_scale}")
         if self.weight_decay < 0 or self.warmup_epochs < 0 or self.patience < 0 or self.momentum < 0:
             raise ValueError("weight_decay, warmup_epochs, patience and momentum must not be negative")
+
+    def resolved_lr(self) -> float:
+        """The stage-1 and CE learning rate: ``lr`` when set, else the optimizer's usual default."""
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
 
     # views of the config -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -27,8 +27,12 @@ def _atomic(path: str | Path, write) -> None:
         raise
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic(path, lambda fh: fh.write(data))
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
-    _atomic(path, lambda fh: fh.write(text.encode()))
+    atomic_write_bytes(path, text.encode())
 
 
 def write_json(path: str | Path, data: Any) -> None:

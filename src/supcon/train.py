@@ -118,8 +118,32 @@ def predict(model: nn.Module, images: torch.Tensor, transform, device: torch.dev
     return torch.cat(outputs)
 
 
+def predicted_class(logits: torch.Tensor) -> torch.Tensor:
+    """Class indices from logits: argmax, or ``logit > 0`` for a binary head's single column."""
+    return (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
+
+
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return (logits.argmax(1) == labels).float().mean().item()
+    return (predicted_class(logits) == labels).float().mean().item()
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy; for a binary head (one logit) sigmoid + binary cross-entropy, as the study did."""
+    if logits.shape[1] == 1:
+        return F.binary_cross_entropy_with_logits(logits[:, 0], labels.to(logits.dtype))
+    return F.cross_entropy(logits, labels)
+
+
+def output_size(head: str, num_classes: int) -> int:
+    if head == "binary":
+        if num_classes != 2:
+            raise ValueError(f"--head binary needs a two-class data set; this one has {num_classes} classes")
+        return 1
+    return num_classes
+
+
+def validation_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    return {"val_acc": accuracy(logits, labels), "val_loss": classification_loss(logits, labels).item()}
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -176,14 +200,20 @@ class FitResult:
 def fit(model: nn.Module, step: Callable[[list[torch.Tensor]], tuple[torch.Tensor, int | None]],
         epoch_batches: Callable[[int], Iterator[list[torch.Tensor]]], steps_per_epoch: int, *, epochs: int,
         optimizer: torch.optim.Optimizer, scheduler=None, evaluate: Callable[[], dict[str, float]] | None = None,
-        patience: int = 0, grad_clip: float | None = None, scaler: torch.amp.GradScaler | None = None,
-        stage: str = "train", metrics_path: Path | None = None, progress: bool = True) -> FitResult:
+        patience: int = 0, monitor: str = "val_acc", grad_clip: float | None = None,
+        scaler: torch.amp.GradScaler | None = None, stage: str = "train", metrics_path: Path | None = None,
+        progress: bool = True) -> FitResult:
     """The training loop shared by every stage.
 
     ``step(batch) -> (loss, n_correct or None)`` computes one batch's loss; ``epoch_batches(epoch)`` yields
-    the batches of one epoch; ``evaluate()`` returns validation metrics (``val_acc`` drives early stopping
-    when ``patience > 0``, and the best weights are restored at the end).
+    the batches of one epoch; ``evaluate()`` returns validation metrics. ``monitor`` (``val_acc``, higher is
+    better, or ``val_loss``, lower is better) picks the best epoch; with ``patience > 0`` training stops after
+    that many epochs without a better value and the best epoch's weights are restored.
     """
+    if monitor not in ("val_acc", "val_loss"):
+        raise ValueError(f"monitor must be val_acc or val_loss; got {monitor!r}")
+    sign = 1.0 if monitor == "val_acc" else -1.0
+    best_score = None
     result = FitResult()
     best_state = None
     bad_epochs = 0
@@ -236,9 +266,10 @@ def fit(model: nn.Module, step: Callable[[list[torch.Tensor]], tuple[torch.Tenso
             append_jsonl(metrics_path, record)
         epoch_bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k in ("loss", "val_acc")})
 
-        val = record.get("val_acc")
-        if val is not None and (result.best_val_acc is None or val > result.best_val_acc):
-            result.best_val_acc, result.best_epoch, bad_epochs = val, epoch, 0
+        val = record.get(monitor)
+        if val is not None and (best_score is None or sign * val > best_score):
+            best_score, result.best_epoch, bad_epochs = sign * val, epoch, 0
+            result.best_val_acc = record.get("val_acc")
             if patience > 0:
                 best_state = copy.deepcopy(model.state_dict())
         elif val is not None:
@@ -379,25 +410,50 @@ def pretrain(cfg: Config, data: DataSplits, out: str | Path | None = None) -> St
                                 mean=inputs.mean, std=inputs.std, **_policy_options(cfg))
     batches, steps = _epoch_batches(data.train.images, data.train.labels, cfg, views, device)
     optimizer, scheduler = _optimizer_and_schedule(cfg, model.parameters(), steps, cfg.epochs, cfg.optimizer,
-                                                   cfg.lr, cfg.weight_decay)
+                                                   cfg.resolved_lr(), cfg.weight_decay)
     use_labels = cfg.loss != "simclr"
+    reference = {"start": None, "floor": 0.0, "batches": 0}
 
     def step(batch):
         x, y = batch  # x: [B, V, C, H, W]
         b, v = x.shape[:2]
         with autocast(device, dtype):
             z = model(x.flatten(0, 1)).view(b, v, -1)
-        return criterion(z.float(), y if use_labels else None), None
+        loss = criterion(z.float(), y if use_labels else None)
+        if reference["start"] is None:
+            reference["start"] = loss.item()
+        reference["floor"] += loss_floor(y if use_labels else None, v)
+        reference["batches"] += 1
+        return loss, None
 
     result = fit(model, step, batches, steps, epochs=cfg.epochs, optimizer=optimizer, scheduler=scheduler,
                  grad_clip=cfg.grad_clip, scaler=_scaler(dtype), stage="pretrain",
                  metrics_path=out / "metrics.jsonl" if out else None, progress=not cfg.quiet)
+    final = result.history[-1]["loss"]
+    floor = reference["floor"] / max(1, reference["batches"])
+    start = reference["start"]
     summary = {"method": "simclr" if cfg.loss == "simclr" else "supcon", "loss": cfg.loss,
-               "supcon_loss": result.history[-1]["loss"], "val_acc": None, "train_acc": None,
-               "epochs": len(result.history)}
+               "supcon_loss": final, "supcon_loss_start": start, "supcon_loss_floor": floor,
+               "stage1_progress": (start - final) / (start - floor) if start - floor > 1e-6 else None,
+               "val_acc": None, "train_acc": None, "epochs": len(result.history)}
     summary["seconds"] = summary["pretrain_seconds"] = time.perf_counter() - started
     _save_run(out, cfg, data, summary, inputs, {"encoder": model.encoder, "projection": model.head})
     return StageResult(summary, result, model.encoder, model, inputs)
+
+
+def loss_floor(labels: torch.Tensor | None, views: int) -> float:
+    """The smallest SupCon (L_out) loss a batch allows, approached when every positive pair coincides and the
+    classes sit far apart: the mean over anchors of log |P(i)|, with |P(i)| = views x (same-label images) - 1.
+
+    Comparing the loss with its start and this floor tells whether stage 1 converged, whatever the batch.
+    """
+    if labels is None:
+        positives = torch.full((1,), views - 1, dtype=torch.float64)
+    else:
+        _, inverse, counts = labels.unique(return_inverse=True, return_counts=True)
+        positives = (views * counts[inverse] - 1).double()
+    positives = positives[positives > 0]
+    return positives.log().mean().item() if len(positives) else 0.0
 
 
 def _scaler(dtype: torch.dtype | None):
@@ -407,10 +463,10 @@ def _scaler(dtype: torch.dtype | None):
 class LinearProbe(nn.Module):
     """A frozen encoder (always in eval mode, so BatchNorm statistics stay put) and a trainable linear layer."""
 
-    def __init__(self, encoder: Encoder, num_classes: int):
+    def __init__(self, encoder: Encoder, outputs: int):
         super().__init__()
         self.encoder = encoder.requires_grad_(False)
-        self.fc = nn.Linear(encoder.out_dim, num_classes)
+        self.fc = nn.Linear(encoder.out_dim, outputs)
 
     def train(self, mode: bool = True) -> LinearProbe:
         super().train(mode)
@@ -429,7 +485,7 @@ def _classification_step(model, device, dtype):
         with autocast(device, dtype):
             logits = model(x)
         logits = logits.float()
-        return F.cross_entropy(logits, y), int((logits.argmax(1) == y).sum())
+        return classification_loss(logits, y), int((predicted_class(logits) == y).sum())
     return step
 
 
@@ -445,7 +501,7 @@ def linear_probe(cfg: Config, data: DataSplits, encoder: Encoder, out: str | Pat
     if out is not None:
         _drop_stage(out / "metrics.jsonl", "linear")  # a repeated probe replaces the last one
     inputs = inputs or Inputs.for_data(data, cfg.normalize)
-    probe = _prepare(LinearProbe(encoder, data.num_classes), device)
+    probe = _prepare(LinearProbe(encoder, output_size(cfg.head, data.num_classes)), device)
     plain = inputs.plain()
     if cfg.linear_augment == "none":
         train_x = predict(encoder, data.train.images, plain, device, cfg.eval_batch_size, dtype)
@@ -467,10 +523,11 @@ def linear_probe(cfg: Config, data: DataSplits, encoder: Encoder, out: str | Pat
         return predict(probe, x, plain, device, cfg.eval_batch_size, dtype)
 
     def evaluate():
-        return {"val_acc": accuracy(logits_of(val_x), data.val.labels)}
+        return validation_metrics(logits_of(val_x), data.val.labels)
 
     result = fit(head, _classification_step(head, device, dtype), batches, steps, epochs=cfg.linear_epochs,
                  optimizer=optimizer, scheduler=scheduler, evaluate=evaluate, patience=cfg.patience,
+                 monitor=cfg.monitor,
                  grad_clip=cfg.grad_clip, stage="linear", metrics_path=out / "metrics.jsonl" if out else None,
                  progress=not cfg.quiet)
     summary = {"train_acc": accuracy(logits_of(train_x), data.train.labels),
@@ -489,20 +546,22 @@ def train_ce(cfg: Config, data: DataSplits, out: str | Path | None = None) -> St
     inputs = Inputs.for_data(data, cfg.normalize)
     # The CE baseline follows the usual practice (and the reference implementations): the classifier sees the
     # raw representation; normalising it would cap the logits and slow CE down.
-    model = _prepare(Classifier(_make_encoder(cfg, data, normalize=False), data.num_classes), device)
+    model = _prepare(Classifier(_make_encoder(cfg, data, normalize=False), output_size(cfg.head, data.num_classes)),
+                     device)
     transform = view_transform(cfg.augment, data.image_size, mean=inputs.mean, std=inputs.std,
                                **_policy_options(cfg))
     plain = inputs.plain()
     batches, steps = _epoch_batches(data.train.images, data.train.labels, cfg, transform, device)
     optimizer, scheduler = _optimizer_and_schedule(cfg, model.parameters(), steps, cfg.epochs, cfg.optimizer,
-                                                   cfg.lr, cfg.weight_decay)
+                                                   cfg.resolved_lr(), cfg.weight_decay)
 
     def evaluate():
-        logits = predict(model, data.val.images, plain, device, cfg.eval_batch_size, dtype)
-        return {"val_acc": accuracy(logits, data.val.labels)}
+        return validation_metrics(predict(model, data.val.images, plain, device, cfg.eval_batch_size, dtype),
+                                  data.val.labels)
 
     result = fit(model, _classification_step(model, device, dtype), batches, steps, epochs=cfg.epochs,
                  optimizer=optimizer, scheduler=scheduler, evaluate=evaluate, patience=cfg.patience,
+                 monitor=cfg.monitor,
                  grad_clip=cfg.grad_clip, scaler=_scaler(dtype), stage="ce",
                  metrics_path=out / "metrics.jsonl" if out else None, progress=not cfg.quiet)
     train_logits = predict(model, data.train.images, plain, device, cfg.eval_batch_size, dtype)

@@ -1,0 +1,282 @@
+"""``sweep``: a grid of runs, the reference study's table and a bar chart; resumable cell by cell.
+
+A grid is a base :class:`~supcon.config.Config` and two sets of axes: the SupCon cells are the product of
+``grid`` (by default the study's optimizer x learning-rate strategy x augmentation), the cross-entropy cells the
+product of ``ce_grid`` (by default each optimizer). Every cell is a complete run directory under
+``OUT/cells/``; a cell counts as finished when its ``results.json`` holds a validation accuracy and its
+``config.yaml`` matches the cell's configuration, so a sweep killed at any point and started again redoes only
+unfinished cells. ``OUT/sweep.md``, ``sweep.csv`` and ``sweep.png`` are rewritten after every cell.
+
+>>> from supcon.sweep import Sweep, run_sweep
+>>> sweep = Sweep(Config(dataset="digits", epochs=5))      # the study's grid on digits
+>>> rows = run_sweep(sweep, "runs/sweep-digits", jobs=1)
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import itertools
+import os
+import typing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from supcon.config import Config
+from supcon.io import atomic_write_bytes, atomic_write_text, read_json
+
+STUDY_GRID = {"optimizer": ["sgd", "adam", "rmsprop"], "schedule": ["fixed", "cosine"], "augment": ["none", None]}
+STUDY_CE_GRID = {"optimizer": ["sgd", "adam", "rmsprop"]}
+# Options that do not change what a cell computes: a cell finished under other values still counts.
+IGNORED = {"out", "quiet", "run", "device", "eval_batch_size", "tsne", "logger", "data_dir"}
+
+
+@dataclass
+class Sweep:
+    """The base configuration and the axes of the SupCon and cross-entropy cells.
+
+    An axis value ``None`` in the default grid stands for the base configuration's value (the study's
+    "with augmentation" is the base ``augment`` policy).
+    """
+
+    base: Config
+    grid: dict[str, list[Any]] = field(default_factory=lambda: dict(STUDY_GRID))
+    ce_grid: dict[str, list[Any]] = field(default_factory=lambda: dict(STUDY_CE_GRID))
+
+    def __post_init__(self) -> None:
+        names = {f.name for f in dataclasses.fields(Config)}
+        for axes in (self.grid, self.ce_grid):
+            for key, values in axes.items():
+                if key not in names:
+                    raise ValueError(f"unknown sweep axis {key!r}; axes are Config options: {', '.join(sorted(names))}")
+                if not isinstance(values, list) or not values:
+                    raise ValueError(f"sweep axis {key!r} needs a non-empty list of values; got {values!r}")
+
+    def cells(self) -> list[tuple[str, str, Config]]:
+        """``(name, method, config)`` for every cell, SupCon cells first, in grid order."""
+        cells = []
+        for method, axes in (("supcon", self.grid), ("ce", self.ce_grid)):
+            keys = list(axes)
+            if not keys:
+                continue
+            for combo in itertools.product(*(axes[k] for k in keys)):
+                changes = {k: (getattr(self.base, k) if v is None else v) for k, v in zip(keys, combo, strict=True)}
+                cfg = self.base.replace(**changes)
+                name = "-".join([method] + [_slug(changes[k]) for k in keys])
+                cells.append((name, method, cfg))
+        names = [c[0] for c in cells]
+        if len(set(names)) != len(names):
+            raise ValueError("two sweep cells have the same name; make the axes' values distinct")
+        return cells
+
+
+def _slug(value: Any) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return "".join(c if c.isalnum() or c == "." else "_" for c in text)
+
+
+def parse_axis(text: str) -> tuple[str, list[Any]]:
+    """``KEY=V1,V2,...`` from the command line, each value converted to the Config option's type."""
+    key, sep, values = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not values:
+        raise ValueError(f"a sweep axis is written KEY=VALUE1,VALUE2,...; got {text!r}")
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    if key not in fields:
+        raise ValueError(f"unknown sweep axis {key!r}; axes are Config options")
+    hint = typing.get_type_hints(Config)[key]
+    kinds = [k for k in typing.get_args(hint) if k is not type(None)] or [hint]
+    kind = kinds[0]
+
+    def convert(v: str):
+        v = v.strip()
+        if v.lower() in ("none", "null") and type(None) in typing.get_args(hint):
+            return None
+        if kind is bool:
+            if v.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                raise ValueError(f"sweep axis {key!r} takes true/false; got {v!r}")
+            return v.lower() in ("true", "yes", "1")
+        try:
+            return kind(v)
+        except ValueError:
+            raise ValueError(f"sweep axis {key!r} takes {kind.__name__} values; got {v!r}") from None
+
+    return key, [convert(v) for v in values.split(",")]
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def _comparable(cfg: Config) -> dict[str, Any]:
+    return {k: v for k, v in cfg.to_dict().items() if k not in IGNORED}
+
+
+def cell_finished(run_dir: Path, cfg: Config) -> dict[str, Any] | None:
+    """The finished cell's run summary, or None when it must be (re)done."""
+    try:
+        results = read_json(run_dir / "results.json")
+        saved = Config.from_yaml(run_dir / "config.yaml")
+    except (ValueError, OSError, KeyError):
+        return None
+    run = (results.get("runs") or [{}])[0]
+    if run.get("val_acc") is None or _comparable(saved) != _comparable(cfg):
+        return None
+    return run
+
+
+def run_cell(method: str, cfg: Config, run_dir: str | Path, threads: int | None = None) -> dict[str, Any]:
+    """Train one cell into ``run_dir`` (from scratch) and return its run summary."""
+    import torch
+
+    from supcon import train
+
+    if threads:
+        torch.set_num_threads(threads)
+    data = train.load_data(cfg)
+    result = train.train_ce(cfg, data, run_dir) if method == "ce" else train.supcon(cfg, data, run_dir)
+    return result.summary
+
+
+def run_sweep(sweep: Sweep, out: str | Path, jobs: int = 1, log: Callable[[str], None] = print
+              ) -> list[dict[str, Any]]:
+    """Run every unfinished cell (``jobs`` at a time, each in its own process when ``jobs > 1``), then write
+    ``sweep.md``, ``sweep.csv`` and ``sweep.png``; return one row per cell."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1; got {jobs}")
+    out = Path(out)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    _save_sweep(sweep, out / "sweep.yaml")
+    cells = sweep.cells()
+    summaries: dict[str, dict[str, Any]] = {}
+    todo = []
+    for name, method, cfg in cells:
+        run_dir = out / "cells" / name
+        cfg = cfg.replace(out=str(run_dir), quiet=cfg.quiet or jobs > 1)
+        done = cell_finished(run_dir, cfg)
+        if done is not None:
+            summaries[name] = done
+        else:
+            todo.append((name, method, cfg, run_dir))
+    log(f"sweep: {len(cells)} cells, {len(summaries)} already finished, {len(todo)} to run")
+
+    def finished(name: str, summary: dict[str, Any]) -> None:
+        summaries[name] = summary
+        write_tables(sweep, summaries, out)
+        log(f"  {len(summaries)}/{len(cells)} {name}: val acc {summary['val_acc']:.4f} "
+            f"({summary['seconds']:.0f} s)")
+
+    if jobs == 1:
+        for name, method, cfg, run_dir in todo:
+            log(f"  running {name}")
+            finished(name, run_cell(method, cfg, run_dir))
+    elif todo:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        import multiprocessing
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(run_cell, method, cfg, run_dir, threads): name
+                       for name, method, cfg, run_dir in todo}
+            for future in as_completed(futures):
+                finished(futures[future], future.result())
+    write_tables(sweep, summaries, out)
+    return table_rows(sweep, summaries)
+
+
+def _save_sweep(sweep: Sweep, path: Path) -> None:
+    import yaml
+
+    values = {**sweep.base.to_dict(), "grid": sweep.grid, "ce_grid": sweep.ce_grid}
+    atomic_write_text(path, yaml.safe_dump(values, sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+LABELS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}
+
+
+def describe_cell(method: str, cfg: Config, axes: list[str]) -> str:
+    """The study's row label, e.g. ``RMSprop + lr decayed + without augmentation``; other axes as ``key=value``."""
+    parts = []
+    for key in axes:
+        value = getattr(cfg, key)
+        if key == "optimizer":
+            parts.append(LABELS.get(value, value))
+        elif key == "schedule":
+            parts.append({"fixed": "fixed lr", "cosine": "lr decayed (cosine)", "step": "lr decayed (step)"}[value])
+        elif key == "augment":
+            parts.append("without augmentation" if value == "none" else f"with augmentation ({value})")
+        else:
+            parts.append(f"{key}={value}")
+    prefix = "CE: " if method == "ce" else ""
+    return prefix + (" + ".join(parts) if parts else ("cross-entropy" if method == "ce" else "SupCon"))
+
+
+def table_rows(sweep: Sweep, summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per cell, in grid order; cells not run yet have empty results."""
+    rows = []
+    for name, method, cfg in sweep.cells():
+        run = summaries.get(name) or {}
+        axes = list(sweep.grid if method == "supcon" else sweep.ce_grid)
+        rows.append({"cell": name, "method": method, "setting": describe_cell(method, cfg, axes),
+                     "optimizer": cfg.optimizer, "lr": cfg.resolved_lr(), "schedule": cfg.schedule,
+                     "augment": cfg.augment, "epochs": cfg.epochs, "supcon_loss": run.get("supcon_loss"),
+                     "stage1_progress": run.get("stage1_progress"), "train_acc": run.get("train_acc"),
+                     "val_acc": run.get("val_acc"), "seconds": run.get("seconds")})
+    return rows
+
+
+def write_tables(sweep: Sweep, summaries: dict[str, dict[str, Any]], out: Path) -> None:
+    rows = table_rows(sweep, summaries)
+    atomic_write_text(out / "sweep.md", sweep_markdown(rows) + "\n")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "sweep.csv", buffer.getvalue())
+    if any(r["val_acc"] is not None for r in rows):
+        plot_sweep(rows, out / "sweep.png")
+
+
+def sweep_markdown(rows: list[dict[str, Any]]) -> str:
+    """The study's table: ``Optimizer + lr strategy + augmentation | SupCon loss | train acc | val acc``."""
+
+    def num(value, digits=4):
+        return "–" if value is None else f"{value:.{digits}f}"
+
+    lines = ["| Optimizer + lr strategy + augmentation | SupCon loss | train acc | val acc | time |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        seconds = "not run yet" if r["seconds"] is None else f"{r['seconds']:.0f} s"
+        lines.append(f"| {r['setting']} | {num(r['supcon_loss'])} | {num(r['train_acc'])} | {num(r['val_acc'])} "
+                     f"| {seconds} |")
+    return "\n".join(lines)
+
+
+def plot_sweep(rows: list[dict[str, Any]], path: Path) -> None:
+    """Validation accuracy per cell as horizontal bars, SupCon and cross-entropy in two colours."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["val_acc"] is not None]
+    fig, ax = plt.subplots(figsize=(8, 0.38 * len(rows) + 1.2))
+    colours = ["tab:blue" if r["method"] == "supcon" else "tab:orange" for r in rows]
+    ax.barh(range(len(rows)), [r["val_acc"] for r in rows], color=colours)
+    for i, r in enumerate(rows):
+        ax.text(r["val_acc"] + 0.005, i, f"{r['val_acc']:.3f}", va="center", fontsize=8)
+    ax.set_yticks(range(len(rows)), [r["setting"] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.08)
+    ax.set_xlabel("validation accuracy")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in ("tab:blue", "tab:orange")]
+    ax.legend(handles, ["SupCon + linear probe", "cross-entropy"], loc="lower right", fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
