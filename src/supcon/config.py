@@ -35,9 +35,14 @@ def option(default: Any, help: str, commands=TRAINING, choices=None, metavar=Non
 @dataclass
 class Config:
     # data
-    dataset: str = option("digits", "data set: 'digits' (bundled with scikit-learn), 'npz:PATH' or 'folder:PATH'",
+    dataset: str = option("digits", "data set: 'digits' (bundled with scikit-learn), 'npz:PATH', 'folder:PATH', or "
+                          "one downloaded on first use: flowers5, cats_vs_dogs, imagenet5, cifar10, cifar100",
                           metavar="SPEC")
-    image_size: int | None = option(None, "resize images to this square size (default: the data set's own size)",
+    data_dir: str | None = option(None, "where the named data sets are downloaded, extracted and cached; may hold "
+                                  "an archive or extracted tree fetched elsewhere (default: $SUPCON_DATA_DIR, "
+                                  "else ~/.cache/supcon)", metavar="DIR")
+    image_size: int | None = option(None, "resize images to this square size (default: the data set's own size; "
+                                    "128 for flowers5, cats_vs_dogs and imagenet5, whose photos differ in size)",
                                     metavar="PX")
     val_fraction: float = option(0.15, "validation share when the data set has no split of its own")
     max_train: int | None = option(None, "use at most this many training images (stratified; for quick runs)",

@@ -301,7 +301,7 @@ class StageResult:
 def load_data(cfg: Config) -> DataSplits:
     """The data set a config names, with its size, split and subsampling options."""
     return load_dataset(cfg.dataset, image_size=cfg.image_size, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                        max_train=cfg.max_train, max_val=cfg.max_val, progress=not cfg.quiet)
+                        max_train=cfg.max_train, max_val=cfg.max_val, progress=not cfg.quiet, data_dir=cfg.data_dir)
 
 
 def _setup(cfg: Config, out: str | Path | None, fresh: bool = True):

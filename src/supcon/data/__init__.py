@@ -1,14 +1,16 @@
 """Image data sets held in memory as uint8 tensors.
 
 `load_dataset(spec)` accepts "digits" (scikit-learn's bundled 8x8 digits, the default),
-"npz:PATH" (x_train/y_train/x_test/y_test/class_names, uint8 NHWC) and "folder:PATH" (one
-sub-folder per class, optionally under train/ and val/ or test/). New schemes register a loader
-with `register_loader` in their own module and are imported below.
+"npz:PATH" (x_train/y_train/x_test/y_test/class_names, uint8 NHWC), "folder:PATH" (one
+sub-folder per class, optionally under train/ and val/ or test/) and the named data sets that
+are downloaded on first use (flowers5, cats_vs_dogs, imagenet5, cifar10, cifar100; see
+downloads.py). New schemes register a loader with `register_loader` in their own module and are
+imported below.
 """
 
 # Each module registers its scheme on import; this order is the order available_datasets() lists.
 # isort: off
-from . import digits, npz, folder  # noqa: F401
+from . import digits, npz, folder, downloads  # noqa: F401
 
 # isort: on
 from .core import (

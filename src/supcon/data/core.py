@@ -68,6 +68,7 @@ class LoadOptions:
     max_train: int | None = None
     max_val: int | None = None
     progress: bool = False
+    data_dir: str | None = None  # where the named data sets are downloaded and cached
 
 
 Loader = Callable[[str, LoadOptions], DataSplits]
@@ -124,18 +125,22 @@ def load_dataset(
     max_train: int | None = None,
     max_val: int | None = None,
     progress: bool = False,
+    data_dir: str | Path | None = None,
 ) -> DataSplits:
     """Load a data set into memory as uint8 tensors, split into train and val.
 
     spec: "digits" (scikit-learn's 8x8 digits), "npz:PATH" (x_train/y_train/x_test/y_test/
-    class_names, its own split) or "folder:PATH" (one sub-folder per class, optionally under
-    train/ and val/ or test/). Where the source has no split of its own, a seeded stratified split
+    class_names, its own split), "folder:PATH" (one sub-folder per class, optionally under
+    train/ and val/ or test/), or a named data set downloaded on first use into `data_dir`
+    (default $SUPCON_DATA_DIR, else ~/.cache/supcon): "flowers5", "cats_vs_dogs", "imagenet5",
+    "cifar10", "cifar100". Where the source has no split of its own, a seeded stratified split
     with `val_fraction` is made. `image_size` resizes to a square once at load time (None keeps the
-    stored size, which must then be square). `max_train` / `max_val` take a seeded, class-balanced
-    subsample.
+    stored size, which must then be square; the named photo sets, whose photos differ in size,
+    default to 128). `max_train` / `max_val` take a seeded, class-balanced subsample.
     Raises ValueError (one line) on a bad spec, a missing path or malformed data.
     """
-    opts = _checked_options(LoadOptions(image_size, val_fraction, seed, max_train, max_val, progress))
+    where = None if data_dir is None else str(data_dir)
+    opts = _checked_options(LoadOptions(image_size, val_fraction, seed, max_train, max_val, progress, where))
     scheme, sep, arg = spec.partition(":")
     entry = _LOADERS.get(scheme)
     if entry is None or entry.takes_path != bool(sep) or (entry.takes_path and not arg):
