@@ -20,6 +20,7 @@ STAGE2 = ("linear", "compare")
 BASELINE = ("ce", "compare")
 TRAINING = COMMANDS
 NEW_RUN = ("pretrain", "ce", "compare")  # `linear` adds to an existing run: its encoder and directory are given
+TSNE_POINTS = 2000  # t-SNE is quadratic-ish in the points; a few thousand keep a picture under a minute on a CPU
 
 
 def option(default: Any, help: str, commands=TRAINING, choices=None, metavar=None) -> Any:
@@ -95,16 +96,25 @@ class Config:
     patience: int = option(10, "early stopping: epochs without a better val accuracy (0: off)",
                            STAGE2 + BASELINE)
     # run
-    run: str | None = option(None, "finished pretrain run directory whose encoder to probe", ("linear",),
-                             metavar="DIR")
+    run: str | None = option(None, "finished pretrain run directory whose encoder to probe; the probe is added to "
+                             "it", ("linear",), metavar="DIR")
+    encoder_from: str | None = option(None, "transfer: train a linear probe on the frozen encoder of this finished "
+                                      "pretrain or ce run, on --dataset (resized to the encoder's input size), "
+                                      "in a new run directory (--out); DIR itself is not changed", ("linear",),
+                                      metavar="DIR")
     seed: int = option(0, "random seed (runs are deterministic on CPU)")
     device: str = option("auto", "device: auto (cuda, mps, then cpu), cpu, cuda, cuda:N, mps")
     amp: str = option("auto", "mixed precision on CUDA: auto (bf16 where supported), bf16, fp16, none",
                       choices=("auto", "bf16", "fp16", "none"))
     eval_batch_size: int = option(512, "batch size for evaluation and feature extraction")
-    tsne: bool = option(True, "draw t-SNE pictures of the test embeddings", ("compare",))
-    out: str | None = option(None, "run directory (default: runs/<command>-<dataset>-<time>)", NEW_RUN,
-                             metavar="DIR")
+    tsne: bool = option(True, "draw a t-SNE picture of the validation images' encoder embeddings (tsne.png; at "
+                        f"most {TSNE_POINTS:,} points, a stratified subsample of larger splits)")
+    logger: str = option("none", "also send the config, per-epoch metrics and pictures to tensorboard (RUN_DIR/"
+                         "tensorboard/) or wandb (metrics.jsonl is always written)",
+                         choices=("none", "tensorboard", "wandb"))
+    wandb_project: str = option("supcon", "wandb project of --logger wandb")
+    out: str | None = option(None, "run directory (default: runs/<command>-<dataset>-<time>); for linear only "
+                             "with --encoder-from", NEW_RUN + ("linear",), metavar="DIR")
     quiet: bool = option(False, "no progress bars")
 
     def __post_init__(self) -> None:
