@@ -32,6 +32,19 @@ def test_help_documents_every_option_with_its_default(command, capsys):
     assert "--config FILE" in text
 
 
+@pytest.mark.parametrize("command, options", [
+    ("tsne", ["RUN_DIR", "--projection"]),
+    ("embed", ["RUN_DIR", "--dataset SPEC", "--split {train,val,both}", "--projection", "--out FILE"]),
+    ("report", ["DIR", "--out FILE", "(default: report.md)"]),
+])
+def test_help_of_the_run_directory_commands(command, options, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args([command, "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(option in text for option in options), text
+
+
 def test_python_dash_m_and_version():
     result = subprocess.run([sys.executable, "-m", "supcon", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("supcon ")
@@ -44,7 +57,10 @@ def test_python_dash_m_and_version():
     (["pretrain", "--temperature", "0"], "temperature must be positive"),
     (["compare", "--val-fraction", "2"], "val_fraction must be between 0 and 1"),
     (["linear"], "linear needs --run DIR"),
-    (["linear", "--run", "/nowhere"], "is not a run directory"),
+    (["linear", "--run", "/nowhere"], "/nowhere is not a run directory (no results.json)"),
+    (["tsne", "/nowhere"], "/nowhere is not a run directory (no results.json)"),
+    (["embed", "/nowhere", "--out", "/nowhere/e.npz"], "/nowhere is not a run directory (no results.json)"),
+    (["report", "/nowhere"], "/nowhere is not a run directory (no results.json)"),
     (["ce", "--device", "tpu"], "device must be"),
     (["ce", "--config", "/nowhere.yaml"], "config file not found"),
 ])
@@ -88,7 +104,7 @@ def test_flags_override_the_yaml_file(tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"epochs": 5, "lr": 0.01, "max_train": 200, "max_val": 100}))
     out = tmp_path / "run"
-    code, _, _ = run_cli("ce", "--config", str(path), "--epochs", "1", "--out", str(out), "--quiet",
+    code, _, _ = run_cli("ce", "--config", str(path), "--epochs", "1", "--out", str(out), "--quiet", "--no-tsne",
                          capsys=capsys)
     assert code == 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
@@ -99,6 +115,7 @@ def test_pretrain_then_linear(tmp_path, capsys):
     out = tmp_path / "run"
     code, text, _ = run_cli("pretrain", *QUICK[:6], "--quiet", "--out", str(out), capsys=capsys)
     assert code == 0 and f"supcon linear --run {out}" in text
+    assert (out / "curves.png").is_file() and (out / "tsne.png").is_file()
     code, text, _ = run_cli("linear", "--run", str(out), "--linear-epochs", "3", "--quiet", capsys=capsys)
     assert code == 0 and "| SupCon + linear |" in text
     run = json.loads((out / "results.json").read_text())["runs"][0]
@@ -116,6 +133,7 @@ def test_compare_on_digits_writes_the_run_directory(tmp_path, capsys):
     for run_dir, weights in (("ce", ("encoder", "linear")), ("supcon", ("encoder", "projection", "linear"))):
         for w in weights:
             assert (out / run_dir / f"{w}.safetensors").is_file()
+        assert (out / run_dir / "curves.png").is_file() and (out / run_dir / "tsne.png").is_file()
         assert (out / run_dir / "metrics.jsonl").is_file()
     results = json.loads((out / "results.json").read_text())
     assert results["dataset"] == "digits"
@@ -156,7 +174,7 @@ def test_runs_repeat_exactly_across_processes_with_one_thread(tmp_path):
     for i in range(2):
         out = tmp_path / str(i)
         subprocess.run([sys.executable, "-m", "supcon", "pretrain", "--max-train", "200", "--epochs", "1",
-                        "--batch-size", "64", "--quiet", "--out", str(out)], check=True, env=env,
+                        "--batch-size", "64", "--quiet", "--no-tsne", "--out", str(out)], check=True, env=env,
                        capture_output=True)
         losses.append(json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss"])
     assert losses[0] == losses[1]

@@ -110,7 +110,8 @@ def test_non_finite_loss_stops_with_a_clear_message():
 
 def test_pretrain_writes_a_run_directory(pretrained):
     out, result = pretrained
-    for name in ("config.yaml", "metrics.jsonl", "results.json", "encoder.safetensors", "projection.safetensors"):
+    for name in ("config.yaml", "metrics.jsonl", "results.json", "encoder.safetensors", "projection.safetensors",
+                 "curves.png"):
         assert (out / name).is_file(), name
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2] and all(r["stage"] == "pretrain" for r in lines)

@@ -11,11 +11,12 @@ import warnings
 from pathlib import Path
 
 from supcon import __version__
-from supcon.config import COMMANDS, Config, fields_for, load_yaml
+from supcon.config import COMMANDS, TSNE_POINTS, Config, fields_for, load_yaml
 
 DESCRIPTIONS = {
     "pretrain": "Stage 1: train an encoder and projection head with the supervised contrastive loss.",
-    "linear": "Stage 2: freeze a pretrained encoder and train a linear classifier on it (early stopping).",
+    "linear": "Stage 2: freeze a pretrained encoder and train a linear classifier on it (early stopping); "
+              "--run DIR adds it to DIR, --encoder-from DIR transfers DIR's encoder to --dataset in a new run.",
     "ce": "The baseline: the same encoder and a linear layer trained end to end with cross-entropy.",
     "compare": "Train the CE baseline and SupCon (stage 1 + stage 2) on one data set under the same budget; "
                "print a table and draw t-SNE pictures of both encoders' embeddings.",
@@ -24,6 +25,15 @@ DESCRIPTIONS = {
              "finished cells. Options below set the base configuration of every cell.",
 }
 SWEEP_KEYS = ("grid", "ce_grid")
+# Commands that read finished run directories rather than train: their own small parsers, not the Config's.
+TOOLS = {
+    "tsne": "Draw RUN_DIR/tsne.png: the t-SNE of the validation images' encoder embeddings, coloured by class "
+            f"(at most {TSNE_POINTS:,} points, a stratified subsample of larger splits).",
+    "embed": "Export a run's encoder embeddings with their labels and class names as .npz (keys train_x, train_y, "
+             "val_x, val_y, class_names; train_proj, val_proj with --projection).",
+    "report": "Gather run directories (single runs, compare directories, or folders holding many runs) into one "
+              "Markdown report: results table, options changed from the defaults, and the pictures.",
+}
 _HINTS = typing.get_type_hints(Config)
 
 
@@ -70,7 +80,50 @@ def build_parser() -> argparse.ArgumentParser:
             else:
                 kwargs["metavar"] = f.metadata["metavar"] or kind.__name__.upper()
             sub.add_argument(flag, type=kind, **kwargs)
+    _add_tools(commands)
     return parser
+
+
+def _add_tools(commands) -> None:
+    def sub(name: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=TOOLS[name], description=TOOLS[name])
+
+    tsne = sub("tsne")
+    tsne.add_argument("run_dir", metavar="RUN_DIR", help="a finished pretrain, linear or ce run directory")
+    tsne.add_argument("--projection", action="store_true",
+                      help="also draw the projection head's output (pretrain runs) to RUN_DIR/tsne_projection.png")
+    embed = sub("embed")
+    embed.add_argument("run_dir", metavar="RUN_DIR", help="a finished pretrain, linear or ce run directory")
+    embed.add_argument("--dataset", metavar="SPEC", help="data set to embed, resized to the encoder's input size "
+                       "(default: the run's own, with its split)")
+    embed.add_argument("--split", choices=("train", "val", "both"), default="both",
+                       help="which split to export (default: both)")
+    embed.add_argument("--projection", action="store_true",
+                       help="also export the projection head's output (pretrain runs) as train_proj / val_proj")
+    embed.add_argument("--out", metavar="FILE", required=True, help="the .npz file to write")
+    report = sub("report")
+    report.add_argument("dirs", nargs="+", metavar="DIR",
+                        help="run directories, compare directories or folders searched for runs (by results.json)")
+    report.add_argument("--out", metavar="FILE", default="report.md",
+                        help="the Markdown file to write; pictures are linked relative to it (default: report.md)")
+
+
+def run_tool(args: argparse.Namespace) -> int:
+    if args.command == "report":
+        from supcon.report import write_report
+
+        print(f"report written to {write_report(args.dirs, args.out)}")
+        return 0
+    from supcon import transfer
+
+    if args.command == "tsne":
+        paths = transfer.tsne_run(args.run_dir, projection=args.projection)
+        print(f"t-SNE written to {', '.join(map(str, paths))}")
+        return 0
+    path = transfer.embed_run(args.run_dir, args.out, dataset=args.dataset, split=args.split,
+                              projection=args.projection)
+    print(f"embeddings written to {path}")
+    return 0
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -78,11 +131,20 @@ def config_from_args(args: argparse.Namespace) -> Config:
     values: dict = {}
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "grid", "ce_grid", "no_ce",
                                                               "jobs")}
-    run = flags.get("run")
+    run, source = flags.get("run"), flags.get("encoder_from")
     if args.command == "linear":
-        if run is None:
-            raise ValueError("linear needs --run DIR, the directory of a finished pretrain run")
-        values.update(load_yaml(Path(run) / "config.yaml") if (Path(run) / "config.yaml").is_file() else {})
+        if run is None and source is None:
+            raise ValueError("linear needs --run DIR, the directory of a finished pretrain run (or --encoder-from "
+                             "DIR to train a probe on DIR's encoder on another --dataset)")
+        if run is not None and source is not None:
+            raise ValueError("give --run DIR (add a probe to DIR) or --encoder-from DIR (a new run), not both")
+        if run is not None and "out" in flags:
+            raise ValueError("--out goes with --encoder-from; --run DIR writes into DIR")
+        given = Path(run or source)
+        loaded = load_yaml(given / "config.yaml") if (given / "config.yaml").is_file() else {}
+        if source is not None:  # the transfer run starts from the source's options, but is a run of its own
+            loaded = {k: v for k, v in loaded.items() if k not in ("out", "run", "encoder_from")}
+        values.update(loaded)
     if getattr(args, "config", None):
         values.update({k: v for k, v in load_yaml(args.config).items() if k not in SWEEP_KEYS})
     values.update(flags)
@@ -131,6 +193,15 @@ def run_command(command: str, cfg: Config, args: argparse.Namespace | None = Non
         if not cfg.quiet:
             print(message, flush=True)
 
+    if command == "linear" and cfg.run is None:  # by --run: a transfer run's own config.yaml names encoder_from
+        from supcon.transfer import linear_transfer
+
+        out = Path(cfg.out) if cfg.out else default_out(command, cfg.dataset)
+        result = linear_transfer(cfg.encoder_from, cfg, out)
+        print(results_table([result.summary]))
+        print(f"transfer finished: val acc {result.summary['val_acc']:.4f} on {cfg.dataset} with the encoder of "
+              f"{cfg.encoder_from}; outputs in {out}")
+        return 0
     if command == "linear":
         out = Path(cfg.run)
         result = train.linear_probe_run(out, cfg)
@@ -174,9 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command in TOOLS:
+            return run_tool(args)
         cfg = config_from_args(args)
         return run_command(args.command, cfg, args)
-    except (ValueError, FloatingPointError, OSError) as err:
+    except (ValueError, FloatingPointError, OSError, ImportError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"supcon {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
 """``compare``: SupCon (both stages) against the cross-entropy baseline on one data set, same budget.
 
-Writes ``OUT/ce/`` and ``OUT/supcon/`` (each a complete run directory), and in ``OUT/`` the resolved
-``config.yaml``, the combined ``results.json``, ``results.md`` (the table) and ``tsne.png``.
+Writes ``OUT/ce/`` and ``OUT/supcon/`` (each a complete run directory, with its own ``curves.png`` and
+``tsne.png``), and in ``OUT/`` the resolved ``config.yaml``, the combined ``results.json``, ``results.md`` (the
+table) and ``tsne.png`` (both encoders side by side).
 """
 
 from __future__ import annotations
@@ -14,21 +15,28 @@ from supcon import train
 from supcon.config import Config
 from supcon.data import DataSplits, describe
 from supcon.io import atomic_write_text, write_json
+from supcon.tracking import open_tracker
 
 COLUMNS = ("method", "SupCon loss", "train acc", "val acc", "time")
+METHODS = {"supcon": "SupCon + linear", "simclr": "SimCLR + linear", "ce": "cross-entropy"}
+TRANSFERRED = {"supcon": "SupCon encoder + linear", "simclr": "SimCLR encoder + linear",
+               "ce": "cross-entropy encoder + linear"}
 
 
-def results_table(runs: list[dict[str, Any]]) -> str:
-    """The comparison as a Markdown table (one row per run)."""
+def results_table(runs: list[dict[str, Any]], names: list[str] | None = None) -> str:
+    """The comparison as a Markdown table (one row per run; ``names`` adds a first column naming each run)."""
 
     def num(value, digits=4):
         return "–" if value is None else f"{value:.{digits}f}"
 
-    rows = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for run in runs:
-        name = {"supcon": "SupCon + linear", "simclr": "SimCLR + linear", "ce": "cross-entropy"}[run["method"]]
-        rows.append(f"| {name} | {num(run['supcon_loss'])} | {num(run['train_acc'])} | {num(run['val_acc'])} "
-                    f"| {run['seconds']:.0f} s |")
+    columns = (("run",) if names is not None else ()) + COLUMNS
+    rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for i, run in enumerate(runs):
+        # a transfer run probes an encoder trained elsewhere, whatever its method was
+        name = (TRANSFERRED if run.get("encoder_from") else METHODS)[run["method"]]
+        first = f"| {names[i]} " if names is not None else ""
+        rows.append(f"{first}| {name} | {num(run['supcon_loss'])} | {num(run['train_acc'])} | "
+                    f"{num(run['val_acc'])} | {run['seconds']:.0f} s |")
     return "\n".join(rows)
 
 
@@ -42,9 +50,14 @@ def compare(cfg: Config, out: str | Path, data: DataSplits | None = None,
         data = train.load_data(cfg)
     log(describe(data))
     log("1/2 cross-entropy baseline")
-    ce = train.train_ce(cfg, data, out / "ce")
+    # Trackers named after the comparison (wandb would call both sub-runs just "ce" and "supcon"), in one group.
+    with open_tracker(cfg, out / "ce", f"{out.name}/ce", out.name) as track:
+        ce = train.train_ce(cfg, data, out / "ce", track)
+        track.log_summary(ce.summary)
     log("2/2 SupCon: stage 1 (contrastive) then stage 2 (linear probe)")
-    sup = train.supcon(cfg, data, out / "supcon")
+    with open_tracker(cfg, out / "supcon", f"{out.name}/supcon", out.name) as track:
+        sup = train.supcon(cfg, data, out / "supcon", track)
+        track.log_summary(sup.summary)
     runs = [sup.summary, ce.summary]
     results = {"dataset": data.name, "runs": runs, "skipped_images": len(data.skipped),
                "class_names": data.train.class_names}
@@ -52,14 +65,13 @@ def compare(cfg: Config, out: str | Path, data: DataSplits | None = None,
     train.write_skipped(out, data)
     table = results_table(runs)
     atomic_write_text(out / "results.md", table + "\n")
-    if cfg.tsne:
-        from supcon.evaluate.tsne import plot_embeddings, tsne_2d
+    if cfg.tsne and sup.tsne_xy is not None and ce.tsne_xy is not None:
+        from supcon.config import TSNE_POINTS
+        from supcon.evaluate.tsne import plot_embeddings, tsne_subset
 
-        device = train.resolve_device(cfg.device)
-        plain = sup.inputs.plain()
-        panels = []
-        for title, result in (("SupCon encoder", sup), ("cross-entropy encoder", ce)):
-            feats = train.predict(result.encoder, data.val.images, plain, device, cfg.eval_batch_size)
-            panels.append((f"{title} (val acc {result.summary['val_acc']:.3f})", tsne_2d(feats, cfg.seed)))
-        plot_embeddings(panels, data.val.labels.numpy(), data.val.class_names, out / "tsne.png")
+        # The sub-runs drew the same points (same subset and seed) into their own tsne.png: reuse them.
+        labels = data.val.labels.numpy()[tsne_subset(data.val.labels, TSNE_POINTS, cfg.seed)]
+        panels = [(f"{title} (val acc {result.summary['val_acc']:.3f})", result.tsne_xy)
+                  for title, result in (("SupCon encoder", sup), ("cross-entropy encoder", ce))]
+        plot_embeddings(panels, labels, data.val.class_names, out / "tsne.png")
     return results

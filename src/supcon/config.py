@@ -25,6 +25,7 @@ NEW_RUN = ("pretrain", "ce", "compare", "sweep")  # `linear` adds to an existing
 # The usual starting points: SGD with momentum at 0.1 for batch 128-256 (He et al. 2016, and the SupCon reference
 # code's CE and contrastive recipes scaled to that batch); the adaptive methods at their libraries' default.
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3}
+TSNE_POINTS = 2000  # t-SNE is quadratic-ish in the points; a few thousand keep a picture under a minute on a CPU
 
 
 def option(default: Any, help: str, commands=TRAINING, choices=None, metavar=None) -> Any:
@@ -111,16 +112,25 @@ class Config:
                        "binary (two classes only: one logit, sigmoid and binary cross-entropy)", STAGE2 + BASELINE,
                        choices=("softmax", "binary"))
     # run
-    run: str | None = option(None, "finished pretrain run directory whose encoder to probe", ("linear",),
-                             metavar="DIR")
+    run: str | None = option(None, "finished pretrain run directory whose encoder to probe; the probe is added to "
+                             "it", ("linear",), metavar="DIR")
+    encoder_from: str | None = option(None, "transfer: train a linear probe on the frozen encoder of this finished "
+                                      "pretrain or ce run, on --dataset (resized to the encoder's input size), "
+                                      "in a new run directory (--out); DIR itself is not changed", ("linear",),
+                                      metavar="DIR")
     seed: int = option(0, "random seed (runs are deterministic on CPU)")
     device: str = option("auto", "device: auto (cuda, mps, then cpu), cpu, cuda, cuda:N, mps")
     amp: str = option("auto", "mixed precision on CUDA: auto (bf16 where supported), bf16, fp16, none",
                       choices=("auto", "bf16", "fp16", "none"))
     eval_batch_size: int = option(512, "batch size for evaluation and feature extraction")
-    tsne: bool = option(True, "draw t-SNE pictures of the test embeddings", ("compare", "sweep"))
-    out: str | None = option(None, "run directory (default: runs/<command>-<dataset>-<time>)", NEW_RUN,
-                             metavar="DIR")
+    tsne: bool = option(True, "draw a t-SNE picture of the validation images' encoder embeddings (tsne.png; at "
+                        f"most {TSNE_POINTS:,} points, a stratified subsample of larger splits)")
+    logger: str = option("none", "also send the config, per-epoch metrics and pictures to tensorboard (RUN_DIR/"
+                         "tensorboard/) or wandb (metrics.jsonl is always written)",
+                         choices=("none", "tensorboard", "wandb"))
+    wandb_project: str = option("supcon", "wandb project of --logger wandb")
+    out: str | None = option(None, "run directory (default: runs/<command>-<dataset>-<time>); for linear only "
+                             "with --encoder-from", NEW_RUN + ("linear",), metavar="DIR")
     quiet: bool = option(False, "no progress bars")
 
     def __post_init__(self) -> None:

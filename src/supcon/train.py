@@ -22,6 +22,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +34,22 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from supcon.augment import apply_batch, multiview_transform, to_float, view_transform
-from supcon.config import Config
+from supcon.config import TSNE_POINTS, Config
 from supcon.data import DataSplits, load_dataset
-from supcon.io import append_jsonl, atomic_write_text, load_weights, read_json, save_weights, write_json
+from supcon.evaluate.curves import plot_curves
+from supcon.evaluate.tsne import MIN_POINTS, draw_tsne, tsne_subset
+from supcon.io import (
+    append_jsonl,
+    atomic_write_text,
+    load_weights,
+    read_json,
+    require_run_dir,
+    save_weights,
+    write_json,
+)
 from supcon.losses import SupConLoss
 from supcon.models import Classifier, Encoder, ProjectionHead, SupConModel, build_encoder
+from supcon.tracking import Tracker, open_tracker
 
 # ---------------------------------------------------------------------------------------------- devices
 
@@ -202,13 +214,14 @@ def fit(model: nn.Module, step: Callable[[list[torch.Tensor]], tuple[torch.Tenso
         optimizer: torch.optim.Optimizer, scheduler=None, evaluate: Callable[[], dict[str, float]] | None = None,
         patience: int = 0, monitor: str = "val_acc", grad_clip: float | None = None,
         scaler: torch.amp.GradScaler | None = None, stage: str = "train", metrics_path: Path | None = None,
-        progress: bool = True) -> FitResult:
+        progress: bool = True, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
     """The training loop shared by every stage.
 
     ``step(batch) -> (loss, n_correct or None)`` computes one batch's loss; ``epoch_batches(epoch)`` yields
     the batches of one epoch; ``evaluate()`` returns validation metrics. ``monitor`` (``val_acc``, higher is
     better, or ``val_loss``, lower is better) picks the best epoch; with ``patience > 0`` training stops after
-    that many epochs without a better value and the best epoch's weights are restored.
+    that many epochs without a better value and the best epoch's weights are restored. ``on_epoch(record)``
+    sees each epoch's record after it is written to ``metrics_path`` (a tracker's ``log_metrics``, for instance).
     """
     if monitor not in ("val_acc", "val_loss"):
         raise ValueError(f"monitor must be val_acc or val_loss; got {monitor!r}")
@@ -264,6 +277,8 @@ def fit(model: nn.Module, step: Callable[[list[torch.Tensor]], tuple[torch.Tenso
         result.history.append(record)
         if metrics_path is not None:
             append_jsonl(metrics_path, record)
+        if on_epoch is not None:
+            on_epoch(record)
         epoch_bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k in ("loss", "val_acc")})
 
         val = record.get(monitor)
@@ -296,6 +311,7 @@ class StageResult:
     encoder: Encoder
     model: nn.Module
     inputs: Inputs
+    tsne_xy: Any = None  # the 2-D t-SNE points of tsne.png (val subset of tsne_subset), when one was drawn
 
 
 def load_data(cfg: Config) -> DataSplits:
@@ -396,8 +412,10 @@ def write_skipped(out: Path, data: DataSplits) -> None:
         atomic_write_text(out / "skipped_images.txt", "".join(f"{p}\t{why}\n" for p, why in data.skipped))
 
 
-def pretrain(cfg: Config, data: DataSplits, out: str | Path | None = None) -> StageResult:
+def pretrain(cfg: Config, data: DataSplits, out: str | Path | None = None, tracker: Tracker | None = None
+             ) -> StageResult:
     """Stage 1: train encoder and projection head with the SupCon loss (or SimCLR's, ``cfg.loss="simclr"``)."""
+    track = tracker if tracker is not None else open_tracker(cfg, out)  # first: a missing package fails early
     started = time.perf_counter()
     device, dtype, out = _setup(cfg, out)
     inputs = Inputs.for_data(data, cfg.normalize)
@@ -428,7 +446,8 @@ def pretrain(cfg: Config, data: DataSplits, out: str | Path | None = None) -> St
 
     result = fit(model, step, batches, steps, epochs=cfg.epochs, optimizer=optimizer, scheduler=scheduler,
                  grad_clip=cfg.grad_clip, scaler=_scaler(dtype), stage="pretrain",
-                 metrics_path=out / "metrics.jsonl" if out else None, progress=not cfg.quiet)
+                 metrics_path=out / "metrics.jsonl" if out else None, progress=not cfg.quiet,
+                 on_epoch=track.log_metrics)
     final = result.history[-1]["loss"]
     floor = reference["floor"] / max(1, reference["batches"])
     start = reference["start"]
@@ -438,7 +457,10 @@ def pretrain(cfg: Config, data: DataSplits, out: str | Path | None = None) -> St
                "val_acc": None, "train_acc": None, "epochs": len(result.history)}
     summary["seconds"] = summary["pretrain_seconds"] = time.perf_counter() - started
     _save_run(out, cfg, data, summary, inputs, {"encoder": model.encoder, "projection": model.head})
-    return StageResult(summary, result, model.encoder, model, inputs)
+    xy = _pictures(cfg, out, track, data, model.encoder, inputs, f"{'SimCLR' if cfg.loss == 'simclr' else 'SupCon'}"
+                   " encoder (stage 1)")
+    _done(track, tracker, summary)
+    return StageResult(summary, result, model.encoder, model, inputs, xy)
 
 
 def loss_floor(labels: torch.Tensor | None, views: int) -> float:
@@ -490,12 +512,13 @@ def _classification_step(model, device, dtype):
 
 
 def linear_probe(cfg: Config, data: DataSplits, encoder: Encoder, out: str | Path | None = None,
-                 inputs: Inputs | None = None) -> StageResult:
+                 inputs: Inputs | None = None, tracker: Tracker | None = None) -> StageResult:
     """Stage 2: freeze the encoder, drop the projection head and train a linear classifier with CE.
 
     Early stopping on validation accuracy (``cfg.patience``) restores the best epoch's weights. Without
     augmentation (``cfg.linear_augment="none"``) the features are computed once and the loop runs on them.
     """
+    track = tracker if tracker is not None else open_tracker(cfg, out)
     started = time.perf_counter()
     device, dtype, out = _setup(cfg, out, fresh=False)  # stage 2 adds to stage 1's metrics
     if out is not None:
@@ -529,18 +552,22 @@ def linear_probe(cfg: Config, data: DataSplits, encoder: Encoder, out: str | Pat
                  optimizer=optimizer, scheduler=scheduler, evaluate=evaluate, patience=cfg.patience,
                  monitor=cfg.monitor,
                  grad_clip=cfg.grad_clip, stage="linear", metrics_path=out / "metrics.jsonl" if out else None,
-                 progress=not cfg.quiet)
+                 progress=not cfg.quiet, on_epoch=track.log_metrics)
     summary = {"train_acc": accuracy(logits_of(train_x), data.train.labels),
                "val_acc": accuracy(logits_of(val_x), data.val.labels),
                "linear_epochs": len(result.history), "best_epoch": result.best_epoch,
                "stopped_early": result.stopped_early, "linear_seconds": time.perf_counter() - started}
     if out is not None:
         save_weights(out / "linear.safetensors", probe.fc)
+    _pictures(cfg, out, track, data)
+    _done(track, tracker, summary)
     return StageResult(summary, result, encoder, probe, inputs)
 
 
-def train_ce(cfg: Config, data: DataSplits, out: str | Path | None = None) -> StageResult:
+def train_ce(cfg: Config, data: DataSplits, out: str | Path | None = None, tracker: Tracker | None = None
+             ) -> StageResult:
     """The baseline: the same encoder and a linear layer trained end to end with cross-entropy."""
+    track = tracker if tracker is not None else open_tracker(cfg, out)  # first: a missing package fails early
     started = time.perf_counter()
     device, dtype, out = _setup(cfg, out)
     inputs = Inputs.for_data(data, cfg.normalize)
@@ -563,7 +590,8 @@ def train_ce(cfg: Config, data: DataSplits, out: str | Path | None = None) -> St
                  optimizer=optimizer, scheduler=scheduler, evaluate=evaluate, patience=cfg.patience,
                  monitor=cfg.monitor,
                  grad_clip=cfg.grad_clip, scaler=_scaler(dtype), stage="ce",
-                 metrics_path=out / "metrics.jsonl" if out else None, progress=not cfg.quiet)
+                 metrics_path=out / "metrics.jsonl" if out else None, progress=not cfg.quiet,
+                 on_epoch=track.log_metrics)
     train_logits = predict(model, data.train.images, plain, device, cfg.eval_batch_size, dtype)
     val_logits = predict(model, data.val.images, plain, device, cfg.eval_batch_size, dtype)
     summary = {"method": "ce", "loss": "ce", "supcon_loss": None, "train_acc": accuracy(train_logits,
@@ -571,17 +599,23 @@ def train_ce(cfg: Config, data: DataSplits, out: str | Path | None = None) -> St
                "epochs": len(result.history), "best_epoch": result.best_epoch,
                "stopped_early": result.stopped_early, "seconds": time.perf_counter() - started}
     _save_run(out, cfg, data, summary, inputs, {"encoder": model.encoder, "linear": model.fc})
-    return StageResult(summary, result, model.encoder, model, inputs)
+    xy = _pictures(cfg, out, track, data, model.encoder, inputs,
+                   f"cross-entropy encoder (val acc {summary['val_acc']:.3f})")
+    _done(track, tracker, summary)
+    return StageResult(summary, result, model.encoder, model, inputs, xy)
 
 
-def supcon(cfg: Config, data: DataSplits, out: str | Path | None = None) -> StageResult:
+def supcon(cfg: Config, data: DataSplits, out: str | Path | None = None, tracker: Tracker | None = None
+           ) -> StageResult:
     """Both stages: :func:`pretrain`, then :func:`linear_probe` on its encoder; one run directory."""
-    stage1 = pretrain(cfg, data, out)
-    stage2 = linear_probe(cfg, data, stage1.encoder, out, stage1.inputs)
+    track = tracker if tracker is not None else open_tracker(cfg, out)  # one tracked run for both stages
+    stage1 = pretrain(cfg, data, out, track)
+    stage2 = linear_probe(cfg, data, stage1.encoder, out, stage1.inputs, track)
     summary = {**stage1.summary, **stage2.summary,
                "seconds": stage1.summary["seconds"] + stage2.summary["linear_seconds"]}
     _write_results(Path(out) if out is not None else None, data, summary, stage1.inputs)
-    return StageResult(summary, stage2.fit, stage1.encoder, stage2.model, stage1.inputs)
+    _done(track, tracker, summary)
+    return StageResult(summary, stage2.fit, stage1.encoder, stage2.model, stage1.inputs, stage1.tsne_xy)
 
 
 # ---------------------------------------------------------------------------------------------- run dirs
@@ -589,11 +623,14 @@ def supcon(cfg: Config, data: DataSplits, out: str | Path | None = None) -> Stag
 
 def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Encoder, Config, Inputs]:
     """Rebuild a finished run's encoder from its ``config.yaml``, ``results.json`` and weights."""
-    run_dir = Path(run_dir)
+    run_dir = require_run_dir(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
     cfg = Config.from_yaml(run_dir / "config.yaml")
     results = read_json(run_dir / "results.json")
+    if len(results["runs"]) > 1:
+        raise ValueError(f"{run_dir} holds a comparison, not one encoder; give one of its runs: "
+                         f"{run_dir / 'supcon'} or {run_dir / 'ce'}")
     inputs = Inputs(**results["input"])
     method = results["runs"][0]["method"]
     encoder = build_encoder(cfg.encoder, inputs.channels, inputs.image_size, cfg.stem,
@@ -620,9 +657,56 @@ def linear_probe_run(run_dir: str | Path, cfg: Config | None = None, data: DataS
         raise ValueError(f"the encoder in {run_dir} expects {inputs.channels}x{inputs.image_size}x"
                          f"{inputs.image_size} images; {data.name} gives {data.channels}x{data.image_size}x"
                          f"{data.image_size} (set --image-size)")
-    stage2 = linear_probe(cfg, data, encoder, run_dir, inputs)
+    track = open_tracker(cfg, run_dir)
+    stage2 = linear_probe(cfg, data, encoder, run_dir, inputs, track)
     summary = {**previous, **stage2.summary,
                "seconds": previous.get("pretrain_seconds", previous["seconds"]) + stage2.summary["linear_seconds"]}
     cfg.save(run_dir / "config.yaml")
     _write_results(run_dir, data, summary, inputs)
-    return StageResult(summary, stage2.fit, encoder, stage2.model, inputs)
+    xy = None
+    if not (run_dir / "tsne.png").is_file():  # the frozen encoder's picture is already there if stage 1 drew it
+        title = f"{'SimCLR' if previous['method'] == 'simclr' else 'SupCon'} encoder"
+        xy = _pictures(cfg, run_dir, track, data, encoder, inputs, title, curves=False)
+    _done(track, None, summary)
+    return StageResult(summary, stage2.fit, encoder, stage2.model, inputs, xy)
+
+
+# ---------------------------------------------------------------------------------------------- pictures, tracking
+
+
+def tsne_picture(encoder: nn.Module, data: DataSplits, inputs: Inputs, path: str | Path, title: str, seed: int = 0,
+                 batch_size: int = 512, max_points: int = TSNE_POINTS) -> Any:
+    """Draw the t-SNE of the validation images' embeddings by ``encoder`` (any module on images) to ``path``.
+
+    Larger splits are subsampled to ``max_points`` (seeded, class-balanced); returns the 2-D points.
+    """
+    idx = torch.from_numpy(tsne_subset(data.val.labels, max_points, seed))
+    device = next(encoder.parameters()).device
+    features = predict(encoder, data.val.images[idx], inputs.plain(), device, batch_size)
+    _, (xy,) = draw_tsne([(title, features)], data.val.labels[idx], data.val.class_names, path, seed)
+    return xy
+
+
+def _pictures(cfg: Config, out: Path | None, track: Tracker, data: DataSplits, encoder: Encoder | None = None,
+              inputs: Inputs | None = None, title: str = "", curves: bool = True) -> Any:
+    """The end of a stage: ``curves.png`` and, given an encoder and ``cfg.tsne``, ``tsne.png``; both tracked."""
+    if out is None:
+        return None
+    if curves and (path := plot_curves(out)) is not None:
+        track.log_image("curves", path)
+    if encoder is None or not cfg.tsne:
+        return None
+    if len(data.val) < MIN_POINTS:  # a picture is not worth failing a finished run for
+        warnings.warn(f"no tsne.png: t-SNE needs at least {MIN_POINTS} validation images; {data.name} has "
+                      f"{len(data.val)}", stacklevel=2)
+        return None
+    xy = tsne_picture(encoder, data, inputs, out / "tsne.png", title, cfg.seed, cfg.eval_batch_size)
+    track.log_image("tsne", out / "tsne.png")
+    return xy
+
+
+def _done(track: Tracker, given: Tracker | None, summary: dict[str, Any]) -> None:
+    """A tracker that the stage opened itself ends with it; a caller's stays open for the caller's next stage."""
+    if given is None:
+        track.log_summary(summary)
+        track.close()

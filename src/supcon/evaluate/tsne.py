@@ -8,16 +8,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
+MIN_POINTS = 5  # below this the perplexity t-SNE needs is not defined
 
 def tsne_2d(features: torch.Tensor | np.ndarray, seed: int = 0) -> np.ndarray:
     """2-D t-SNE of ``[N, D]`` features (cosine distance, since the representations live on the sphere)."""
     from sklearn.manifold import TSNE
 
     x = np.asarray(features, dtype=np.float32)
-    if len(x) < 5:
-        raise ValueError(f"t-SNE needs at least 5 points; got {len(x)}")
+    if len(x) < MIN_POINTS:
+        raise ValueError(f"t-SNE needs at least {MIN_POINTS} points; got {len(x)}")
     perplexity = float(min(30.0, (len(x) - 1) / 3))
     return TSNE(2, perplexity=perplexity, metric="cosine", init="pca", random_state=seed).fit_transform(x)
+
+
+def tsne_subset(labels: torch.Tensor | np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of at most ``max_points`` points, class-balanced and seeded, so that pictures repeat."""
+    from supcon.data import stratified_subset
+
+    return stratified_subset(np.asarray(labels), max_points, seed, "the t-SNE points")
+
+
+def draw_tsne(panels: Sequence[tuple[str, torch.Tensor | np.ndarray]], labels: torch.Tensor | np.ndarray,
+              class_names: Sequence[str], path: str | Path, seed: int = 0) -> tuple[Path, list[np.ndarray]]:
+    """Embed each ``(title, features[N, D])`` panel with t-SNE and draw them; returns the path and the 2-D points."""
+    points = [tsne_2d(features, seed) for _, features in panels]
+    path = plot_embeddings([(title, xy) for (title, _), xy in zip(panels, points, strict=True)], np.asarray(labels),
+                           class_names, path)
+    return path, points
 
 
 def plot_embeddings(panels: Sequence[tuple[str, np.ndarray]], labels: np.ndarray, class_names: Sequence[str],
@@ -40,9 +57,10 @@ def plot_embeddings(panels: Sequence[tuple[str, np.ndarray]], labels: np.ndarray
         ax.set_xticks([])
         ax.set_yticks([])
     handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=min(len(class_names), 10), frameon=False,
-               markerscale=2)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    ncol = min(len(class_names), 5 * len(panels))  # about five names fit under a panel
+    rows = -(-len(class_names) // ncol)
+    fig.legend(handles, names, loc="lower center", ncol=ncol, frameon=False, markerscale=2)
+    fig.tight_layout(rect=(0, 0.03 + 0.05 * rows, 1, 1))
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)

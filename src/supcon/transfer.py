@@ -1,0 +1,161 @@
+"""A finished run's encoder, reused: a linear probe on another data set, embeddings exported, t-SNE pictures.
+
+These read a run directory and never change it (except :func:`tsne_run`, which adds its pictures there).
+
+>>> from supcon.config import Config
+>>> from supcon import transfer
+>>> transfer.linear_transfer("runs/imagenet5", Config(dataset="npz:flowers5_64.npz"), "runs/to-flowers")
+>>> transfer.embed_run("runs/imagenet5", "emb.npz")          # train_x, train_y, val_x, val_y, class_names
+>>> transfer.tsne_run("runs/imagenet5", projection=True)    # tsne.png, tsne_projection.png
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from supcon import train
+from supcon.config import Config
+from supcon.data import DataSplits
+from supcon.io import load_weights, read_json, require_run_dir
+from supcon.models import Encoder, ProjectionHead, SupConModel
+from supcon.tracking import open_tracker
+
+SPLITS = ("train", "val", "both")
+ENCODER_TITLES = {"supcon": "SupCon encoder", "simclr": "SimCLR encoder", "ce": "cross-entropy encoder"}
+
+
+def _first_run(run_dir: Path) -> dict[str, Any]:
+    return read_json(run_dir / "results.json")["runs"][0]
+
+
+def check_inputs(data: DataSplits, inputs: train.Inputs, run_dir: str | Path) -> None:
+    """A one-line error unless ``data`` has the channels and size that the encoder in ``run_dir`` takes."""
+    if data.channels != inputs.channels:
+        raise ValueError(f"the encoder in {run_dir} takes {inputs.channels}-channel images; {data.name} has "
+                         f"{data.channels} channel{'s' if data.channels > 1 else ''}")
+    if data.image_size != inputs.image_size:
+        raise ValueError(f"the encoder in {run_dir} takes {inputs.image_size}x{inputs.image_size} images; "
+                         f"{data.name} gives {data.image_size}x{data.image_size}")
+
+
+def data_for_run(run_dir: str | Path, cfg: Config, inputs: train.Inputs, dataset: str | None = None
+                 ) -> DataSplits:
+    """The run's own split (same seed and subsampling) or, given another ``dataset``, all of that one.
+
+    Images are resized to the encoder's input size in either case.
+    """
+    if dataset is None or dataset == cfg.dataset:
+        load = cfg.replace(image_size=inputs.image_size)
+    else:
+        load = Config(dataset=dataset, image_size=inputs.image_size, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    data = train.load_data(load.replace(quiet=True))
+    check_inputs(data, inputs, run_dir)
+    return data
+
+
+def load_projection(run_dir: str | Path, encoder: Encoder, cfg: Config) -> SupConModel:
+    """The run's encoder followed by its projection head (a pretrain run's ``projection.safetensors``)."""
+    path = Path(run_dir) / "projection.safetensors"
+    if not path.is_file():
+        raise ValueError(f"{run_dir} has no projection head (projection.safetensors); only pretrain runs have one")
+    head = ProjectionHead(encoder.out_dim, cfg.proj_hidden, cfg.proj_dim, cfg.projection)
+    load_weights(path, head)
+    return SupConModel(encoder, head.to(next(encoder.parameters()).device)).eval()
+
+
+def linear_transfer(source: str | Path, cfg: Config, out: str | Path, data: DataSplits | None = None
+                    ) -> train.StageResult:
+    """Train a linear probe on the frozen encoder of ``source`` (a pretrain or ce run) on ``cfg.dataset``.
+
+    The images are resized to the encoder's input size and fed as its training did (same scaling and
+    normalisation statistics). ``out`` becomes a complete run directory, with a copy of the encoder so that
+    ``tsne``, ``embed`` and ``report`` read it like any other run; ``source`` is left as it was.
+    """
+    source, out = require_run_dir(source), Path(out)
+    if out.resolve() == source.resolve():
+        raise ValueError(f"the transfer run needs its own directory; to add a probe to {source} use --run")
+    encoder, source_cfg, inputs = train.load_encoder(source)
+    if cfg.image_size not in (None, inputs.image_size):
+        raise ValueError(f"the encoder in {source} takes {inputs.image_size}x{inputs.image_size} images; leave "
+                         f"--image-size out (images are resized to it) or set it to {inputs.image_size}")
+    # The encoder's architecture is the source's, whatever the options say; the config records what ran.
+    cfg = cfg.replace(image_size=inputs.image_size, encoder=source_cfg.encoder, stem=source_cfg.stem,
+                      normalize=source_cfg.normalize, encoder_from=str(source), run=None, out=str(out))
+    if data is None:
+        data = train.load_data(cfg)
+    check_inputs(data, inputs, source)
+    previous = _first_run(source)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    with open_tracker(cfg, out) as track:
+        stage2 = train.linear_probe(cfg, data, encoder, out, inputs, track)
+        summary = {"method": previous["method"], "loss": previous.get("loss"), "encoder_from": str(source),
+                   "encoder_dataset": read_json(source / "results.json").get("dataset"), "supcon_loss": None,
+                   **stage2.summary, "seconds": stage2.summary["linear_seconds"]}
+        # One writer of a run's files (config.yaml, weights, results.json) for every kind of run.
+        train._save_run(out, cfg, data, summary, inputs, {"encoder": encoder})
+        xy = None
+        if cfg.tsne:
+            title = f"{ENCODER_TITLES[previous['method']]} from {source.name} (val acc {summary['val_acc']:.3f})"
+            xy = train.tsne_picture(encoder, data, inputs, out / "tsne.png", title, cfg.seed, cfg.eval_batch_size)
+            track.log_image("tsne", out / "tsne.png")
+        track.log_summary(summary)
+    return train.StageResult(summary, stage2.fit, encoder, stage2.model, inputs, xy)
+
+
+def _embedding_models(run_dir: Path, projection: bool, device: torch.device
+                      ) -> tuple[dict[str, nn.Module], Config, train.Inputs]:
+    encoder, cfg, inputs = train.load_encoder(run_dir, device)
+    models: dict[str, nn.Module] = {"x": encoder}
+    if projection:
+        models["proj"] = load_projection(run_dir, encoder, cfg)
+    return models, cfg, inputs
+
+
+def embed_run(run_dir: str | Path, out: str | Path, dataset: str | None = None, split: str = "both",
+              projection: bool = False, batch_size: int = 512) -> Path:
+    """Export the encoder embeddings of a run's data (or ``dataset``) as ``.npz``.
+
+    Keys: ``train_x``/``val_x`` (embeddings, float32 ``[N, D]``), ``train_y``/``val_y`` (labels) for the
+    ``split`` asked for, ``class_names``, and with ``projection`` also ``train_proj``/``val_proj`` (the
+    projection head's output, pretrain runs only).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    run_dir = require_run_dir(run_dir)
+    device = train.resolve_device("auto")
+    models, cfg, inputs = _embedding_models(run_dir, projection, device)
+    data = data_for_run(run_dir, cfg, inputs, dataset)
+    arrays: dict[str, np.ndarray] = {"class_names": np.array(data.train.class_names, dtype=str)}
+    for name in (("train", "val") if split == "both" else (split,)):
+        part = getattr(data, name)
+        for key, model in models.items():
+            arrays[f"{name}_{key}"] = train.predict(model, part.images, inputs.plain(), device, batch_size).numpy()
+        arrays[f"{name}_y"] = part.labels.numpy()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "wb") as fh:  # a file object: np.savez would append ".npz" to a name without it
+        np.savez(fh, **arrays)
+    return out
+
+
+def tsne_run(run_dir: str | Path, projection: bool = False) -> list[Path]:
+    """Draw ``RUN_DIR/tsne.png`` (validation embeddings by class) and, with ``projection``, ``tsne_projection.png``."""
+    run_dir = require_run_dir(run_dir)
+    device = train.resolve_device("auto")
+    models, cfg, inputs = _embedding_models(run_dir, projection, device)
+    data = data_for_run(run_dir, cfg, inputs)
+    run = _first_run(run_dir)
+    accuracy = f" (val acc {run['val_acc']:.3f})" if run.get("val_acc") is not None else ""
+    titles = {"x": ENCODER_TITLES[run["method"]] + accuracy, "proj": "projection head output"}
+    paths = []
+    for key, model in models.items():
+        path = run_dir / ("tsne.png" if key == "x" else "tsne_projection.png")
+        train.tsne_picture(model, data, inputs, path, titles[key], cfg.seed, cfg.eval_batch_size)
+        paths.append(path)
+    return paths
