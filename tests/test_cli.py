@@ -19,7 +19,7 @@ def run_cli(*args, capsys):
     return code, captured.out, captured.err
 
 
-@pytest.mark.parametrize("command", ["pretrain", "linear", "ce", "compare"])
+@pytest.mark.parametrize("command", ["pretrain", "linear", "ce", "compare", "sweep"])
 def test_help_documents_every_option_with_its_default(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args([command, "--help"])
@@ -142,6 +142,9 @@ def test_compare_on_digits_writes_the_run_directory(tmp_path, capsys):
         assert set(run) >= {"method", "val_acc", "train_acc", "supcon_loss", "epochs", "seconds"}
         assert isinstance(run["val_acc"], float) and isinstance(run["epochs"], int)
     assert results["runs"][1]["supcon_loss"] is None and results["runs"][0]["supcon_loss"] > 0
+    stalled = results["runs"][0]["stage1_progress"] < 0.5  # two epochs: usually not converged, said plainly
+    assert ("Stage 1 did not converge" in (out / "results.md").read_text()) == stalled
+    assert ("Stage 1 did not converge" in text) == stalled
 
 
 @pytest.mark.slow

@@ -234,3 +234,14 @@ def test_loss_floor_and_stage1_progress(digits):
     summary = train.pretrain(Config(**{**QUICK, "epochs": 1}), digits).summary
     assert summary["supcon_loss_floor"] < summary["supcon_loss"] <= summary["supcon_loss_start"] + 0.5
     assert summary["stage1_progress"] < 1
+
+
+def test_convergence_note_speaks_only_when_stage1_stalled():
+    from supcon.compare import convergence_note
+
+    run = {"method": "supcon", "supcon_loss_start": 5.5, "supcon_loss": 5.2, "supcon_loss_floor": 3.9,
+           "stage1_progress": 0.3 / 1.6}
+    note = convergence_note(run)
+    assert note.startswith("Stage 1 did not converge: its loss went from 5.500 to 5.200, only 19% of the way")
+    assert convergence_note({**run, "stage1_progress": 0.8}) is None
+    assert convergence_note({"method": "ce", "stage1_progress": None}) is None

@@ -186,7 +186,7 @@ def default_out(command: str, dataset: str) -> Path:
 
 def run_command(command: str, cfg: Config, args: argparse.Namespace | None = None) -> int:
     from supcon import train
-    from supcon.compare import compare, results_table
+    from supcon.compare import compare, convergence_note, results_table
     from supcon.data import describe
 
     def say(message: str) -> None:
@@ -221,6 +221,9 @@ def run_command(command: str, cfg: Config, args: argparse.Namespace | None = Non
     if command == "compare":
         results = compare(cfg, out, log=say)
         print(results_table(results["runs"]))
+        note = convergence_note(results["runs"][0])
+        if note:
+            print(note)
         print(f"compare finished: outputs (results.json, results.md, tsne.png, ce/, supcon/) in {out}")
         return 0
     data = train.load_data(cfg)

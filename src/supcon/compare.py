@@ -40,6 +40,22 @@ def results_table(runs: list[dict[str, Any]], names: list[str] | None = None) ->
     return "\n".join(rows)
 
 
+def convergence_note(run: dict[str, Any], threshold: float = 0.5) -> str | None:
+    """A plain sentence when stage 1 stopped far from converged, else None.
+
+    Progress is how far the loss fell from its first batch towards its floor (the loss when each class has
+    collapsed to one point): a SupCon encoder whose loss barely moved was not given the budget it needs, and
+    its probe says little about the method.
+    """
+    progress = run.get("stage1_progress")
+    if run.get("method") == "ce" or progress is None or progress >= threshold:
+        return None
+    return (f"Stage 1 did not converge: its loss went from {run['supcon_loss_start']:.3f} to "
+            f"{run['supcon_loss']:.3f}, only {progress:.0%} of the way to its floor of "
+            f"{run['supcon_loss_floor']:.3f}, so this budget was too short for SupCon; give it more --epochs "
+            "(or a larger --lr) before reading its accuracy against cross-entropy's.")
+
+
 def compare(cfg: Config, out: str | Path, data: DataSplits | None = None,
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the CE baseline and SupCon with the same encoder, epochs and augmentation; return the results."""
@@ -64,6 +80,9 @@ def compare(cfg: Config, out: str | Path, data: DataSplits | None = None,
     write_json(out / "results.json", results)
     train.write_skipped(out, data)
     table = results_table(runs)
+    note = convergence_note(sup.summary)
+    if note:
+        table += "\n\n" + note
     atomic_write_text(out / "results.md", table + "\n")
     if cfg.tsne and sup.tsne_xy is not None and ce.tsne_xy is not None:
         from supcon.config import TSNE_POINTS

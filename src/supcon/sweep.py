@@ -231,7 +231,13 @@ def table_rows(sweep: Sweep, summaries: dict[str, dict[str, Any]]) -> list[dict[
 
 def write_tables(sweep: Sweep, summaries: dict[str, dict[str, Any]], out: Path) -> None:
     rows = table_rows(sweep, summaries)
-    atomic_write_text(out / "sweep.md", sweep_markdown(rows) + "\n")
+    text = sweep_markdown(rows)
+    stalled = [f"{r['setting']} ({r['stage1_progress']:.0%})" for r in rows
+               if r["stage1_progress"] is not None and r["stage1_progress"] < 0.5]
+    if stalled:
+        text += ("\n\nStage 1 did not converge (its loss covered less than half the way from its start to its floor) "
+                 "in: " + "; ".join(stalled) + ". Their accuracies say more about the budget than about SupCon.")
+    atomic_write_text(out / "sweep.md", text + "\n")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
