@@ -131,3 +131,14 @@ def test_sweep_cli_reads_a_grid_file_and_prints_the_table(tmp_path, capsys):
     assert "grid must be a mapping" in capsys.readouterr().err
     assert main(["sweep", *TINY_FLAGS, "--grid", "colour=red"]) == 2
     assert "unknown sweep axis 'colour'" in capsys.readouterr().err
+
+
+def test_a_diverging_cell_is_recorded_as_failed_and_not_retried(tmp_path):
+    sweep = Sweep(Config(**{**TINY, "optimizer": "sgd", "lr": 1e12, "schedule": "fixed"}),
+                  grid={"temperature": [0.1]}, ce_grid={})
+    rows = run_sweep(sweep, tmp_path, log=lambda m: None)
+    assert rows[0]["val_acc"] is None and "loss became" in rows[0]["error"]
+    assert "| failed: pretrain: the loss became" in (tmp_path / "sweep.md").read_text()
+    logs = []
+    run_sweep(sweep, tmp_path, log=logs.append)
+    assert logs[0] == "sweep: 1 cells, 1 already finished, 0 to run"

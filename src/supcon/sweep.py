@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from supcon.config import Config
-from supcon.io import atomic_write_bytes, atomic_write_text, read_json
+from supcon.io import atomic_write_bytes, atomic_write_text, read_json, write_json
 
 STUDY_GRID = {"optimizer": ["sgd", "adam", "rmsprop"], "schedule": ["fixed", "cosine"], "augment": ["none", None]}
 STUDY_CE_GRID = {"optimizer": ["sgd", "adam", "rmsprop"]}
@@ -116,28 +116,46 @@ def _comparable(cfg: Config) -> dict[str, Any]:
 
 
 def cell_finished(run_dir: Path, cfg: Config) -> dict[str, Any] | None:
-    """The finished cell's run summary, or None when it must be (re)done."""
+    """The finished cell's run summary (or its recorded failure), or None when it must be (re)done."""
     try:
-        results = read_json(run_dir / "results.json")
         saved = Config.from_yaml(run_dir / "config.yaml")
-    except (ValueError, OSError, KeyError):
+        if (run_dir / FAILED).is_file():
+            run = read_json(run_dir / FAILED)
+        else:
+            run = (read_json(run_dir / "results.json").get("runs") or [{}])[0]
+    except (ValueError, OSError, KeyError, AttributeError):
         return None
-    run = (results.get("runs") or [{}])[0]
-    if run.get("val_acc") is None or _comparable(saved) != _comparable(cfg):
+    if _comparable(saved) != _comparable(cfg) or (run.get("val_acc") is None and "error" not in run):
         return None
     return run
 
 
+FAILED = "failed.json"
+
+
 def run_cell(method: str, cfg: Config, run_dir: str | Path, threads: int | None = None) -> dict[str, Any]:
-    """Train one cell into ``run_dir`` (from scratch) and return its run summary."""
+    """Train one cell into ``run_dir`` (from scratch) and return its run summary.
+
+    A cell that fails the way training can fail (a diverging loss, for instance SGD at a fixed large rate) is a
+    result, not a crash: its error is recorded in ``failed.json`` and the sweep goes on.
+    """
     import torch
 
     from supcon import train
 
     if threads:
         torch.set_num_threads(threads)
+    run_dir = Path(run_dir)
+    (run_dir / FAILED).unlink(missing_ok=True)
     data = train.load_data(cfg)
-    result = train.train_ce(cfg, data, run_dir) if method == "ce" else train.supcon(cfg, data, run_dir)
+    try:
+        result = train.train_ce(cfg, data, run_dir) if method == "ce" else train.supcon(cfg, data, run_dir)
+    except FloatingPointError as err:
+        failure = {"method": method, "error": str(err), "val_acc": None, "train_acc": None, "supcon_loss": None,
+                   "seconds": None}
+        cfg.save(run_dir / "config.yaml")
+        write_json(run_dir / FAILED, failure)
+        return failure
     return result.summary
 
 
@@ -166,8 +184,9 @@ def run_sweep(sweep: Sweep, out: str | Path, jobs: int = 1, log: Callable[[str],
     def finished(name: str, summary: dict[str, Any]) -> None:
         summaries[name] = summary
         write_tables(sweep, summaries, out)
-        log(f"  {len(summaries)}/{len(cells)} {name}: val acc {summary['val_acc']:.4f} "
-            f"({summary['seconds']:.0f} s)")
+        outcome = (f"failed: {summary['error']}" if "error" in summary
+                   else f"val acc {summary['val_acc']:.4f} ({summary['seconds']:.0f} s)")
+        log(f"  {len(summaries)}/{len(cells)} {name}: {outcome}")
 
     if jobs == 1:
         for name, method, cfg, run_dir in todo:
@@ -225,7 +244,7 @@ def table_rows(sweep: Sweep, summaries: dict[str, dict[str, Any]]) -> list[dict[
                      "optimizer": cfg.optimizer, "lr": cfg.resolved_lr(), "schedule": cfg.schedule,
                      "augment": cfg.augment, "epochs": cfg.epochs, "supcon_loss": run.get("supcon_loss"),
                      "stage1_progress": run.get("stage1_progress"), "train_acc": run.get("train_acc"),
-                     "val_acc": run.get("val_acc"), "seconds": run.get("seconds")})
+                     "val_acc": run.get("val_acc"), "seconds": run.get("seconds"), "error": run.get("error")})
     return rows
 
 
@@ -257,6 +276,8 @@ def sweep_markdown(rows: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|"]
     for r in rows:
         seconds = "not run yet" if r["seconds"] is None else f"{r['seconds']:.0f} s"
+        if r["error"]:
+            seconds = "failed: " + r["error"].split(";")[0]
         lines.append(f"| {r['setting']} | {num(r['supcon_loss'])} | {num(r['train_acc'])} | {num(r['val_acc'])} "
                      f"| {seconds} |")
     return "\n".join(lines)
