@@ -142,3 +142,13 @@ def test_a_diverging_cell_is_recorded_as_failed_and_not_retried(tmp_path):
     logs = []
     run_sweep(sweep, tmp_path, log=logs.append)
     assert logs[0] == "sweep: 1 cells, 1 already finished, 0 to run"
+
+
+@pytest.mark.parametrize("spec", sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_the_committed_experiment_files_are_valid_sweeps(spec):
+    from supcon.cli import build_parser, config_from_args, sweep_from_args
+
+    args = build_parser().parse_args(["sweep", "--config", str(spec)])
+    cells = sweep_from_args(args, config_from_args(args)).cells()
+    assert len(cells) == 15 and cells[0][2].dataset.startswith(("npz:../shared/data/", "folder:../shared/data/"))
