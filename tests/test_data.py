@@ -284,3 +284,12 @@ def test_folder_no_warning_when_clean(tmp_path):
         warnings.simplefilter("error")
         s = load_dataset(f"folder:{tmp_path / 'clean'}", val_fraction=0.25, progress=True)
     assert s.skipped == [] and len(s.val) == 3
+
+
+def test_stratified_subset_keeps_classes_of_one_member():
+    from supcon.data import stratified_subset
+
+    labels = np.array([0] * 20 + [1] * 10 + [2])
+    keep = stratified_subset(labels, 10, seed=0, what="tiny")
+    assert len(keep) == 10 and set(labels[keep]) == {0, 1, 2}
+    assert np.array_equal(keep, stratified_subset(labels, 10, seed=0, what="tiny"))

@@ -200,8 +200,28 @@ def stratified_subset(labels: np.ndarray, size: int | None, seed: int, what: str
     k = len(np.unique(labels))
     if size < k:
         raise ValueError(f"cannot take a class-balanced subsample of {size} from {what}: it has {k} classes")
+    if np.unique(labels, return_counts=True)[1].min() < 2:
+        return _proportional_subset(labels, size, seed)
     keep, _ = train_test_split(np.arange(n), train_size=size, stratify=labels, random_state=seed)
     return np.sort(keep)
+
+
+def _proportional_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Per-class quotas by largest remainder (at least one each), members drawn with a seeded generator.
+
+    scikit-learn's stratified split refuses classes of one member, which small real data sets do have.
+    """
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = np.maximum(1, np.floor(size * counts / len(labels)).astype(int))
+    order = np.argsort(-(size * counts / len(labels) - np.floor(size * counts / len(labels))), kind="stable")
+    for i in order:
+        if quota.sum() >= size:
+            break
+        if quota[i] < counts[i]:
+            quota[i] += 1
+    rng = np.random.default_rng(seed)
+    keep = [rng.choice(np.flatnonzero(labels == c), q, replace=False) for c, q in zip(classes, quota, strict=True)]
+    return np.sort(np.concatenate(keep))
 
 
 def resize_uint8(images: torch.Tensor, size: int, chunk: int = 512) -> torch.Tensor:
