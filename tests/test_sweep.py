@@ -70,6 +70,7 @@ def test_a_sweep_writes_the_study_table_and_skips_finished_cells(tmp_path):
     with open(tmp_path / "sweep.csv") as fh:
         assert [r["cell"] for r in csv.DictReader(fh)] == [r["cell"] for r in rows]
     assert (tmp_path / "sweep.png").stat().st_size > 1000
+    assert not (tmp_path / "tsne.png").exists()  # TINY has tsne off
     assert (tmp_path / "cells" / "supcon-sgd-none" / "encoder.safetensors").is_file()
 
     stamp = (tmp_path / "cells" / "ce-adam" / "results.json").stat().st_mtime_ns
@@ -152,3 +153,9 @@ def test_the_committed_experiment_files_are_valid_sweeps(spec):
     args = build_parser().parse_args(["sweep", "--config", str(spec)])
     cells = sweep_from_args(args, config_from_args(args)).cells()
     assert len(cells) == 15 and cells[0][2].dataset.startswith(("npz:../shared/data/", "folder:../shared/data/"))
+
+
+def test_a_sweep_draws_its_best_supcon_and_ce_cells_side_by_side(tmp_path):
+    sweep = Sweep(Config(**{**TINY, "tsne": True}), grid={"temperature": [0.1]}, ce_grid={"optimizer": ["adam"]})
+    run_sweep(sweep, tmp_path, log=lambda m: None)
+    assert (tmp_path / "tsne.png").stat().st_size > 10_000

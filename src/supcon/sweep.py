@@ -202,7 +202,36 @@ def run_sweep(sweep: Sweep, out: str | Path, jobs: int = 1, log: Callable[[str],
             for future in as_completed(futures):
                 finished(futures[future], future.result())
     write_tables(sweep, summaries, out)
+    if sweep.base.tsne:
+        plot_best_tsne(sweep, summaries, out / "tsne.png")
     return table_rows(sweep, summaries)
+
+
+def plot_best_tsne(sweep: Sweep, summaries: dict[str, dict[str, Any]], path: Path) -> Path | None:
+    """``tsne.png``: the best SupCon cell's encoder beside the best cross-entropy cell's, on the same points."""
+    import torch
+
+    from supcon import train
+    from supcon.config import TSNE_POINTS
+    from supcon.evaluate.tsne import draw_tsne, tsne_subset
+
+    best = {}
+    for name, method, _ in sweep.cells():
+        acc = (summaries.get(name) or {}).get("val_acc")
+        if acc is not None and (method not in best or acc > best[method][1]):
+            best[method] = (name, acc)
+    if len(best) < 2:
+        return None
+    panels, data = [], None
+    for method, title in (("supcon", "best SupCon cell"), ("ce", "best cross-entropy cell")):
+        name, acc = best[method]
+        encoder, cfg, inputs = train.load_encoder(path.parent / "cells" / name)
+        data = data or train.load_data(cfg.replace(quiet=True))
+        idx = torch.from_numpy(tsne_subset(data.val.labels, TSNE_POINTS, cfg.seed))
+        features = train.predict(encoder, data.val.images[idx], inputs.plain(), torch.device("cpu"))
+        panels.append((f"{title}: {name} (val acc {acc:.3f})", features))
+    drawn, _ = draw_tsne(panels, data.val.labels[idx], data.val.class_names, path, sweep.base.seed)
+    return drawn
 
 
 def _save_sweep(sweep: Sweep, path: Path) -> None:
