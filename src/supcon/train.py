@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from supcon.augment import apply_batch, multiview_transform, to_float, view_transform
+from supcon.augment import BatchedMultiView, BatchedView, apply_batch, multiview_transform, view_transform
 from supcon.config import TSNE_POINTS, Config
 from supcon.data import DataSplits, load_dataset
 from supcon.evaluate.curves import plot_curves
@@ -103,7 +103,8 @@ class Inputs:
         return cls(data.image_size, data.channels, mean, std)
 
     def plain(self):
-        return to_float(self.mean, self.std)
+        """uint8 to the model's float input, a whole batch at a time."""
+        return view_transform("none", self.image_size, mean=self.mean, std=self.std, batched=True)
 
 
 def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -122,10 +123,12 @@ def predict(model: nn.Module, images: torch.Tensor, transform, device: torch.dev
     was_training = model.training
     model.eval()
     outputs = []
+    batched = isinstance(transform, BatchedView | BatchedMultiView)
     for start in range(0, len(images), batch_size):
-        x = apply_batch(transform, images[start:start + batch_size]).to(device, non_blocking=True)
+        x = images[start:start + batch_size]
+        x = apply_batch(transform, x.to(device)) if batched else apply_batch(transform, x).to(device)
         with autocast(device, dtype):
-            outputs.append(model(x).float().cpu())
+            outputs.append(model(_as_model_input(x, device)).float().cpu())
     model.train(was_training)
     return torch.cat(outputs)
 
@@ -214,7 +217,8 @@ def fit(model: nn.Module, step: Callable[[list[torch.Tensor]], tuple[torch.Tenso
         optimizer: torch.optim.Optimizer, scheduler=None, evaluate: Callable[[], dict[str, float]] | None = None,
         patience: int = 0, monitor: str = "val_acc", grad_clip: float | None = None,
         scaler: torch.amp.GradScaler | None = None, stage: str = "train", metrics_path: Path | None = None,
-        progress: bool = True, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
+        progress: bool = True, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        backward: Callable[[torch.Tensor], None] | None = None) -> FitResult:
     """The training loop shared by every stage.
 
     ``step(batch) -> (loss, n_correct or None)`` computes one batch's loss; ``epoch_batches(epoch)`` yields
@@ -222,11 +226,14 @@ def fit(model: nn.Module, step: Callable[[list[torch.Tensor]], tuple[torch.Tenso
     better, or ``val_loss``, lower is better) picks the best epoch; with ``patience > 0`` training stops after
     that many epochs without a better value and the best epoch's weights are restored. ``on_epoch(record)``
     sees each epoch's record after it is written to ``metrics_path`` (a tracker's ``log_metrics``, for instance).
+    ``backward(loss)`` replaces ``loss.backward()`` (it gets the scaled loss under fp16), for steps whose
+    backward pass is their own, such as :class:`GradCache`.
     """
     if monitor not in ("val_acc", "val_loss"):
         raise ValueError(f"monitor must be val_acc or val_loss; got {monitor!r}")
     sign = 1.0 if monitor == "val_acc" else -1.0
     best_score = None
+    backward = backward or torch.Tensor.backward
     result = FitResult()
     best_state = None
     bad_epochs = 0
@@ -247,10 +254,10 @@ def fit(model: nn.Module, step: Callable[[list[torch.Tensor]], tuple[torch.Tenso
                                          "learning rate, or raise the temperature if it is very small")
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
-                scaler.scale(loss).backward()
+                backward(scaler.scale(loss))
                 scaler.unscale_(optimizer)
             else:
-                loss.backward()
+                backward(loss)
             if grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             if scaler is not None:
@@ -340,17 +347,35 @@ def _drop_stage(metrics_path: Path, stage: str) -> None:
             atomic_write_text(metrics_path, "".join(kept))
 
 
+def _channels_last(device: torch.device) -> bool:
+    # Convolutions run faster on channels-last tensors on CUDA and, through oneDNN, on the CPU as well (the
+    # ResNet-18 step at 64 px on 2 cores: 15 % more images/s; benchmarks/bench_train.py).
+    return device.type in ("cuda", "cpu")
+
+
 def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
     model.to(device)
-    if device.type == "cuda":
+    if _channels_last(device):
         model.to(memory_format=torch.channels_last)
     return model
 
 
+def _as_model_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Images in the memory layout the model was prepared for (a no-op where they already are)."""
+    if _channels_last(device) and x.ndim == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _compiled(model: nn.Module, cfg: Config):
+    """``model``'s forward, through ``torch.compile`` with ``cfg.compile``. The module itself stays as it is, so
+    its state dict, train/eval switches and saved weights are untouched; only the training step calls this."""
+    return torch.compile(model) if cfg.compile else model
+
+
 def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
-        x = x.pin_memory().to(device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+        return x.pin_memory().to(device, non_blocking=True)
     return x.to(device)
 
 
@@ -367,7 +392,7 @@ def _make_encoder(cfg: Config, data: DataSplits, normalize: bool = True) -> Enco
 
 
 def _policy_options(cfg: Config) -> dict[str, Any]:
-    return {"crop_scale": cfg.crop_scale, "hflip": cfg.hflip, "blur": cfg.blur}
+    return {"crop_scale": cfg.crop_scale, "hflip": cfg.hflip, "blur": cfg.blur, "batched": cfg.batch_augment}
 
 
 def _epoch_batches(images: torch.Tensor, labels: torch.Tensor, cfg: Config, transform, device):
@@ -377,12 +402,18 @@ def _epoch_batches(images: torch.Tensor, labels: torch.Tensor, cfg: Config, tran
     last = len(labels) - (batches_per_epoch - 1) * cfg.batch_size
     batches_per_epoch -= batches_per_epoch > 1 and last < 2  # as shuffled_batches: a trailing single is dropped
 
+    batched = isinstance(transform, BatchedView | BatchedMultiView)
+
     def batches(epoch: int):
         for idx in shuffled_batches(len(labels), cfg.batch_size, generator):
             x = images[idx]
-            if transform is not None:
-                x = apply_batch(transform, x)
-            yield [_to_device(x, device), labels[idx].to(device)]
+            if batched:
+                x = apply_batch(transform, _to_device(x, device))  # uint8 travels: a quarter of the bytes
+            elif transform is not None:
+                x = _to_device(apply_batch(transform, x), device)
+            else:
+                x = _to_device(x, device)
+            yield [x, labels[idx].to(device)]
 
     return batches, batches_per_epoch
 
@@ -412,16 +443,37 @@ def write_skipped(out: Path, data: DataSplits) -> None:
         atomic_write_text(out / "skipped_images.txt", "".join(f"{p}\t{why}\n" for p, why in data.skipped))
 
 
-def pretrain(cfg: Config, data: DataSplits, out: str | Path | None = None, tracker: Tracker | None = None
-             ) -> StageResult:
-    """Stage 1: train encoder and projection head with the SupCon loss (or SimCLR's, ``cfg.loss="simclr"``)."""
-    track = tracker if tracker is not None else open_tracker(cfg, out)  # first: a missing package fails early
-    started = time.perf_counter()
-    device, dtype, out = _setup(cfg, out)
+@dataclass
+class Stage1:
+    """What :func:`pretrain` runs, built by :func:`build_stage1`: the model, the loss, the batches and one
+    training step, ready for :func:`fit` (``benchmarks/bench_train.py`` times the same objects)."""
+
+    model: SupConModel
+    criterion: SupConLoss
+    views: Any
+    batches: Callable[[int], Iterator[list[torch.Tensor]]]
+    steps: int
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    step: Callable[[list[torch.Tensor]], tuple[torch.Tensor, None]]
+    backward: Callable[[torch.Tensor], None] | None
+    scaler: torch.amp.GradScaler | None
+    inputs: Inputs
+
+    def fit(self, cfg: Config, out: Path | None = None, epoch_batches=None, on_epoch=None) -> FitResult:
+        return fit(self.model, self.step, epoch_batches or self.batches, self.steps, epochs=cfg.epochs,
+                   optimizer=self.optimizer, scheduler=self.scheduler, grad_clip=cfg.grad_clip, scaler=self.scaler,
+                   stage="pretrain", metrics_path=out / "metrics.jsonl" if out else None, progress=not cfg.quiet,
+                   backward=self.backward, on_epoch=on_epoch)
+
+
+def build_stage1(cfg: Config, data: DataSplits, device: torch.device, dtype: torch.dtype | None) -> Stage1:
+    """Model, loss, augmentation, batches, optimizer and step of stage 1 (seed the global RNG first)."""
     inputs = Inputs.for_data(data, cfg.normalize)
     encoder = _make_encoder(cfg, data)
     head = ProjectionHead(encoder.out_dim, cfg.proj_hidden, cfg.proj_dim, cfg.projection)
     model = _prepare(SupConModel(encoder, head), device)
+    forward = _compiled(model, cfg)
     criterion = SupConLoss(cfg.temperature, cfg.base_temperature, variant="in" if cfg.loss == "supcon_in"
                            else "out", contrast_mode=cfg.contrast_mode, block_size=cfg.loss_block_size)
     views = multiview_transform(cfg.augment, data.image_size, cfg.views, first_view=cfg.first_view,
@@ -430,24 +482,43 @@ def pretrain(cfg: Config, data: DataSplits, out: str | Path | None = None, track
     optimizer, scheduler = _optimizer_and_schedule(cfg, model.parameters(), steps, cfg.epochs, cfg.optimizer,
                                                    cfg.resolved_lr(), cfg.weight_decay)
     use_labels = cfg.loss != "simclr"
+    backward = None
+    if cfg.chunk_size is not None:
+        cache = GradCache(model, criterion, cfg.chunk_size, device, dtype, forward, use_labels)
+        step, backward = cache.step, cache.backward
+    else:
+        def step(batch):
+            x, y = batch  # x: [B, V, C, H, W]
+            b, v = x.shape[:2]
+            with autocast(device, dtype):
+                z = forward(_as_model_input(x.flatten(0, 1), device)).view(b, v, -1)
+            return criterion(z.float(), y if use_labels else None), None
+
+    return Stage1(model, criterion, views, batches, steps, optimizer, scheduler, step, backward, _scaler(dtype),
+                  inputs)
+
+
+def pretrain(cfg: Config, data: DataSplits, out: str | Path | None = None, tracker: Tracker | None = None
+             ) -> StageResult:
+    """Stage 1: train encoder and projection head with the SupCon loss (or SimCLR's, ``cfg.loss="simclr"``)."""
+    track = tracker if tracker is not None else open_tracker(cfg, out)  # first: a missing package fails early
+    started = time.perf_counter()
+    device, dtype, out = _setup(cfg, out)
+    stage = build_stage1(cfg, data, device, dtype)
+    use_labels = cfg.loss != "simclr"
     reference = {"start": None, "floor": 0.0, "batches": 0}
+    loss_of = stage.step
 
     def step(batch):
-        x, y = batch  # x: [B, V, C, H, W]
-        b, v = x.shape[:2]
-        with autocast(device, dtype):
-            z = model(x.flatten(0, 1)).view(b, v, -1)
-        loss = criterion(z.float(), y if use_labels else None)
+        loss, _ = loss_of(batch)
         if reference["start"] is None:
             reference["start"] = loss.item()
-        reference["floor"] += loss_floor(y if use_labels else None, v)
+        reference["floor"] += loss_floor(batch[1] if use_labels else None, batch[0].shape[1])
         reference["batches"] += 1
         return loss, None
 
-    result = fit(model, step, batches, steps, epochs=cfg.epochs, optimizer=optimizer, scheduler=scheduler,
-                 grad_clip=cfg.grad_clip, scaler=_scaler(dtype), stage="pretrain",
-                 metrics_path=out / "metrics.jsonl" if out else None, progress=not cfg.quiet,
-                 on_epoch=track.log_metrics)
+    stage.step = step
+    result = stage.fit(cfg, out, on_epoch=track.log_metrics)
     final = result.history[-1]["loss"]
     floor = reference["floor"] / max(1, reference["batches"])
     start = reference["start"]
@@ -456,6 +527,7 @@ def pretrain(cfg: Config, data: DataSplits, out: str | Path | None = None, track
                "stage1_progress": (start - final) / (start - floor) if start - floor > 1e-6 else None,
                "val_acc": None, "train_acc": None, "epochs": len(result.history)}
     summary["seconds"] = summary["pretrain_seconds"] = time.perf_counter() - started
+    model, inputs = stage.model, stage.inputs
     _save_run(out, cfg, data, summary, inputs, {"encoder": model.encoder, "projection": model.head})
     xy = _pictures(cfg, out, track, data, model.encoder, inputs, f"{'SimCLR' if cfg.loss == 'simclr' else 'SupCon'}"
                    " encoder (stage 1)")
@@ -476,6 +548,86 @@ def loss_floor(labels: torch.Tensor | None, views: int) -> float:
         positives = (views * counts[inverse] - 1).double()
     positives = positives[positives > 0]
     return positives.log().mean().item() if len(positives) else 0.0
+
+
+class GradCache:
+    """A stage-1 step in chunks, for batches whose activations do not fit in memory (Gao et al., 2021).
+
+    ``step`` embeds every view of the batch under ``torch.no_grad()``, ``chunk_size`` images at a time, so no
+    activations are kept, and computes the loss on all the embeddings at once; ``backward`` takes the gradient
+    of the loss with respect to the embeddings, then runs the model again on each chunk with gradients on and
+    backpropagates that chunk's share (``z_chunk.backward(grad_chunk)``). The loss, and so its gradient, sees
+    the whole batch; memory holds one chunk's activations. The price is a second forward pass.
+
+    The parameter gradients equal the plain step's, with one exception: BatchNorm in training mode normalises
+    each chunk with that chunk's own statistics (in both passes, so the two agree), which is the plain step on
+    a model whose BatchNorm sees ``chunk_size`` images, as on a multi-GPU run without synchronised BatchNorm.
+    With ``chunk_size`` at least the batch, or BatchNorm in eval mode, or no BatchNorm, they are the same. The
+    running statistics are updated once per chunk by the second pass only (the first pass keeps them), so every
+    image counts once. Random numbers drawn in the forward pass (dropout, say; none today) are replayed: the
+    generator state before each chunk is kept and restored for its second pass.
+    """
+
+    def __init__(self, model: nn.Module, criterion: nn.Module, chunk_size: int, device: torch.device,
+                 dtype: torch.dtype | None = None, forward: Callable | None = None, use_labels: bool = True):
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive; got {chunk_size}")
+        self.model, self.criterion, self.chunk_size = model, criterion, chunk_size
+        self.device, self.dtype, self.use_labels = device, dtype, use_labels
+        self.forward = forward or model
+        self._pending: tuple | None = None
+
+    def step(self, batch: list[torch.Tensor]) -> tuple[torch.Tensor, None]:
+        x, y = batch  # x: [B, V, C, H, W]
+        b, v = x.shape[:2]
+        chunks = _as_model_input(x.flatten(0, 1), self.device).split(self.chunk_size)
+        states, embeddings = [], []
+        with torch.no_grad(), _running_stats_kept(self.model):
+            for chunk in chunks:
+                states.append(_rng_state(self.device))
+                with autocast(self.device, self.dtype):
+                    embeddings.append(self.forward(chunk))
+        after = _rng_state(self.device)
+        z = torch.cat(embeddings)
+        z = z.to(torch.promote_types(z.dtype, torch.float32)).requires_grad_()  # fp32 (or fp64) leaf
+        self._pending = (chunks, states, after, z)
+        return self.criterion(z.view(b, v, -1), y if self.use_labels else None), None
+
+    def backward(self, loss: torch.Tensor) -> None:
+        chunks, states, after, z = self._pending
+        self._pending = None
+        loss.backward()
+        for chunk, grad, state in zip(chunks, z.grad.split(self.chunk_size), states, strict=True):
+            _set_rng_state(state, self.device)
+            with autocast(self.device, self.dtype):
+                zc = self.forward(chunk)
+            zc.backward(grad.to(zc.dtype))
+        _set_rng_state(after, self.device)
+
+
+def _rng_state(device: torch.device):
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(state, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+@contextlib.contextmanager
+def _running_stats_kept(model: nn.Module):
+    """Normalisation layers' running statistics as they were before the block (the layers still normalise
+    with the batch's own statistics in training mode)."""
+    buffers = [buf for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+               for buf in (m.running_mean, m.running_var, m.num_batches_tracked) if buf is not None]
+    saved = [buf.clone() for buf in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, value in zip(buffers, saved, strict=True):
+                buf.copy_(value)
 
 
 def _scaler(dtype: torch.dtype | None):
@@ -501,11 +653,11 @@ class LinearProbe(nn.Module):
         return self.fc(h)
 
 
-def _classification_step(model, device, dtype):
+def _classification_step(forward, device, dtype):
     def step(batch):
         x, y = batch
         with autocast(device, dtype):
-            logits = model(x)
+            logits = forward(_as_model_input(x, device))
         logits = logits.float()
         return classification_loss(logits, y), int((predicted_class(logits) == y).sum())
     return step
@@ -548,7 +700,8 @@ def linear_probe(cfg: Config, data: DataSplits, encoder: Encoder, out: str | Pat
     def evaluate():
         return validation_metrics(logits_of(val_x), data.val.labels)
 
-    result = fit(head, _classification_step(head, device, dtype), batches, steps, epochs=cfg.linear_epochs,
+    forward = head if transform is None else _compiled(head, cfg)  # compiling a lone linear layer gains nothing
+    result = fit(head, _classification_step(forward, device, dtype), batches, steps, epochs=cfg.linear_epochs,
                  optimizer=optimizer, scheduler=scheduler, evaluate=evaluate, patience=cfg.patience,
                  monitor=cfg.monitor,
                  grad_clip=cfg.grad_clip, stage="linear", metrics_path=out / "metrics.jsonl" if out else None,
@@ -586,7 +739,7 @@ def train_ce(cfg: Config, data: DataSplits, out: str | Path | None = None, track
         return validation_metrics(predict(model, data.val.images, plain, device, cfg.eval_batch_size, dtype),
                                   data.val.labels)
 
-    result = fit(model, _classification_step(model, device, dtype), batches, steps, epochs=cfg.epochs,
+    result = fit(model, _classification_step(_compiled(model, cfg), device, dtype), batches, steps, epochs=cfg.epochs,
                  optimizer=optimizer, scheduler=scheduler, evaluate=evaluate, patience=cfg.patience,
                  monitor=cfg.monitor,
                  grad_clip=cfg.grad_clip, scaler=_scaler(dtype), stage="ce",
