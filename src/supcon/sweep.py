@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from supcon.config import Config
-from supcon.io import atomic_write_bytes, atomic_write_text, read_json, write_json
+from supcon.io import atomic_write_text, read_json, save_figure, write_json
 
 STUDY_GRID = {"optimizer": ["sgd", "adam", "rmsprop"], "schedule": ["fixed", "cosine"], "augment": ["none", None]}
 STUDY_CE_GRID = {"optimizer": ["sgd", "adam", "rmsprop"]}
@@ -332,7 +332,4 @@ def plot_sweep(rows: list[dict[str, Any]], path: Path) -> None:
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in ("tab:blue", "tab:orange")]
     ax.legend(handles, ["SupCon + linear probe", "cross-entropy"], loc="lower right", fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path, dpi=120)

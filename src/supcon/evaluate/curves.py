@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from supcon.io import save_figure
+
 ACCURACIES = (("train_acc", "train"), ("val_acc", "val"))
 
 
@@ -71,7 +73,4 @@ def plot_curves(run_dir: str | Path, path: str | Path | None = None) -> Path | N
             ax.set_xticks(epochs)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path) if path is not None else Path(run_dir) / "curves.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path if path is not None else Path(run_dir) / "curves.png", dpi=100)

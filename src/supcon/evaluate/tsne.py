@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from supcon.io import save_figure
+
 MIN_POINTS = 5  # below this the perplexity t-SNE needs is not defined
 
 def tsne_2d(features: torch.Tensor | np.ndarray, seed: int = 0) -> np.ndarray:
@@ -61,7 +63,4 @@ def plot_embeddings(panels: Sequence[tuple[str, np.ndarray]], labels: np.ndarray
     rows = -(-len(class_names) // ncol)
     fig.legend(handles, names, loc="lower center", ncol=ncol, frameon=False, markerscale=2)
     fig.tight_layout(rect=(0, 0.03 + 0.05 * rows, 1, 1))
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
