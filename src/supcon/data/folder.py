@@ -34,6 +34,8 @@ def load_folder(arg: str, opts: LoadOptions) -> DataSplits:
     stratified split. Files that do not decode are skipped and listed in `DataSplits.skipped`.
     """
     root = Path(arg).expanduser()
+    if root.is_file():
+        raise ValueError(f"{root} is a file; folder:PATH needs a directory of class sub-folders (npz:PATH for .npz)")
     if not root.is_dir():
         raise ValueError(f"folder not found: {root}")
     val_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
@@ -64,21 +66,32 @@ def load_folder(arg: str, opts: LoadOptions) -> DataSplits:
     n_tr = int((ok < len(tr_paths)).sum())
     parts = {"train": (images[:n_tr], labels[:n_tr]), "val": (images[n_tr:], labels[n_tr:])}
 
+    tried = np.concatenate([tr_labels, va_labels])
     for c, name in enumerate(classes):
         if not (labels == c).any():
-            raise ValueError(f"class '{name}' has no readable images in {root}")
+            bad = int((tried == c).sum())
+            raise ValueError(f"class '{name}' has no readable images in {root} ({bad} file(s) tried, all skipped)")
         for (_, lab), where in zip(parts.values(), places, strict=True):
             if not (lab == c).any():
                 raise ValueError(f"class '{name}' has no readable images in {where}")
     if skipped:
         for p, why in skipped:
             log.info("skipped unreadable image %s: %s", p, why)
-        warnings.warn(
-            f"skipped {len(skipped)} unreadable image file(s) in {root} (listed in DataSplits.skipped)",
-            stacklevel=3,
-        )
+        warnings.warn(f"{_skip_summary(skipped)} in {root} (listed in DataSplits.skipped and, for a run, in "
+                      "its skipped_images.txt)", stacklevel=3)
     train, val = (ImageDataset(x, torch.from_numpy(y), classes) for x, y in parts.values())
     return DataSplits(train, val, f"folder:{root.name or root.resolve().name}", skipped)
+
+
+def _skip_summary(skipped: list[tuple[str, str]]) -> str:
+    """"skipped 4 unreadable image file(s) (1 empty, 1 truncated, 2 not images)"."""
+    kinds = {"empty": 0, "truncated": 0, "not images": 0, "corrupt": 0}
+    for _, why in skipped:
+        key = ("empty" if why == "empty file" else "truncated" if why.startswith("truncated")
+               else "not images" if why.startswith("not ") else "corrupt")
+        kinds[key] += 1
+    parts = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
+    return f"skipped {len(skipped)} unreadable image file(s) ({parts})"
 
 
 def _hidden(name: str) -> bool:
@@ -143,7 +156,7 @@ def _decode_all(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     if buf is None:
-        raise ValueError(f"no readable images in {root} ({len(skipped)} files tried)")
+        raise ValueError(f"no readable images in {root}: {_skip_summary(skipped)}")
     return torch.from_numpy(buf[: len(ok)]), np.asarray(ok, dtype=np.int64), skipped
 
 
@@ -155,14 +168,43 @@ def _decode(path: Path, size: int | None) -> tuple[np.ndarray | None, str]:
         if path.stat().st_size == 0:
             return None, "empty file"
         with Image.open(path) as im:
-            im.load()  # force the full decode here, so truncated files fail now rather than later
+            # Pillow's ImageFile.LOAD_TRUNCATED_IMAGES stays False, so that load() raises on a file that ends
+            # early instead of padding the missing rows with grey; load() here forces the full decode now.
+            im.load()
             im = _to_rgb(ImageOps.exif_transpose(im))
             if size is not None and im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.BICUBIC)
             return np.asarray(im, dtype=np.uint8), ""
     except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...)
-        msg = str(e).strip().splitlines()
-        return None, f"{type(e).__name__}: {msg[0]}" if msg else type(e).__name__
+        return None, _reason(path, e)
+
+
+def _reason(path: Path, e: Exception) -> str:
+    """A short, stable explanation for skipped_images.txt; Pillow's own messages vary and repeat the path."""
+    from PIL import UnidentifiedImageError
+
+    lines = str(e).strip().splitlines()
+    detail = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+    if isinstance(e, UnidentifiedImageError):
+        ext = path.suffix.lower()
+        if ext and ext not in _image_extensions():
+            return f"not an image ({ext} file)"
+        return "not a recognised image format (corrupt header or unsupported type)"
+    if isinstance(e, OSError) and "truncated" in detail.lower():
+        return f"truncated file ({detail})"
+    if isinstance(e, _BadPixels):
+        return str(e)
+    return f"corrupt or unsupported image ({detail})"
+
+
+def _image_extensions() -> set[str]:
+    from PIL import Image
+
+    return set(Image.registered_extensions())
+
+
+class _BadPixels(ValueError):
+    """Pixel values that no 8-bit reading makes sense of (NaN, negative, beyond 16 bits)."""
 
 
 def _to_rgb(im):  # PIL.Image.Image
@@ -171,13 +213,24 @@ def _to_rgb(im):  # PIL.Image.Image
     if im.mode == "RGB":
         return im
     if im.mode.startswith("I;16") or im.mode in ("I", "F"):
-        # Pillow's own convert clips 16-bit values at 255 (a white image), so scale them first.
+        # Pillow's own convert clips values above 255 (a 16-bit image turns white), so rescale here.
         a = np.asarray(im).astype(np.float64)
-        if im.mode.startswith("I;16") or a.max() > 255:
+        if not np.isfinite(a).all():
+            raise _BadPixels(f"non-finite pixel values (NaN or inf) in a mode {im.mode} image")
+        lo, hi = a.min(), a.max()
+        if lo < 0:
+            raise _BadPixels(f"negative pixel values (min {lo:g}) in a mode {im.mode} image; expected 0..255, "
+                             "0..65535 or, for floats, 0..1")
+        if im.mode.startswith("I;16") or 255 < hi <= 65535:
             a = a / 257.0
-        elif im.mode == "F" and a.max() <= 1.0:
+        elif hi > 65535:
+            raise _BadPixels(f"pixel values up to {hi:g} in a mode {im.mode} image; expected 0..255, 0..65535 "
+                             "or, for floats, 0..1")
+        elif im.mode == "F" and hi <= 1.0:
             a = a * 255.0
         return Image.fromarray(np.round(a).clip(0, 255).astype(np.uint8)).convert("RGB")
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")  # the direct P -> RGB route warns about palette transparency
+    # Alpha is dropped, not composited (as torchvision's ImageFolder loader does); CMYK uses Pillow's
+    # conversion, which undoes the inverted channels of Adobe CMYK JPEGs.
     return im.convert("RGB")
