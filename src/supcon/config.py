@@ -8,6 +8,10 @@ applies to, so nothing about an option is written twice.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,7 +150,18 @@ class Config:
     quiet: bool = option(False, "no progress bars")
 
     def __post_init__(self) -> None:
+        self._coerce_types()
         self.validate()
+
+    def _coerce_types(self) -> None:
+        """Check every value against its field's type, converting the harmless mismatches.
+
+        YAML is loose: PyYAML reads ``1e-3`` as a string (it wants ``1.0e-3``), ``30.0`` as a float and ``10``
+        as an int where a float is meant. Anything else of the wrong type fails here, in one line, rather
+        than as a TypeError deep inside training.
+        """
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), _HINTS[f.name]))
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -204,18 +219,69 @@ class Config:
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+_HINTS = typing.get_type_hints(Config)
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    kinds = [k for k in typing.get_args(hint) if k is not type(None)] or [hint]
+    kind, optional = kinds[0], type(None) in typing.get_args(hint)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{name} must be {_KINDS[kind]}; got nothing (an empty value in YAML?)")
+    bad = ValueError(f"{name} must be {_KINDS[kind]}{' or null' if optional else ''}; got {value!r} "
+                     f"({type(value).__name__})")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.strip().lower()]
+        raise bad
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        raise bad
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
+        raise bad
+    if isinstance(value, str):
+        try:
+            value = float(value.strip()) if kind is float else int(value.strip())
+        except ValueError:
+            raise bad from None
+    if kind is int:
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if math.isfinite(value) and float(value).is_integer():
+            return int(value)
+        raise bad
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number; got {value!r}")
+    return float(value)
+
+
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file not found: {path}")
     try:
         values = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file (expected YAML: one 'option: value' a line)") from None
     except yaml.YAMLError as err:
         raise ValueError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of option: value; got {type(values).__name__}")
+    odd = [k for k in values if not isinstance(k, str)]
+    if odd:
+        raise ValueError(f"{path}: option names must be words, got {odd[0]!r}; expected 'option: value' lines")
     return values
 
 
