@@ -135,26 +135,36 @@ def _decode_all(
     first = ""
     ok: list[int] = []
     skipped: list[tuple[str, str]] = []
-    pool = ThreadPoolExecutor(max_workers=DECODE_WORKERS)
-    try:
-        results = pool.map(lambda p: _decode(p, size), paths)
-        bar = tqdm(results, total=len(paths), desc=f"decoding {root.name}", unit="img", disable=not progress)
-        for i, (arr, why) in enumerate(bar):
-            if arr is None:
-                skipped.append((str(paths[i]), why))
-                continue
-            if buf is None:
-                buf = np.empty((len(paths), 3, *arr.shape[:2]), dtype=np.uint8)
-                first = f"{arr.shape[1]}×{arr.shape[0]} in {paths[i]}"
-            elif arr.shape[:2] != buf.shape[2:]:
-                raise ValueError(
-                    f"images in {root} differ in size ({first}, {arr.shape[1]}×{arr.shape[0]} "
-                    f"in {paths[i]}); pass image_size to resize them to a square"
-                )
-            buf[len(ok)] = arr.transpose(2, 0, 1)
-            ok.append(i)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    # Pillow warns about odd files (corrupt EXIF, bad TIFF tags) without naming them, once per file; gather
+    # those into one line instead of a screenful of anonymous ones. The files are kept if they decode.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pool = ThreadPoolExecutor(max_workers=DECODE_WORKERS)
+        try:
+            results = pool.map(lambda p: _decode(p, size), paths)
+            bar = tqdm(results, total=len(paths), desc=f"decoding {root.name}", unit="img", disable=not progress)
+            for i, (arr, why) in enumerate(bar):
+                if arr is None:
+                    skipped.append((str(paths[i]), why))
+                    continue
+                if buf is None:
+                    buf = np.empty((len(paths), 3, *arr.shape[:2]), dtype=np.uint8)
+                    first = f"{arr.shape[1]}×{arr.shape[0]} in {paths[i]}"
+                elif arr.shape[:2] != buf.shape[2:]:
+                    raise ValueError(
+                        f"images in {root} differ in size ({first}, {arr.shape[1]}×{arr.shape[0]} "
+                        f"in {paths[i]}); pass image_size to resize them to a square"
+                    )
+                buf[len(ok)] = arr.transpose(2, 0, 1)
+                ok.append(i)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    if caught:
+        for w in caught:
+            log.info("decoder warning while reading %s: %s", root, w.message)
+        example = str(caught[0].message).strip().splitlines()[0]
+        warnings.warn(f"{len(caught)} decoder warning(s) while reading images in {root} (first: {example}); files "
+                      "that still decoded were kept", stacklevel=3)
     if buf is None:
         raise ValueError(f"no readable images in {root}: {_skip_summary(skipped)}")
     return torch.from_numpy(buf[: len(ok)]), np.asarray(ok, dtype=np.int64), skipped
