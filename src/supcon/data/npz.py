@@ -15,7 +15,11 @@ KEYS = ("x_train", "y_train", "x_test", "y_test", "class_names")
 
 @register_loader("npz", takes_path=True)
 def load_npz(arg: str, opts: LoadOptions) -> DataSplits:
-    """Load an .npz with its own train/test split (test becomes val; val_fraction is not used)."""
+    """Load an .npz with its own train/test split (test becomes val; val_fraction is not used).
+
+    Images may also be [N, H, W] (gray), other integer types within 0..255, or finite floats in 0..1 or 0..255;
+    anything else, and labels that are not 0-based indices into class_names, is a one-line ValueError.
+    """
     path = Path(arg).expanduser()
     if not path.is_file() and Path(f"{path}.npz").is_file():
         path = Path(f"{path}.npz")
