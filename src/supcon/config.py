@@ -11,6 +11,7 @@ import dataclasses
 import math
 import numbers
 import os
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,8 +225,12 @@ _KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a s
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
-    kinds = [k for k in typing.get_args(hint) if k is not type(None)] or [hint]
-    kind, optional = kinds[0], type(None) in typing.get_args(hint)
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    members = typing.get_args(hint) if union else (hint,)
+    kinds = [k for k in members if k is not type(None)]
+    kind, optional = (kinds[0] if len(kinds) == 1 else None), type(None) in members
+    if kind not in _KINDS:  # a field of another type (a list, say) checks itself in validate()
+        return value
     if value is None:
         if optional:
             return None
