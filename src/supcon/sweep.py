@@ -151,8 +151,8 @@ def run_cell(method: str, cfg: Config, run_dir: str | Path, threads: int | None 
     try:
         result = train.train_ce(cfg, data, run_dir) if method == "ce" else train.supcon(cfg, data, run_dir)
     except FloatingPointError as err:
-        failure = {"method": method, "error": str(err), "val_acc": None, "train_acc": None, "supcon_loss": None,
-                   "seconds": None}
+        failure = {"method": method, "loss": "ce" if method == "ce" else cfg.loss, "error": str(err),
+                   "val_acc": None, "train_acc": None, "supcon_loss": None, "seconds": None}
         cfg.save(run_dir / "config.yaml")
         write_json(run_dir / FAILED, failure)
         return failure
