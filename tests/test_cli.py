@@ -36,6 +36,7 @@ def test_help_documents_every_option_with_its_default(command, capsys):
     ("tsne", ["RUN_DIR", "--projection"]),
     ("embed", ["RUN_DIR", "--dataset SPEC", "--split {train,val,both}", "--projection", "--out FILE"]),
     ("report", ["DIR", "--out FILE", "(default: report.md)"]),
+    ("knn", ["RUN_DIR", "--dataset SPEC", "--k K", "--temperature T", "--weights {exp,uniform}", "(default: exp)"]),
 ])
 def test_help_of_the_run_directory_commands(command, options, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -61,6 +62,8 @@ def test_python_dash_m_and_version():
     (["tsne", "/nowhere"], "/nowhere is not a run directory (no results.json)"),
     (["embed", "/nowhere", "--out", "/nowhere/e.npz"], "/nowhere is not a run directory (no results.json)"),
     (["report", "/nowhere"], "/nowhere is not a run directory (no results.json)"),
+    (["knn", "/nowhere"], "/nowhere is not a run directory (no results.json)"),
+    (["pretrain", "--knn-every", "sometimes"], "knn_every must be auto or a whole number of epochs"),
     (["ce", "--device", "tpu"], "device must be"),
     (["ce", "--config", "/nowhere.yaml"], "config file not found"),
 ])
@@ -126,7 +129,7 @@ def test_compare_on_digits_writes_the_run_directory(tmp_path, capsys):
     out = tmp_path / "cmp"
     code, text, _ = run_cli("compare", *QUICK, "--out", str(out), capsys=capsys)
     assert code == 0
-    assert "| method | SupCon loss | train acc | val acc | time |" in text
+    assert "| method | stage-1 loss | kNN acc | train acc | val acc | time |" in text
     assert f"outputs (results.json, results.md, tsne.png, ce/, supcon/) in {out}" in text
     for name in ("config.yaml", "results.json", "results.md", "tsne.png"):
         assert (out / name).is_file(), name

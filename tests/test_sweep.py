@@ -65,7 +65,7 @@ def test_a_sweep_writes_the_study_table_and_skips_finished_cells(tmp_path):
     assert all(0 <= r["val_acc"] <= 1 and r["train_acc"] is not None for r in rows)
     assert rows[0]["supcon_loss"] is not None and rows[2]["supcon_loss"] is None
     table = (tmp_path / "sweep.md").read_text()
-    assert table.startswith("| Optimizer + lr strategy + augmentation | SupCon loss | train acc | val acc |")
+    assert table.startswith("| Optimizer + lr strategy + augmentation | stage-1 loss | kNN acc | train acc | val acc |")
     assert "| SGD + without augmentation |" in table and "| CE: Adam |" in table
     with open(tmp_path / "sweep.csv") as fh:
         assert [r["cell"] for r in csv.DictReader(fh)] == [r["cell"] for r in rows]

@@ -11,10 +11,11 @@ import warnings
 from pathlib import Path
 
 from supcon import __version__
-from supcon.config import COMMANDS, TSNE_POINTS, Config, fields_for, load_yaml
+from supcon.config import COMMANDS, LOSS_NAMES, TSNE_POINTS, Config, fields_for, load_yaml
 
 DESCRIPTIONS = {
-    "pretrain": "Stage 1: train an encoder and projection head with the supervised contrastive loss.",
+    "pretrain": "Stage 1: train an encoder and projection head with a contrastive loss (--loss: SupCon by "
+                "default, max-margin, npairs, SimCLR), watching a kNN accuracy of its features (--knn-every).",
     "linear": "Stage 2: freeze a pretrained encoder and train a linear classifier on it (early stopping); "
               "--run DIR adds it to DIR, --encoder-from DIR transfers DIR's encoder to --dataset in a new run.",
     "ce": "The baseline: the same encoder and a linear layer trained end to end with cross-entropy.",
@@ -31,6 +32,8 @@ TOOLS = {
             f"(at most {TSNE_POINTS:,} points, a stratified subsample of larger splits).",
     "embed": "Export a run's encoder embeddings with their labels and class names as .npz (keys train_x, train_y, "
              "val_x, val_y, class_names; train_proj, val_proj with --projection).",
+    "knn": "Weighted kNN accuracy of a finished run's encoder: each validation image is classified by its k most "
+           "cosine-similar training images, voting exp(similarity / T) each (or 1 with --weights uniform).",
     "report": "Gather run directories (single runs, compare directories, or folders holding many runs) into one "
               "Markdown report: results table, options changed from the defaults, and the pictures.",
 }
@@ -101,6 +104,16 @@ def _add_tools(commands) -> None:
     embed.add_argument("--projection", action="store_true",
                        help="also export the projection head's output (pretrain runs) as train_proj / val_proj")
     embed.add_argument("--out", metavar="FILE", required=True, help="the .npz file to write")
+    knn = sub("knn")
+    knn.add_argument("run_dir", metavar="RUN_DIR", help="a finished pretrain, linear or ce run directory")
+    knn.add_argument("--dataset", metavar="SPEC", help="data set whose training images are the neighbours and whose "
+                     "validation images are classified, resized to the encoder's input size (default: the run's "
+                     "own, with its split)")
+    knn.add_argument("--k", type=int, metavar="K", help="neighbours (default: the run's --knn-k, else 20)")
+    knn.add_argument("--temperature", type=float, metavar="T",
+                     help="votes weigh exp(similarity / T) (default: the run's --knn-temperature, else 0.07)")
+    knn.add_argument("--weights", choices=("exp", "uniform"), default="exp",
+                     help="exp(similarity / T) per neighbour, or 1 (uniform) (default: exp)")
     report = sub("report")
     report.add_argument("dirs", nargs="+", metavar="DIR",
                         help="run directories, compare directories or folders searched for runs (by results.json)")
@@ -116,6 +129,14 @@ def run_tool(args: argparse.Namespace) -> int:
         return 0
     from supcon import transfer
 
+    if args.command == "knn":
+        r = transfer.knn_run(args.run_dir, dataset=args.dataset, k=args.k, temperature=args.temperature,
+                             weights=args.weights)
+        votes = f"exp(s/{r['temperature']:g})" if r["weights"] == "exp" else "uniform"
+        print(f"kNN accuracy {r['knn_acc']:.4f} on {r['dataset']}: {r['val_images']:,} validation images "
+              f"classified by their {r['k']} nearest of {r['train_images']:,} training images (cosine, {votes} "
+              f"votes), encoder of {args.run_dir}")
+        return 0
     if args.command == "tsne":
         paths = transfer.tsne_run(args.run_dir, projection=args.projection)
         print(f"t-SNE written to {', '.join(map(str, paths))}")
@@ -230,7 +251,9 @@ def run_command(command: str, cfg: Config, args: argparse.Namespace | None = Non
     say(describe(data))
     if command == "pretrain":
         result = train.pretrain(cfg, data, out)
-        print(f"stage 1 finished: SupCon loss {result.summary['supcon_loss']:.4f}; outputs in {out}")
+        knn = result.summary.get("knn_acc")
+        print(f"stage 1 finished: {LOSS_NAMES[cfg.loss]} loss {result.summary['supcon_loss']:.4f}"
+              + (f", kNN accuracy {knn:.4f}" if knn is not None else "") + f"; outputs in {out}")
         print(f"next: supcon linear --run {out}")
     else:
         result = train.train_ce(cfg, data, out)

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from supcon import train
-from supcon.config import Config
+from supcon.config import LOSS_NAMES, Config
 from supcon.data import DataSplits, describe
 from supcon.io import atomic_write_text, write_json
 from supcon.tracking import open_tracker
 
-COLUMNS = ("method", "SupCon loss", "train acc", "val acc", "time")
+COLUMNS = ("method", "stage-1 loss", "kNN acc", "train acc", "val acc", "time")
 METHODS = {"supcon": "SupCon + linear", "simclr": "SimCLR + linear", "ce": "cross-entropy"}
 TRANSFERRED = {"supcon": "SupCon encoder + linear", "simclr": "SimCLR encoder + linear",
                "ce": "cross-entropy encoder + linear"}
@@ -34,26 +34,78 @@ def results_table(runs: list[dict[str, Any]], names: list[str] | None = None) ->
     for i, run in enumerate(runs):
         # a transfer run probes an encoder trained elsewhere, whatever its method was
         name = (TRANSFERRED if run.get("encoder_from") else METHODS)[run["method"]]
+        if run["method"] == "supcon" and run.get("loss") not in (None, "supcon"):
+            name = name.replace("SupCon", LOSS_NAMES.get(run["loss"], run["loss"]), 1)
         first = f"| {names[i]} " if names is not None else ""
-        rows.append(f"{first}| {name} | {num(run['supcon_loss'])} | {num(run['train_acc'])} | "
-                    f"{num(run['val_acc'])} | {run['seconds']:.0f} s |")
+        rows.append(f"{first}| {name} | {num(run['supcon_loss'])} | {num(run.get('knn_acc'))} | "
+                    f"{num(run['train_acc'])} | {num(run['val_acc'])} | {run['seconds']:.0f} s |")
     return "\n".join(rows)
 
 
+# What the kNN monitor must show before compare speaks. "No gain" is less than FLAT (5 images of a 250-image
+# validation split) or, near the top, less than a tenth of the way left to 1 (an untrained CNN already scores 0.94
+# on digits); an accuracy within AT_CHANCE of the way from chance to 1 is "at chance".
+FLAT = 0.02
+AT_CHANCE = 0.1
+
+
+def _tolerance(accuracy: float) -> float:
+    return min(FLAT, AT_CHANCE * (1 - accuracy))
+
+
+def knn_note(run: dict[str, Any]) -> str | None:
+    """A plain sentence when the kNN monitor shows that stage 1 never started or stopped improving early.
+
+    Reads the run's ``knn_curve`` (``[epoch, accuracy]`` pairs, epoch 0 the untrained encoder) and
+    ``knn_chance`` (what always guessing the largest class scores). Never started: the best accuracy stays
+    near chance, or does not rise measurably (:func:`_tolerance`) above the untrained encoder's. Stopped
+    early: the accuracy came that close to its best in the first half of the epochs and gained nothing after.
+    """
+    curve, chance = run.get("knn_curve") or [], run.get("knn_chance")
+    if run.get("method") == "ce" or len(curve) < 2:
+        return None
+    epochs = [int(e) for e, _ in curve]
+    accs = [a for _, a in curve]
+    best, last, init = max(accs[1:]), accs[-1], accs[0] if epochs[0] == 0 else None
+    span = f"epochs {epochs[1]}-{epochs[-1]}" if len(epochs) > 2 else f"epoch {epochs[-1]}"
+    if chance is not None and best < chance + AT_CHANCE * (1 - chance):
+        return (f"Stage 1 never started: the kNN accuracy of its encoder stayed at chance (best {best:.3f} over "
+                f"{span}; always guessing the largest class scores {chance:.3f}), so the encoder learned nothing a "
+                "classifier can use; lower --lr, or try another --loss, before reading the probe's accuracy.")
+    if init is not None and best < init + _tolerance(init):
+        return (f"Stage 1 never started: the kNN accuracy of its encoder never rose above the untrained encoder's "
+                f"({init:.3f} before training, best {best:.3f} over {span}), so stage 1 did not improve the "
+                "features; whatever the probe reaches, the random initialisation gave it.")
+    tolerance = _tolerance(best)
+    reached = next(e for e, a in zip(epochs, accs, strict=True) if e > 0 and a >= best - tolerance)
+    if len(epochs) >= 4 and reached <= epochs[-1] / 2:
+        return (f"Stage 1 stopped improving early: the kNN accuracy of its encoder came within {tolerance:.3f} of "
+                f"its best ({best:.3f}) by epoch {reached} of {epochs[-1]} and ended at {last:.3f}, so the second "
+                "half of the budget did not make the features better; more epochs of the same will not either.")
+    return None
+
+
 def convergence_note(run: dict[str, Any], threshold: float = 0.5) -> str | None:
-    """A plain sentence when stage 1 stopped far from converged, else None.
+    """Plain sentences when stage 1 stopped far from converged, never started or stopped improving early, else
+    None.
 
     Progress is how far the loss fell from its first batch towards its floor (the loss when each class has
     collapsed to one point): a SupCon encoder whose loss barely moved was not given the budget it needs, and
-    its probe says little about the method.
+    its probe says little about the method. The kNN monitor (:func:`knn_note`) says what the features did
+    meanwhile, which the loss alone does not.
     """
+    notes = []
     progress = run.get("stage1_progress")
-    if run.get("method") == "ce" or progress is None or progress >= threshold:
-        return None
-    return (f"Stage 1 did not converge: its loss went from {run['supcon_loss_start']:.3f} to "
-            f"{run['supcon_loss']:.3f}, only {progress:.0%} of the way to its floor of "
-            f"{run['supcon_loss_floor']:.3f}, so this budget was too short for SupCon; give it more --epochs "
-            "(or a larger --lr) before reading its accuracy against cross-entropy's.")
+    if run.get("method") != "ce" and progress is not None and progress < threshold:
+        name = LOSS_NAMES.get(run.get("loss"), "SupCon")
+        notes.append(f"Stage 1 did not converge: its loss went from {run['supcon_loss_start']:.3f} to "
+                     f"{run['supcon_loss']:.3f}, only {progress:.0%} of the way to its floor of "
+                     f"{run['supcon_loss_floor']:.3f}, so this budget was too short for {name}; give it more "
+                     "--epochs (or a larger --lr) before reading its accuracy against cross-entropy's.")
+    knn = knn_note(run)
+    if knn:
+        notes.append(knn)
+    return " ".join(notes) or None
 
 
 def compare(cfg: Config, out: str | Path, data: DataSplits | None = None,
@@ -70,7 +122,7 @@ def compare(cfg: Config, out: str | Path, data: DataSplits | None = None,
     with open_tracker(cfg, out / "ce", f"{out.name}/ce", out.name) as track:
         ce = train.train_ce(cfg, data, out / "ce", track)
         track.log_summary(ce.summary)
-    log("2/2 SupCon: stage 1 (contrastive) then stage 2 (linear probe)")
+    log(f"2/2 {LOSS_NAMES[cfg.loss]}: stage 1 (contrastive) then stage 2 (linear probe)")
     with open_tracker(cfg, out / "supcon", f"{out.name}/supcon", out.name) as track:
         sup = train.supcon(cfg, data, out / "supcon", track)
         track.log_summary(sup.summary)
@@ -91,6 +143,6 @@ def compare(cfg: Config, out: str | Path, data: DataSplits | None = None,
         # The sub-runs drew the same points (same subset and seed) into their own tsne.png: reuse them.
         labels = data.val.labels.numpy()[tsne_subset(data.val.labels, TSNE_POINTS, cfg.seed)]
         panels = [(f"{title} (val acc {result.summary['val_acc']:.3f})", result.tsne_xy)
-                  for title, result in (("SupCon encoder", sup), ("cross-entropy encoder", ce))]
+                  for title, result in ((f"{LOSS_NAMES[cfg.loss]} encoder", sup), ("cross-entropy encoder", ce))]
         plot_embeddings(panels, labels, data.val.class_names, out / "tsne.png")
     return results

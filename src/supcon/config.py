@@ -30,6 +30,9 @@ NEW_RUN = ("pretrain", "ce", "compare", "sweep")  # `linear` adds to an existing
 # The usual starting points: SGD with momentum at 0.1 for batch 128-256 (He et al. 2016, and the SupCon reference
 # code's CE and contrastive recipes scaled to that batch); the adaptive methods at their libraries' default.
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3}
+# How tables and picture titles name each stage-1 loss.
+LOSS_NAMES = {"supcon": "SupCon", "supcon_in": "SupCon (L_in)", "simclr": "SimCLR", "maxmargin": "max-margin",
+              "npairs": "npairs"}
 TSNE_POINTS = 2000  # t-SNE is quadratic-ish in the points; a few thousand keep a picture under a minute on a CPU
 
 
@@ -90,15 +93,31 @@ class Config:
                            "minute for ResNet-18 on 2 CPU cores, where later steps then gained only 2-3 in 100); "
                            "meant for GPUs and long runs")
     # loss
-    loss: str = option("supcon", "stage-1 loss: supcon (L_out), supcon_in (L_in) or simclr (labels ignored)",
-                       STAGE1, choices=("supcon", "supcon_in", "simclr"))
-    temperature: float = option(0.1, "temperature of the contrastive loss", STAGE1)
+    loss: str = option("supcon", "stage-1 loss: supcon (L_out), supcon_in (L_in), simclr (labels ignored), "
+                       "maxmargin (pairwise max-margin, what the study's notebooks trained with) or npairs (the "
+                       "Keras example's multi-class N-pair loss)", STAGE1,
+                       choices=("supcon", "supcon_in", "simclr", "maxmargin", "npairs"))
+    temperature: float = option(0.1, "temperature of the contrastive loss (supcon, supcon_in, simclr, npairs)",
+                                STAGE1)
+    margin: float = option(1.0, "margin of the maxmargin loss: negative pairs closer than this are pushed apart",
+                           STAGE1)
+    margin_distance: str = option("euclidean", "distance of the maxmargin loss: euclidean (the study's; sqrt(2 - 2 "
+                                  "cos) on the unit sphere) or cosine (1 - cos)", STAGE1,
+                                  choices=("euclidean", "cosine"))
     base_temperature: float | None = option(None, "loss is scaled by temperature/base_temperature "
                                             "(default: no scaling)", STAGE1, metavar="T")
     contrast_mode: str = option("all", "anchors: every view (all) or view 0 only (one)", STAGE1,
                                 choices=("all", "one"))
     loss_block_size: int | None = option(None, "anchor rows per block in the loss, bounding its memory "
                                          "(default: automatic, from N)", STAGE1, metavar="ROWS")
+    # kNN monitor
+    knn_every: str = option("auto", "kNN accuracy of the validation split's encoder features against the training "
+                            "split's every N epochs of stage 1 and at its last (metrics.jsonl knn_acc); auto: every "
+                            "epoch where it costs under a tenth of an epoch, else every 5; 0: off (also the final kNN "
+                            "of ce runs)", STAGE1 + ("ce",), metavar="N|auto")
+    knn_k: int = option(20, "neighbours of the kNN monitor", STAGE1 + ("ce",))
+    knn_temperature: float = option(0.07, "the kNN monitor weighs each neighbour's vote by exp(similarity / T)",
+                                    STAGE1 + ("ce",), metavar="T")
     # augmentation
     augment: str = option("simclr", "augmentation policy of stage 1 and CE",
                           STAGE1 + ("ce",), choices=("none", "crop", "simclr", "autoaugment", "randaugment"))
@@ -151,6 +170,8 @@ class Config:
     quiet: bool = option(False, "no progress bars")
 
     def __post_init__(self) -> None:
+        if isinstance(self.knn_every, int) and not isinstance(self.knn_every, bool):
+            self.knn_every = str(self.knn_every)  # `knn_every: 5` in a YAML file; config.yaml stores the string
         self._coerce_types()
         self.validate()
 
@@ -171,7 +192,8 @@ class Config:
             if choices and value not in choices:
                 raise ValueError(f"{f.name} must be one of {', '.join(choices)}; got {value!r}")
         positive = ["epochs", "batch_size", "temperature", "views", "proj_dim", "proj_hidden",
-                    "linear_epochs", "linear_lr", "eval_batch_size", "step_epochs"]
+                    "linear_epochs", "linear_lr", "eval_batch_size", "step_epochs", "margin", "knn_k",
+                    "knn_temperature"]
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive; got {getattr(self, name)!r}")
@@ -186,6 +208,11 @@ class Config:
             raise ValueError(f"val_fraction must be between 0 and 1; got {self.val_fraction}")
         if not 0 < self.crop_scale <= 1:
             raise ValueError(f"crop_scale must be in (0, 1]; got {self.crop_scale}")
+        if not (self.knn_every == "auto" or (isinstance(self.knn_every, str) and self.knn_every.isdigit())):
+            raise ValueError(f"knn_every must be auto or a whole number of epochs (0: off); got {self.knn_every!r}")
+        if self.contrast_mode != "all" and self.loss in ("maxmargin", "npairs"):
+            raise ValueError(f"contrast_mode {self.contrast_mode} is an option of the supcon, supcon_in and simclr "
+                             f"losses; {self.loss} takes every view as an anchor")
         if self.weight_decay < 0 or self.warmup_epochs < 0 or self.patience < 0 or self.momentum < 0:
             raise ValueError("weight_decay, warmup_epochs, patience and momentum must not be negative")
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supcon.config import Config
+from supcon.config import LOSS_NAMES, Config
 from supcon.io import atomic_write_text, read_json, save_figure, write_json
 
 STUDY_GRID = {"optimizer": ["sgd", "adam", "rmsprop"], "schedule": ["fixed", "cosine"], "augment": ["none", None]}
@@ -151,8 +151,8 @@ def run_cell(method: str, cfg: Config, run_dir: str | Path, threads: int | None 
     try:
         result = train.train_ce(cfg, data, run_dir) if method == "ce" else train.supcon(cfg, data, run_dir)
     except FloatingPointError as err:
-        failure = {"method": method, "error": str(err), "val_acc": None, "train_acc": None, "supcon_loss": None,
-                   "seconds": None}
+        failure = {"method": method, "loss": "ce" if method == "ce" else cfg.loss, "error": str(err),
+                   "val_acc": None, "train_acc": None, "supcon_loss": None, "seconds": None}
         cfg.save(run_dir / "config.yaml")
         write_json(run_dir / FAILED, failure)
         return failure
@@ -257,6 +257,8 @@ def describe_cell(method: str, cfg: Config, axes: list[str]) -> str:
             parts.append({"fixed": "fixed lr", "cosine": "lr decayed (cosine)", "step": "lr decayed (step)"}[value])
         elif key == "augment":
             parts.append("without augmentation" if value == "none" else f"with augmentation ({value})")
+        elif key == "loss":
+            parts.append(LOSS_NAMES.get(value, value))
         else:
             parts.append(f"{key}={value}")
     prefix = "CE: " if method == "ce" else ""
@@ -270,10 +272,11 @@ def table_rows(sweep: Sweep, summaries: dict[str, dict[str, Any]]) -> list[dict[
         run = summaries.get(name) or {}
         axes = list(sweep.grid if method == "supcon" else sweep.ce_grid)
         rows.append({"cell": name, "method": method, "setting": describe_cell(method, cfg, axes),
-                     "optimizer": cfg.optimizer, "lr": cfg.resolved_lr(), "schedule": cfg.schedule,
-                     "augment": cfg.augment, "epochs": cfg.epochs, "supcon_loss": run.get("supcon_loss"),
-                     "stage1_progress": run.get("stage1_progress"), "train_acc": run.get("train_acc"),
-                     "val_acc": run.get("val_acc"), "seconds": run.get("seconds"), "error": run.get("error")})
+                     "loss": cfg.loss if method == "supcon" else "ce", "optimizer": cfg.optimizer,
+                     "lr": cfg.resolved_lr(), "schedule": cfg.schedule, "augment": cfg.augment, "epochs": cfg.epochs,
+                     "supcon_loss": run.get("supcon_loss"), "stage1_progress": run.get("stage1_progress"),
+                     "knn_acc": run.get("knn_acc"), "train_acc": run.get("train_acc"), "val_acc": run.get("val_acc"),
+                     "seconds": run.get("seconds"), "error": run.get("error")})
     return rows
 
 
@@ -285,6 +288,12 @@ def write_tables(sweep: Sweep, summaries: dict[str, dict[str, Any]], out: Path) 
     if stalled:
         text += ("\n\nStage 1 did not converge (its loss covered less than half the way from its start to its floor) "
                  "in: " + "; ".join(stalled) + ". Their accuracies say more about the budget than about SupCon.")
+    from supcon.compare import knn_note
+
+    for row in rows:
+        note = knn_note(summaries.get(row["cell"]) or {})
+        if note:
+            text += f"\n\n{row['setting']}: {note}"
     atomic_write_text(out / "sweep.md", text + "\n")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
@@ -296,19 +305,21 @@ def write_tables(sweep: Sweep, summaries: dict[str, dict[str, Any]], out: Path) 
 
 
 def sweep_markdown(rows: list[dict[str, Any]]) -> str:
-    """The study's table: ``Optimizer + lr strategy + augmentation | SupCon loss | train acc | val acc``."""
+    """The study's table, ``Optimizer + lr strategy + augmentation | stage-1 loss | train acc | val acc`` (the
+    study's "Supervised Contrastive Loss" column holds whichever loss stage 1 trained with), plus the kNN
+    accuracy of the encoder's features and the time."""
 
     def num(value, digits=4):
         return "–" if value is None else f"{value:.{digits}f}"
 
-    lines = ["| Optimizer + lr strategy + augmentation | SupCon loss | train acc | val acc | time |",
-             "|---|---|---|---|---|"]
+    lines = ["| Optimizer + lr strategy + augmentation | stage-1 loss | kNN acc | train acc | val acc | time |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         seconds = "not run yet" if r["seconds"] is None else f"{r['seconds']:.0f} s"
         if r["error"]:
             seconds = "failed: " + r["error"].split(";")[0]
-        lines.append(f"| {r['setting']} | {num(r['supcon_loss'])} | {num(r['train_acc'])} | {num(r['val_acc'])} "
-                     f"| {seconds} |")
+        lines.append(f"| {r['setting']} | {num(r['supcon_loss'])} | {num(r.get('knn_acc'))} | {num(r['train_acc'])} "
+                     f"| {num(r['val_acc'])} | {seconds} |")
     return "\n".join(lines)
 
 

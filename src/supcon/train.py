@@ -34,9 +34,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from supcon.augment import BatchedMultiView, BatchedView, apply_batch, multiview_transform, view_transform
-from supcon.config import TSNE_POINTS, Config
+from supcon.config import LOSS_NAMES, TSNE_POINTS, Config
 from supcon.data import DataSplits, load_dataset
 from supcon.evaluate.curves import plot_curves
+from supcon.evaluate.knn import KnnSchedule, chance_accuracy, knn_accuracy
 from supcon.evaluate.tsne import MIN_POINTS, draw_tsne, tsne_subset
 from supcon.io import (
     append_jsonl,
@@ -47,7 +48,7 @@ from supcon.io import (
     save_weights,
     write_json,
 )
-from supcon.losses import SupConLoss
+from supcon.losses import MaxMarginContrastiveLoss, NPairsLoss, SupConLoss
 from supcon.models import Classifier, Encoder, ProjectionHead, SupConModel, build_encoder
 from supcon.tracking import Tracker, open_tracker
 
@@ -449,7 +450,7 @@ class Stage1:
     training step, ready for :func:`fit` (``benchmarks/bench_train.py`` times the same objects)."""
 
     model: SupConModel
-    criterion: SupConLoss
+    criterion: nn.Module
     views: Any
     batches: Callable[[int], Iterator[list[torch.Tensor]]]
     steps: int
@@ -460,11 +461,22 @@ class Stage1:
     scaler: torch.amp.GradScaler | None
     inputs: Inputs
 
-    def fit(self, cfg: Config, out: Path | None = None, epoch_batches=None, on_epoch=None) -> FitResult:
+    def fit(self, cfg: Config, out: Path | None = None, epoch_batches=None, on_epoch=None,
+            evaluate=None) -> FitResult:
         return fit(self.model, self.step, epoch_batches or self.batches, self.steps, epochs=cfg.epochs,
                    optimizer=self.optimizer, scheduler=self.scheduler, grad_clip=cfg.grad_clip, scaler=self.scaler,
                    stage="pretrain", metrics_path=out / "metrics.jsonl" if out else None, progress=not cfg.quiet,
-                   backward=self.backward, on_epoch=on_epoch)
+                   backward=self.backward, on_epoch=on_epoch, evaluate=evaluate)
+
+
+def stage1_criterion(cfg: Config) -> nn.Module:
+    """The stage-1 loss ``cfg.loss`` names, with its options."""
+    if cfg.loss == "maxmargin":
+        return MaxMarginContrastiveLoss(cfg.margin, cfg.margin_distance, block_size=cfg.loss_block_size)
+    if cfg.loss == "npairs":
+        return NPairsLoss(cfg.temperature, block_size=cfg.loss_block_size)
+    return SupConLoss(cfg.temperature, cfg.base_temperature, variant="in" if cfg.loss == "supcon_in" else "out",
+                      contrast_mode=cfg.contrast_mode, block_size=cfg.loss_block_size)
 
 
 def build_stage1(cfg: Config, data: DataSplits, device: torch.device, dtype: torch.dtype | None) -> Stage1:
@@ -474,8 +486,7 @@ def build_stage1(cfg: Config, data: DataSplits, device: torch.device, dtype: tor
     head = ProjectionHead(encoder.out_dim, cfg.proj_hidden, cfg.proj_dim, cfg.projection)
     model = _prepare(SupConModel(encoder, head), device)
     forward = _compiled(model, cfg)
-    criterion = SupConLoss(cfg.temperature, cfg.base_temperature, variant="in" if cfg.loss == "supcon_in"
-                           else "out", contrast_mode=cfg.contrast_mode, block_size=cfg.loss_block_size)
+    criterion = stage1_criterion(cfg)
     views = multiview_transform(cfg.augment, data.image_size, cfg.views, first_view=cfg.first_view,
                                 mean=inputs.mean, std=inputs.std, **_policy_options(cfg))
     batches, steps = _epoch_batches(data.train.images, data.train.labels, cfg, views, device)
@@ -500,7 +511,8 @@ def build_stage1(cfg: Config, data: DataSplits, device: torch.device, dtype: tor
 
 def pretrain(cfg: Config, data: DataSplits, out: str | Path | None = None, tracker: Tracker | None = None
              ) -> StageResult:
-    """Stage 1: train encoder and projection head with the SupCon loss (or SimCLR's, ``cfg.loss="simclr"``)."""
+    """Stage 1: train encoder and projection head with the stage-1 loss ``cfg.loss`` (SupCon by default;
+    SimCLR's ignores the labels), with the kNN monitor of ``cfg.knn_every``."""
     track = tracker if tracker is not None else open_tracker(cfg, out)  # first: a missing package fails early
     started = time.perf_counter()
     device, dtype, out = _setup(cfg, out)
@@ -513,41 +525,114 @@ def pretrain(cfg: Config, data: DataSplits, out: str | Path | None = None, track
         loss, _ = loss_of(batch)
         if reference["start"] is None:
             reference["start"] = loss.item()
-        reference["floor"] += loss_floor(batch[1] if use_labels else None, batch[0].shape[1])
+        reference["floor"] += loss_floor(batch[1] if use_labels else None, batch[0].shape[1], cfg.loss)
         reference["batches"] += 1
         return loss, None
 
     stage.step = step
-    result = stage.fit(cfg, out, on_epoch=track.log_metrics)
+    monitor = KnnMonitor(cfg, data, stage.model.encoder, stage.inputs, device, dtype)
+    if monitor.on:
+        monitor.initial()
+        result = stage.fit(cfg, out, monitor.batches(stage.batches), on_epoch=track.log_metrics,
+                           evaluate=monitor.evaluate)
+    else:
+        result = stage.fit(cfg, out, on_epoch=track.log_metrics)
     final = result.history[-1]["loss"]
     floor = reference["floor"] / max(1, reference["batches"])
     start = reference["start"]
     summary = {"method": "simclr" if cfg.loss == "simclr" else "supcon", "loss": cfg.loss,
                "supcon_loss": final, "supcon_loss_start": start, "supcon_loss_floor": floor,
                "stage1_progress": (start - final) / (start - floor) if start - floor > 1e-6 else None,
-               "val_acc": None, "train_acc": None, "epochs": len(result.history)}
+               **monitor.summary(), "val_acc": None, "train_acc": None, "epochs": len(result.history)}
     summary["seconds"] = summary["pretrain_seconds"] = time.perf_counter() - started
     model, inputs = stage.model, stage.inputs
     _save_run(out, cfg, data, summary, inputs, {"encoder": model.encoder, "projection": model.head})
-    xy = _pictures(cfg, out, track, data, model.encoder, inputs, f"{'SimCLR' if cfg.loss == 'simclr' else 'SupCon'}"
-                   " encoder (stage 1)")
+    xy = _pictures(cfg, out, track, data, model.encoder, inputs, f"{LOSS_NAMES[cfg.loss]} encoder (stage 1)")
     _done(track, tracker, summary)
     return StageResult(summary, result, model.encoder, model, inputs, xy)
 
 
-def loss_floor(labels: torch.Tensor | None, views: int) -> float:
-    """The smallest SupCon (L_out) loss a batch allows, approached when every positive pair coincides and the
-    classes sit far apart: the mean over anchors of log |P(i)|, with |P(i)| = views x (same-label images) - 1.
+def loss_floor(labels: torch.Tensor | None, views: int, loss: str = "supcon") -> float:
+    """The smallest stage-1 loss a batch allows, approached when every class collapses to a point and the
+    classes sit far apart. Comparing the loss with its start and this floor tells whether stage 1 converged,
+    whatever the batch.
 
-    Comparing the loss with its start and this floor tells whether stage 1 converged, whatever the batch.
+    SupCon (L_out, and L_in, which is never below it; SimCLR without labels): the mean over anchors of
+    log |P(i)|, with |P(i)| = views x (same-label images) - 1. npairs counts the anchor among its own positives:
+    the mean of log(views x same-label images). max-margin: 0 (positives at distance 0, negatives beyond the
+    margin, which the unit sphere affords for any handful of classes).
     """
+    if loss == "maxmargin":
+        return 0.0
+    own = 0 if loss == "npairs" else 1
     if labels is None:
-        positives = torch.full((1,), views - 1, dtype=torch.float64)
+        positives = torch.full((1,), views - own, dtype=torch.float64)
     else:
         _, inverse, counts = labels.unique(return_inverse=True, return_counts=True)
-        positives = (views * counts[inverse] - 1).double()
+        positives = (views * counts[inverse] - own).double()
     positives = positives[positives > 0]
     return positives.log().mean().item() if len(positives) else 0.0
+
+
+def encoder_knn(encoder: nn.Module, data: DataSplits, inputs: Inputs, device: torch.device, cfg: Config,
+                dtype: torch.dtype | None = None) -> float:
+    """kNN accuracy (``cfg.knn_k`` neighbours, votes ``exp(s / cfg.knn_temperature)``) of the validation images'
+    ``encoder`` features against the training images', both without augmentation."""
+    plain = inputs.plain()
+    train_x = predict(encoder, data.train.images, plain, device, cfg.eval_batch_size, dtype)
+    val_x = predict(encoder, data.val.images, plain, device, cfg.eval_batch_size, dtype)
+    return knn_accuracy(train_x.to(device), data.train.labels, val_x.to(device), data.val.labels, k=cfg.knn_k,
+                        temperature=cfg.knn_temperature)
+
+
+class KnnMonitor:
+    """Stage 1's kNN monitor, as :func:`fit`'s ``evaluate`` hook: ``knn_acc`` (and ``knn_seconds``) in the
+    epoch's record when :class:`~supcon.evaluate.knn.KnnSchedule` says it is due.
+
+    :meth:`batches` wraps the epoch batches to learn each epoch's number and start time (so ``auto`` can compare
+    the kNN's cost with the epoch's training). The random state is restored after each measurement and the
+    encoder is run in eval mode, so the monitor never changes what is trained.
+    """
+
+    def __init__(self, cfg: Config, data: DataSplits, encoder: nn.Module, inputs: Inputs, device: torch.device,
+                 dtype: torch.dtype | None = None):
+        self.cfg, self.data, self.encoder, self.inputs = cfg, data, encoder, inputs
+        self.device, self.dtype = device, dtype
+        self.schedule = KnnSchedule(cfg.knn_every if cfg.knn_every == "auto" else int(cfg.knn_every), cfg.epochs)
+        self.on = self.schedule.resolved != 0
+        self.curve: list[list[float]] = []  # [epoch, accuracy]; epoch 0 is the untrained encoder
+        self.epoch, self.started = 0, time.perf_counter()
+
+    def measure(self) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            acc = encoder_knn(self.encoder, self.data, self.inputs, self.device, self.cfg, self.dtype)
+        return acc, time.perf_counter() - t0
+
+    def initial(self) -> None:
+        """The untrained encoder's accuracy: the baseline that tells "never started" from "stopped early"."""
+        self.curve.append([0, self.measure()[0]])
+
+    def batches(self, epoch_batches: Callable[[int], Iterator[list[torch.Tensor]]]):
+        def wrapped(epoch: int):
+            self.epoch, self.started = epoch, time.perf_counter()
+            return epoch_batches(epoch)
+        return wrapped
+
+    def evaluate(self) -> dict[str, float]:
+        train_seconds = time.perf_counter() - self.started
+        if not self.schedule.due(self.epoch):
+            return {}
+        acc, seconds = self.measure()
+        self.schedule.measured(seconds, train_seconds)
+        self.curve.append([self.epoch, acc])
+        return {"knn_acc": acc, "knn_seconds": seconds}
+
+    def summary(self) -> dict[str, Any]:
+        if not self.on:
+            return {}
+        return {"knn_acc": self.curve[-1][1] if len(self.curve) > 1 else None, "knn_curve": self.curve,
+                "knn_chance": chance_accuracy(self.data.val.labels), "knn_every": self.schedule.resolved}
 
 
 class GradCache:
@@ -751,6 +836,8 @@ def train_ce(cfg: Config, data: DataSplits, out: str | Path | None = None, track
                data.train.labels), "val_acc": accuracy(val_logits, data.val.labels),
                "epochs": len(result.history), "best_epoch": result.best_epoch,
                "stopped_early": result.stopped_early, "seconds": time.perf_counter() - started}
+    if cfg.knn_every != "0":  # the same kNN as stage 1's monitor, so that the tables compare the two encoders
+        summary["knn_acc"] = encoder_knn(model.encoder, data, inputs, device, cfg, dtype)
     _save_run(out, cfg, data, summary, inputs, {"encoder": model.encoder, "linear": model.fc})
     xy = _pictures(cfg, out, track, data, model.encoder, inputs,
                    f"cross-entropy encoder (val acc {summary['val_acc']:.3f})")

@@ -3,10 +3,12 @@
 These read a run directory and never change it (except :func:`tsne_run`, which adds its pictures there).
 
 >>> from supcon.config import Config
+from supcon.evaluate.knn import WEIGHTS, knn_accuracy
 >>> from supcon import transfer
 >>> transfer.linear_transfer("runs/imagenet5", Config(dataset="npz:flowers5_64.npz"), "runs/to-flowers")
 >>> transfer.embed_run("runs/imagenet5", "emb.npz")          # train_x, train_y, val_x, val_y, class_names
 >>> transfer.tsne_run("runs/imagenet5", projection=True)    # tsne.png, tsne_projection.png
+>>> transfer.knn_run("runs/imagenet5")["knn_acc"]           # weighted kNN accuracy of the encoder's features
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import nn
 from supcon import train
 from supcon.config import Config
 from supcon.data import DataSplits
+from supcon.evaluate.knn import WEIGHTS, knn_accuracy
 from supcon.io import load_weights, read_json, require_run_dir
 from supcon.models import Encoder, ProjectionHead, SupConModel
 from supcon.tracking import open_tracker
@@ -159,3 +162,27 @@ def tsne_run(run_dir: str | Path, projection: bool = False) -> list[Path]:
         train.tsne_picture(model, data, inputs, path, titles[key], cfg.seed, cfg.eval_batch_size)
         paths.append(path)
     return paths
+
+
+def knn_run(run_dir: str | Path, dataset: str | None = None, k: int | None = None, temperature: float | None = None,
+            weights: str = "exp", batch_size: int = 512) -> dict[str, Any]:
+    """kNN accuracy of a finished run's encoder: the validation images' features against the training images'.
+
+    The run's own split by default, or ``dataset`` (resized to the encoder's input). ``k`` and ``temperature``
+    default to the run's ``knn_k`` and ``knn_temperature``; ``weights="uniform"`` counts every neighbour once.
+    Returns ``knn_acc`` with what it was measured on; the run directory is not changed.
+    """
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
+    run_dir = require_run_dir(run_dir)
+    device = train.resolve_device("auto")
+    encoder, cfg, inputs = train.load_encoder(run_dir, device)
+    data = data_for_run(run_dir, cfg, inputs, dataset)
+    k = cfg.knn_k if k is None else k
+    temperature = cfg.knn_temperature if temperature is None else temperature
+    features = {name: train.predict(encoder, getattr(data, name).images, inputs.plain(), device, batch_size)
+                for name in ("train", "val")}
+    acc = knn_accuracy(features["train"].to(device), data.train.labels, features["val"].to(device),
+                       data.val.labels, k=k, temperature=temperature, weights=weights)
+    return {"knn_acc": acc, "dataset": data.name, "train_images": len(data.train), "val_images": len(data.val),
+            "k": k, "temperature": temperature, "weights": weights}

@@ -8,7 +8,9 @@ from typing import Any
 
 from supcon.io import save_figure
 
-ACCURACIES = (("train_acc", "train"), ("val_acc", "val"))
+# knn_acc: stage 1's kNN monitor (validation features against training features), on the same axes as the
+# probe's and CE's accuracies so that the two stages read alike.
+ACCURACIES = (("train_acc", "train"), ("val_acc", "val"), ("knn_acc", "kNN (val)"))
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -28,7 +30,8 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def plot_curves(run_dir: str | Path, path: str | Path | None = None) -> Path | None:
-    """Loss per epoch of every stage, and its train/val accuracy where it has them; ``None`` without metrics.
+    """Loss per epoch of every stage, and its train/val (or kNN) accuracy where it has them; ``None`` without
+    metrics.
 
     Stages are taken from the records (pretrain, linear, ce, or any other), each on its own axes, since a
     contrastive loss and a cross-entropy live on different scales.
