@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import builtins
 import dataclasses
 import sys
 import time
@@ -10,8 +11,8 @@ import typing
 import warnings
 from pathlib import Path
 
-from supcon import __version__
-from supcon.config import COMMANDS, TSNE_POINTS, Config, fields_for, load_yaml
+from supcon import __version__, distributed
+from supcon.config import COMMANDS, DISTRIBUTED, TSNE_POINTS, Config, fields_for, load_yaml
 
 DESCRIPTIONS = {
     "pretrain": "Stage 1: train an encoder and projection head with the supervised contrastive loss.",
@@ -189,6 +190,13 @@ def run_command(command: str, cfg: Config, args: argparse.Namespace | None = Non
     from supcon.compare import compare, convergence_note, results_table
     from supcon.data import describe
 
+    distributed.init(train.resolve_device(cfg.device))  # under torchrun: join the others before anything else
+    main_rank = distributed.is_main()
+
+    def print(*parts, **kwargs) -> None:  # the other processes of a distributed run stay silent
+        if main_rank:
+            builtins.print(*parts, **kwargs)
+
     def say(message: str) -> None:
         if not cfg.quiet:
             print(message, flush=True)
@@ -208,7 +216,7 @@ def run_command(command: str, cfg: Config, args: argparse.Namespace | None = Non
         print(results_table([result.summary]))
         print(f"linear probe finished: val acc {result.summary['val_acc']:.4f}; outputs in {out}")
         return 0
-    out = Path(cfg.out) if cfg.out else default_out(command, cfg.dataset)
+    out = distributed.broadcast(Path(cfg.out) if cfg.out else default_out(command, cfg.dataset))  # one clock
     cfg = cfg.replace(out=str(out))
     if command == "sweep":
         from supcon.sweep import run_sweep, sweep_markdown
@@ -245,17 +253,28 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _one_line_warning
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--"]:  # `torchrun ... -m supcon -- COMMAND ...` keeps torchrun's parser off our options
+        argv = argv[1:]
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command in TOOLS:
             return run_tool(args)
         cfg = config_from_args(args)
+        if cfg.nproc > 1 and args.command in DISTRIBUTED and not distributed.launched():
+            return distributed.launch(cfg.nproc, argv)
         return run_command(args.command, cfg, args)
     except (ValueError, FloatingPointError, OSError, ImportError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"supcon {args.command}: error: {message}", file=sys.stderr)
+        print(f"supcon {args.command}{_rank_note()}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"supcon {args.command}: interrupted", file=sys.stderr)
+        print(f"supcon {args.command}{_rank_note()}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
+
+
+def _rank_note() -> str:
+    return f" (rank {distributed.rank()})" if distributed.launched() else ""
