@@ -263,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
             return run_tool(args)
         cfg = config_from_args(args)
         if cfg.nproc > 1 and args.command in DISTRIBUTED and not distributed.launched():
+            from supcon.train import resolve_device
+
+            distributed.check_launch(cfg.nproc, resolve_device(cfg.device), cfg.batch_size, cfg.sync_bn)
             return distributed.launch(cfg.nproc, argv)
         return run_command(args.command, cfg, args)
     except (ValueError, FloatingPointError, OSError, ImportError) as err:

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -91,17 +93,35 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def check_launch(nproc: int, device: torch.device, batch_size: int, sync_bn: bool = False) -> None:
+    """What would stop every process alike, said once by the launcher instead of by each of them."""
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"distributed training runs on cpu or cuda; got device {device.type!r}")
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise ValueError(f"--nproc {nproc} on CUDA needs {nproc} GPUs (one per process); this machine has "
+                         f"{torch.cuda.device_count()}")
+    if sync_bn and device.type != "cuda":
+        raise ValueError("--sync-bn needs CUDA: torch's SyncBatchNorm does not run on the CPU")
+    if batch_size < 2 * nproc:
+        raise ValueError(f"--batch-size is the global batch, split over {nproc} processes: expected at least "
+                         f"{2 * nproc} (two images each), got {batch_size}")
+
+
 def launch(nproc: int, argv: Sequence[str]) -> int:
     """Run ``python -m supcon ARGV`` in ``nproc`` processes on this machine under torchrun; the exit status.
 
     ``--standalone`` picks a free port, so that two runs on one machine do not collide on torchrun's default.
     The workers see ``WORLD_SIZE`` and so do not launch again, whatever ``--nproc`` says. Each gets an equal
-    share of the cores unless ``OMP_NUM_THREADS`` says otherwise. A failed worker has printed its own error;
-    the launcher returns its exit status instead of torchrun's traceback.
+    share of the cores unless ``OMP_NUM_THREADS`` says otherwise. A worker that failed with an error of ours
+    (exit status 2) has printed it; for any other failure one line names the process and its exit status,
+    in place of torchrun's log and traceback.
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("torch.distributed") and isinstance(logger, logging.Logger):
+            logger.setLevel(logging.CRITICAL)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "supcon"])
     # Set, not parsed: torchrun's parser takes --nproc, --run and --monitor for abbreviations of its own options.
@@ -109,7 +129,10 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     try:
         run(args)
     except ChildFailedError as err:
-        _, failure = err.get_first_failure()
+        rank, failure = err.get_first_failure()
+        if failure.exitcode != 2:
+            print(f"supcon: error: process {rank} of {nproc} failed with exit status {failure.exitcode}",
+                  file=sys.stderr)
         return failure.exitcode if failure.exitcode > 0 else 1
     return 0
 
