@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import builtins
 import dataclasses
 import sys
 import time
@@ -190,31 +189,34 @@ def run_command(command: str, cfg: Config, args: argparse.Namespace | None = Non
     from supcon.compare import compare, convergence_note, results_table
     from supcon.data import describe
 
+    if distributed.launched() and command not in DISTRIBUTED:
+        raise ValueError(f"{command} does not run under torchrun (its cells train one process each); expected one "
+                         f"of {', '.join(DISTRIBUTED)}")
     distributed.init(train.resolve_device(cfg.device))  # under torchrun: join the others before anything else
     main_rank = distributed.is_main()
 
-    def print(*parts, **kwargs) -> None:  # the other processes of a distributed run stay silent
+    def show(*parts, **kwargs) -> None:  # the other processes of a distributed run stay silent
         if main_rank:
-            builtins.print(*parts, **kwargs)
+            print(*parts, **kwargs)
 
     def say(message: str) -> None:
         if not cfg.quiet:
-            print(message, flush=True)
+            show(message, flush=True)
 
     if command == "linear" and cfg.run is None:  # by --run: a transfer run's own config.yaml names encoder_from
         from supcon.transfer import linear_transfer
 
         out = Path(cfg.out) if cfg.out else default_out(command, cfg.dataset)
         result = linear_transfer(cfg.encoder_from, cfg, out)
-        print(results_table([result.summary]))
-        print(f"transfer finished: val acc {result.summary['val_acc']:.4f} on {cfg.dataset} with the encoder of "
+        show(results_table([result.summary]))
+        show(f"transfer finished: val acc {result.summary['val_acc']:.4f} on {cfg.dataset} with the encoder of "
               f"{cfg.encoder_from}; outputs in {out}")
         return 0
     if command == "linear":
         out = Path(cfg.run)
         result = train.linear_probe_run(out, cfg)
-        print(results_table([result.summary]))
-        print(f"linear probe finished: val acc {result.summary['val_acc']:.4f}; outputs in {out}")
+        show(results_table([result.summary]))
+        show(f"linear probe finished: val acc {result.summary['val_acc']:.4f}; outputs in {out}")
         return 0
     out = distributed.broadcast(Path(cfg.out) if cfg.out else default_out(command, cfg.dataset))  # one clock
     cfg = cfg.replace(out=str(out))
@@ -223,27 +225,27 @@ def run_command(command: str, cfg: Config, args: argparse.Namespace | None = Non
 
         args = args or argparse.Namespace()
         rows = run_sweep(sweep_from_args(args, cfg), out, jobs=getattr(args, "jobs", None) or 1, log=say)
-        print(sweep_markdown(rows))
-        print(f"sweep finished: outputs (sweep.md, sweep.csv, sweep.png, cells/) in {out}")
+        show(sweep_markdown(rows))
+        show(f"sweep finished: outputs (sweep.md, sweep.csv, sweep.png, cells/) in {out}")
         return 0
     if command == "compare":
         results = compare(cfg, out, log=say)
-        print(results_table(results["runs"]))
+        show(results_table(results["runs"]))
         note = convergence_note(results["runs"][0])
         if note:
-            print(note)
-        print(f"compare finished: outputs (results.json, results.md, tsne.png, ce/, supcon/) in {out}")
+            show(note)
+        show(f"compare finished: outputs (results.json, results.md, tsne.png, ce/, supcon/) in {out}")
         return 0
     data = train.load_data(cfg)
     say(describe(data))
     if command == "pretrain":
         result = train.pretrain(cfg, data, out)
-        print(f"stage 1 finished: SupCon loss {result.summary['supcon_loss']:.4f}; outputs in {out}")
-        print(f"next: supcon linear --run {out}")
+        show(f"stage 1 finished: SupCon loss {result.summary['supcon_loss']:.4f}; outputs in {out}")
+        show(f"next: supcon linear --run {out}")
     else:
         result = train.train_ce(cfg, data, out)
-        print(results_table([result.summary]))
-        print(f"cross-entropy finished: val acc {result.summary['val_acc']:.4f}; outputs in {out}")
+        show(results_table([result.summary]))
+        show(f"cross-entropy finished: val acc {result.summary['val_acc']:.4f}; outputs in {out}")
     return 0
 
 

@@ -244,13 +244,15 @@ def from_main(fn: Callable[[], T]) -> T:
 
 @contextlib.contextmanager
 def main_first():
-    """Rank 0 runs the block before the others do (a download, a cache being filled), then the rest run it."""
-    if is_distributed() and not is_main():
+    """One process per machine (its ``LOCAL_RANK`` 0) runs the block first (a download, a cache being filled),
+    then the others run it, reading what the first left behind."""
+    first = int(os.environ.get("LOCAL_RANK", rank())) == 0
+    if is_distributed() and not first:
         dist.barrier()
     try:
         yield
     finally:
-        if is_distributed() and is_main():
+        if is_distributed() and first:
             dist.barrier()
 
 
