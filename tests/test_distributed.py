@@ -154,6 +154,36 @@ def test_lr_scale(scale, factor):
     assert Config(batch_size=64, optimizer="sgd", lr_scale="linear").resolved_lr() == pytest.approx(0.1 / 4)
 
 
+@pytest.mark.parametrize("nproc,device,batch,sync_bn,fragment", [
+    (2, "cpu", 3, False, "expected at least 4"),
+    (2, "cpu", 64, True, "--sync-bn needs CUDA"),
+    (torch.cuda.device_count() + 1, "cuda", 64, False, r"GPUs \(one per process\)"),
+])
+def test_launch_checks(nproc, device, batch, sync_bn, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        distributed.check_launch(nproc, torch.device(device), batch, sync_bn)
+
+
+def test_cli_reports_a_bad_launch_once_without_starting(capsys, monkeypatch):
+    from supcon.cli import main
+
+    monkeypatch.setattr(distributed, "launch", lambda *a: pytest.fail("launched"))
+    assert main(["--", "pretrain", "--nproc", "2", "--batch-size", "3", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["supcon pretrain: error: --batch-size is the global batch, split over 2 processes: expected at "
+                   "least 4 (two images each), got 3"]
+
+
+def test_sweep_refuses_torchrun(capsys, monkeypatch, tmp_path):
+    from supcon.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["sweep", "--out", str(tmp_path / "s")]) == 2
+    assert "sweep does not run under torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
 def _supcon(*args: str, nproc: int = 1) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):  # a launcher around pytest must not leak into the runs
