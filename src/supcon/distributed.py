@@ -17,7 +17,8 @@ shard of each global batch:
 * Only rank 0 writes files, logs and shows progress (:func:`is_main`); :func:`from_main` runs evaluation there
   and hands the result to everyone, so that early stopping decides the same everywhere.
 
-Nothing here does anything in a single process: every function falls back to the plain behaviour.
+In a single process (no ``WORLD_SIZE`` above 1) everything but the launcher falls back to the plain behaviour:
+no process group, the whole batch, the criterion itself.
 """
 
 from __future__ import annotations
