@@ -4,6 +4,7 @@ pytorch-metric-learning, plus an exactness check against a float64 dense referen
     python benchmarks/bench_loss.py                       # the full table (N = 1k .. 65k, 10 and 100 classes)
     python benchmarks/bench_loss.py --n 1024 4096 --classes 10 --repeats 7
     python benchmarks/bench_loss.py --variants            # also L_in, SimCLR (no labels) and contrast_mode="one"
+    python benchmarks/bench_loss.py --device cuda         # on a GPU: peak memory from torch.cuda, not the RSS
 
 Every configuration runs in a fresh subprocess, so that its peak memory is its own: "peak extra" is the growth
 of the process's resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs where the kernel
@@ -99,6 +100,24 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CPU: {_cpu_name()})"
+    return _cpu_name()
+
+
+def _synced(fn, device: torch.device):
+    """``fn`` that returns only once its kernels have run: CUDA launches them asynchronously."""
+    if device.type != "cuda":
+        return fn
+
+    def run():
+        fn()
+        torch.cuda.synchronize(device)
+
+    return run
+
+
 def _available_gib() -> float:
     try:
         with open("/proc/meminfo") as fh:
@@ -172,11 +191,11 @@ def _floor_ops(z, anchors, temperature):
     num_anchors, n = anchors.shape[0], z.shape[0]
     tiled = n > FULL_FLOOR_MAX_N
     rows = min(TILE_ROWS, num_anchors) if tiled else num_anchors
-    s = torch.empty(rows, n)
-    x = torch.empty(rows, n)
-    e = torch.empty(rows, n)
-    g_anchor = torch.empty(rows, z.shape[1])
-    g_contrast = torch.empty(n, z.shape[1])
+    s = torch.empty(rows, n, device=z.device)
+    x = torch.empty(rows, n, device=z.device)
+    e = torch.empty(rows, n, device=z.device)
+    g_anchor = torch.empty(rows, z.shape[1], device=z.device)
+    g_contrast = torch.empty(n, z.shape[1], device=z.device)
     starts = range(0, num_anchors, rows)
     # Realistic exponents: s / tau - 1 / tau lies in [-2 / tau, 0] for unit vectors (every tile reuses the first).
     torch.mm(anchors[:rows], z.T, out=x)
@@ -226,11 +245,12 @@ def worker(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     n, views, dim, classes = args.n[0], args.views, args.dim, args.classes[0]
     batch = n // views
     gen = torch.Generator().manual_seed(0)
-    features = F.normalize(torch.randn(batch, views, dim, generator=gen), dim=-1)
-    labels = None if args.config == "simclr" else torch.randint(0, classes, (batch,), generator=gen)
+    features = F.normalize(torch.randn(batch, views, dim, generator=gen), dim=-1).to(device)
+    labels = None if args.config == "simclr" else torch.randint(0, classes, (batch,), generator=gen).to(device)
     contrast_mode = "one" if args.config == "one" else "all"
     variant = "in" if args.config == "in" else "out"
     big = n > FULL_FLOOR_MAX_N
@@ -240,17 +260,24 @@ def worker(args) -> dict:
     # 1. Ours first, so that the high-water mark is ours alone (warm-up calls, or one call above 16k).
     criterion = SupConLoss(temperature=args.temperature, variant=variant, contrast_mode=contrast_mode,
                            block_size=args.block_size)
-    run_ours = _fwd_bwd(criterion, features, labels)
-    exact_peak = _reset_peak()
-    base = _rss_kib() if exact_peak else _peak_kib()
+    run_ours = _synced(_fwd_bwd(criterion, features, labels), device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        exact_peak, base = True, torch.cuda.memory_allocated(device) / 1024
+    else:
+        exact_peak = _reset_peak()
+        base = _rss_kib() if exact_peak else _peak_kib()
     for _ in range(max(warmup, 1)):
         run_ours()
-    peak_mib = (_peak_kib() - base) / 1024
+    peak = torch.cuda.max_memory_allocated(device) / 1024 if device.type == "cuda" else _peak_kib()
+    peak_mib = (peak - base) / 1024
 
     # 2. Ours and the floor's three operations on the same inputs, timed in interleaved rounds.
     z = torch.cat(torch.unbind(features, dim=1))
     anchors = features[:, 0].contiguous() if contrast_mode == "one" else z
     forward, backward, exps, tiled = _floor_ops(z, anchors, args.temperature)
+    forward, backward, exps = (_synced(fn, device) for fn in (forward, backward, exps))
     for fn in (forward, backward, exps):
         for _ in range(warmup):
             fn()
@@ -270,7 +297,7 @@ def worker(args) -> dict:
             def dense(x, y):
                 return dense_supcon(x, y, args.temperature)
 
-            out["dense_ms"] = _median_ms(_fwd_bwd(dense, features, labels), repeats, warmup)
+            out["dense_ms"] = _median_ms(_synced(_fwd_bwd(dense, features, labels), device), repeats, warmup)
         try:
             from pytorch_metric_learning import losses as pml_losses
         except ImportError:
@@ -286,7 +313,7 @@ def worker(args) -> dict:
                 def pml_loss(x, _):
                     return pml(torch.cat(torch.unbind(x, dim=1)), y_all)
 
-                out["pml_ms"] = _median_ms(_fwd_bwd(pml_loss, features, labels), repeats, warmup)
+                out["pml_ms"] = _median_ms(_synced(_fwd_bwd(pml_loss, features, labels), device), repeats, warmup)
     return out
 
 
@@ -295,15 +322,15 @@ def worker(args) -> dict:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def exactness(temperature: float, block_sizes=(None, 100, 7)) -> list[str]:
+def exactness(temperature: float, block_sizes=(None, 100, 7), device: str = "cpu") -> list[str]:
     """Ours in fp32 against the float64 dense formulation: max relative error of the loss and the gradient."""
     from supcon.losses import supcon_loss
 
     rows = []
     gen = torch.Generator().manual_seed(1)
     batch, views, dim = 1000, 2, 128  # N = 2000: not a multiple of 7, 100 or the automatic block
-    features = F.normalize(torch.randn(batch, views, dim, generator=gen, dtype=torch.float64), dim=-1)
-    labels = torch.randint(-7, 93, (batch,), generator=gen)  # gaps and negative values
+    features = F.normalize(torch.randn(batch, views, dim, generator=gen, dtype=torch.float64), dim=-1).to(device)
+    labels = torch.randint(-7, 93, (batch,), generator=gen).to(device)  # gaps and negative values
     for variant in ("out", "in"):
         for mode in ("all", "one"):
             for use_labels in (True, False):
@@ -333,7 +360,8 @@ def exactness(temperature: float, block_sizes=(None, 100, 7)) -> list[str]:
 def _run_config(args, n, classes, config) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--n", str(n), "--classes", str(classes),
            "--config", config, "--repeats", str(args.repeats), "--dim", str(args.dim), "--views", str(args.views),
-           "--temperature", str(args.temperature), "--mem-limit-gib", str(args.mem_limit_gib)]
+           "--temperature", str(args.temperature), "--mem-limit-gib", str(args.mem_limit_gib),
+           "--device", args.device]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.block_size:
@@ -369,14 +397,22 @@ def main(argv=None) -> None:
     parser.add_argument("--temperature", type=float, default=0.1)
     parser.add_argument("--block-size", type=int, default=None, help="default: the loss's automatic choice")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
-    parser.add_argument("--mem-limit-gib", type=float, default=round(0.6 * _available_gib(), 1),
-                        help="skip the N x N formulations above this estimated memory (default 60%% of available)")
+    parser.add_argument("--mem-limit-gib", type=float, default=None,
+                        help="skip the N x N formulations above this estimated memory (default 60%% of the "
+                             "available memory, the GPU's with --device cuda)")
+    parser.add_argument("--device", default="cpu", help="where the losses run: cpu (default), cuda or cuda:N")
     parser.add_argument("--variants", action="store_true",
                         help="also time L_in, SimCLR (no labels) and contrast_mode='one' (10 classes, N <= 16k)")
     parser.add_argument("--no-exactness", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", default="out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available here")
+    if args.mem_limit_gib is None:
+        free = torch.cuda.mem_get_info(device)[0] / 2**30 if device.type == "cuda" else _available_gib()
+        args.mem_limit_gib = round(0.6 * free, 1)
 
     if args.worker:
         print(json.dumps(worker(args)))
@@ -384,7 +420,8 @@ def main(argv=None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"{_cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+    print(f"{_device_name(device)}, {os.cpu_count()} CPUs, torch {torch.__version__} with "
+          f"{torch.get_num_threads()} threads, "
           f"python {platform.python_version()}; D={args.dim}, {args.views} views, tau={args.temperature}, fp32, "
           f"block_size={args.block_size or 'auto'}\n", flush=True)
 
@@ -421,7 +458,7 @@ def main(argv=None) -> None:
               "[-7, 93), block sizes auto, 100 and 7; max relative error (gradient: max |error| / max |grad|).\n")
         print("| variant | contrast_mode | labels | loss | gradient |")
         print("|---|---|---|---:|---:|")
-        for row in exactness(args.temperature):
+        for row in exactness(args.temperature, device=args.device):
             print(row, flush=True)
 
 

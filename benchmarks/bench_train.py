@@ -3,6 +3,7 @@ and of the gradient-cache step (`--chunk-size`) against the plain one.
 
     python benchmarks/bench_train.py                          # both tables: ~5 minutes on 2 quiet cores
     python benchmarks/bench_train.py --rounds 1 --no-grad-cache
+    python benchmarks/bench_train.py --device cuda            # on a GPU (fp32; peak memory from torch.cuda)
 
 The real step is `supcon.train.build_stage1` run by `supcon.train.fit`, the objects `pretrain` runs: uint8
 images from memory, a seeded shuffle, two views with the default `simclr` policy, the forward pass, the SupCon
@@ -43,7 +44,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_loss import _cpu_name, _peak_kib, _reset_peak, _rss_kib  # noqa: E402
+from bench_loss import _device_name, _peak_kib, _reset_peak, _rss_kib, _synced  # noqa: E402
 
 from supcon import train  # noqa: E402
 from supcon.config import Config  # noqa: E402
@@ -54,7 +55,7 @@ DEFAULT_DATA = "npz:../shared/data/imagenet5_64.npz"
 
 def _config(args, **changes) -> Config:
     return Config(dataset=args.data, encoder="resnet18", stem="imagenet", batch_size=args.batch_size, epochs=1,
-                  max_train=args.images, quiet=True, device="cpu", **changes)
+                  max_train=args.images, quiet=True, device=args.device, amp="none", **changes)
 
 
 def _load(args):
@@ -64,7 +65,7 @@ def _load(args):
 
 def _stage(cfg: Config, data):
     torch.manual_seed(cfg.seed)
-    return train.build_stage1(cfg, data, torch.device("cpu"), None)
+    return train.build_stage1(cfg, data, torch.device(cfg.device), None)
 
 
 def time_bare(cfg: Config, data, steps: int, channels_last: bool = True) -> float:
@@ -74,16 +75,22 @@ def time_bare(cfg: Config, data, steps: int, channels_last: bool = True) -> floa
     model, optimizer = stage.model, stage.optimizer
     model.train()
     shape = (cfg.batch_size * cfg.views, data.channels, data.image_size, data.image_size)
-    x = train._as_model_input(torch.rand(shape), torch.device("cpu"))
+    device = torch.device(cfg.device)
+    x = train._as_model_input(torch.rand(shape, device=device), device)
     if not channels_last:
         model.to(memory_format=torch.contiguous_format)
         x = x.contiguous()
-    start = time.perf_counter()
-    for _ in range(steps):
+
+    def step():
         loss = model(x).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
+    step = _synced(step, device)  # a CUDA step has only been queued when the call returns
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
     return time.perf_counter() - start
 
 
@@ -113,13 +120,15 @@ def time_real(cfg: Config, data) -> tuple[float, float, int]:
 def time_loss(cfg: Config, data, steps: int) -> float:
     """Seconds of ``steps`` loss forward + backward passes on unit embeddings of the step's shape."""
     stage = _stage(cfg, data)
+    device = torch.device(cfg.device)
     g = torch.Generator().manual_seed(0)
-    labels = data.train.labels[:cfg.batch_size]
+    labels = data.train.labels[:cfg.batch_size].to(device)
     z = torch.nn.functional.normalize(torch.randn(len(labels), cfg.views, cfg.proj_dim, generator=g), dim=-1)
-    z.requires_grad_()
+    z = z.to(device).requires_grad_()
+    step = _synced(lambda: stage.criterion(z, labels).backward(), device)
     start = time.perf_counter()
     for _ in range(steps):
-        stage.criterion(z, labels).backward()
+        step()
     return time.perf_counter() - start
 
 
@@ -183,6 +192,14 @@ def worker(args) -> dict:
     data = _load(args)
     cfg = _config(args, chunk_size=args.chunk_size).replace(epochs=2)
     stage = _stage(cfg, data)
+    device = torch.device(cfg.device)
+    if device.type == "cuda":  # the GPU's memory is what the gradient cache saves there
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device) / 1024
+        stage.fit(cfg)
+        peak = torch.cuda.max_memory_allocated(device) / 1024
+        return {"peak_mib": peak / 1024, "extra_mib": (peak - base) / 1024}
     _reset_peak()
     base = _rss_kib()
     stage.fit(cfg)
@@ -191,7 +208,7 @@ def worker(args) -> dict:
 
 def _run_worker(args, chunk: int | None) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--data", args.data, "--batch-size", str(args.batch_size),
-           "--threads", str(torch.get_num_threads())]
+           "--threads", str(torch.get_num_threads()), "--device", args.device]
     if args.images:
         cmd += ["--images", str(args.images)]
     if chunk is not None:
@@ -226,7 +243,8 @@ def grad_cache_table(args, data) -> None:
     print(f"\nGradient cache (`--chunk-size`), the same real step, batch {cfg.batch_size} x {cfg.views} views. Speed: "
           f"one epoch of each configuration per round, interleaved, medians of {args.gc_rounds} round(s). Memory: "
           "each configuration in a fresh process (two epochs).\n")
-    print("| step | chunk (views) | images/s | ÷ plain | peak RSS MiB | peak extra MiB |")
+    peak = "peak GPU memory MiB" if torch.device(args.device).type == "cuda" else "peak RSS MiB"
+    print(f"| step | chunk (views) | images/s | ÷ plain | {peak} | peak extra MiB |")
     print("|---|---:|---:|---:|---:|---:|")
     for chunk in chunks:
         mem = memory[chunk]
@@ -256,15 +274,19 @@ def main(argv=None) -> None:
     parser.add_argument("--gc-rounds", type=int, default=2, help="measured rounds of the gradient-cache table")
     parser.add_argument("--no-grad-cache", action="store_true")
     parser.add_argument("--no-step", action="store_true", help="only the gradient-cache table")
+    parser.add_argument("--device", default="cpu", help="where the model trains: cpu (default), cuda or cuda:N")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--chunk-size", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available here")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker:
         print(json.dumps(worker(args)))
         return
-    print(f"{_cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+    print(f"{_device_name(torch.device(args.device))}, {os.cpu_count()} CPUs, torch {torch.__version__} with "
+          f"{torch.get_num_threads()} threads, "
           f"python {platform.python_version()}", flush=True)
     data = _load(args)
     if not args.no_step:

@@ -496,3 +496,43 @@ def test_inference_mode_then_training():
         loss, grad = loss_and_grad(supcon_loss, features, labels, variant=variant)
         torch.testing.assert_close(loss, evaluated)
         assert torch.isfinite(grad).all()
+
+
+# --- Anchor subsets: a data-parallel process's share of the batch's loss ---------------------------------------------
+
+
+@pytest.mark.parametrize("use_labels", [True, False])
+@pytest.mark.parametrize("contrast_mode", MODES)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_anchor_subsets_partition_the_loss(variant, contrast_mode, use_labels):
+    features = unit_features(7, 3, 5, seed=21)
+    labels = torch.tensor([2, 0, 2, 1, 0, 2, 5]) if use_labels else None  # sample 6 has no positive but its views
+    kw = dict(variant=variant, contrast_mode=contrast_mode, temperature=0.2)
+    full, full_grad = loss_and_grad(supcon_loss, features, labels, **kw)
+    ref_none = reference(features, labels, **kw)[0]
+    parts = [torch.tensor([0, 1, 2]), torch.tensor([6, 3]), torch.tensor([5]), torch.tensor([4])]
+    total, total_grad = 0, 0
+    for block_size in (None, 2):
+        total, total_grad = 0, 0
+        for part in parts:
+            share, grad = loss_and_grad(supcon_loss, features, labels, anchors=part, block_size=block_size, **kw)
+            total, total_grad = total + share, total_grad + grad
+            per_anchor = supcon_loss(features, labels, anchors=part, reduction="none", block_size=block_size, **kw)
+            torch.testing.assert_close(per_anchor, ref_none[part], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(total, full, rtol=1e-10, atol=0)
+        torch.testing.assert_close(total_grad, full_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_anchors_covering_the_batch_give_the_plain_loss():
+    features = unit_features(5, 2, 4, seed=22)
+    torch.testing.assert_close(supcon_loss(features, LABELS[:5], anchors=torch.arange(5)),
+                               supcon_loss(features, LABELS[:5]), rtol=0, atol=0)
+    torch.testing.assert_close(SupConLoss()(features, LABELS[:5], anchors=[4, 0, 3, 1, 2]),
+                               supcon_loss(features, LABELS[:5]), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("anchors,fragment", [([0, 0], "distinct"), ([5], r"in \[0, 5\)"), ([-1], "distinct"),
+                                              ([], "non-empty"), ([[0]], "1-D"), ([0.5], "integer")])
+def test_invalid_anchors(anchors, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        supcon_loss(unit_features(5, 2, 4), anchors=torch.tensor(anchors))

@@ -10,8 +10,8 @@ import typing
 import warnings
 from pathlib import Path
 
-from supcon import __version__
-from supcon.config import COMMANDS, LOSS_NAMES, TSNE_POINTS, Config, fields_for, load_yaml
+from supcon import __version__, distributed
+from supcon.config import COMMANDS, DISTRIBUTED, LOSS_NAMES, TSNE_POINTS, Config, fields_for, load_yaml
 
 DESCRIPTIONS = {
     "pretrain": "Stage 1: train an encoder and projection head with a contrastive loss (--loss: SupCon by "
@@ -210,55 +210,65 @@ def run_command(command: str, cfg: Config, args: argparse.Namespace | None = Non
     from supcon.compare import compare, convergence_note, results_table
     from supcon.data import describe
 
+    if distributed.launched() and command not in DISTRIBUTED:
+        raise ValueError(f"{command} does not run under torchrun (its cells train one process each); expected one "
+                         f"of {', '.join(DISTRIBUTED)}")
+    distributed.init(train.resolve_device(cfg.device))  # under torchrun: join the others before anything else
+    main_rank = distributed.is_main()
+
+    def show(*parts, **kwargs) -> None:  # the other processes of a distributed run stay silent
+        if main_rank:
+            print(*parts, **kwargs)
+
     def say(message: str) -> None:
         if not cfg.quiet:
-            print(message, flush=True)
+            show(message, flush=True)
 
     if command == "linear" and cfg.run is None:  # by --run: a transfer run's own config.yaml names encoder_from
         from supcon.transfer import linear_transfer
 
         out = Path(cfg.out) if cfg.out else default_out(command, cfg.dataset)
         result = linear_transfer(cfg.encoder_from, cfg, out)
-        print(results_table([result.summary]))
-        print(f"transfer finished: val acc {result.summary['val_acc']:.4f} on {cfg.dataset} with the encoder of "
+        show(results_table([result.summary]))
+        show(f"transfer finished: val acc {result.summary['val_acc']:.4f} on {cfg.dataset} with the encoder of "
               f"{cfg.encoder_from}; outputs in {out}")
         return 0
     if command == "linear":
         out = Path(cfg.run)
         result = train.linear_probe_run(out, cfg)
-        print(results_table([result.summary]))
-        print(f"linear probe finished: val acc {result.summary['val_acc']:.4f}; outputs in {out}")
+        show(results_table([result.summary]))
+        show(f"linear probe finished: val acc {result.summary['val_acc']:.4f}; outputs in {out}")
         return 0
-    out = Path(cfg.out) if cfg.out else default_out(command, cfg.dataset)
+    out = distributed.broadcast(Path(cfg.out) if cfg.out else default_out(command, cfg.dataset))  # one clock
     cfg = cfg.replace(out=str(out))
     if command == "sweep":
         from supcon.sweep import run_sweep, sweep_markdown
 
         args = args or argparse.Namespace()
         rows = run_sweep(sweep_from_args(args, cfg), out, jobs=getattr(args, "jobs", None) or 1, log=say)
-        print(sweep_markdown(rows))
-        print(f"sweep finished: outputs (sweep.md, sweep.csv, sweep.png, cells/) in {out}")
+        show(sweep_markdown(rows))
+        show(f"sweep finished: outputs (sweep.md, sweep.csv, sweep.png, cells/) in {out}")
         return 0
     if command == "compare":
         results = compare(cfg, out, log=say)
-        print(results_table(results["runs"]))
+        show(results_table(results["runs"]))
         note = convergence_note(results["runs"][0])
         if note:
-            print(note)
-        print(f"compare finished: outputs (results.json, results.md, tsne.png, ce/, supcon/) in {out}")
+            show(note)
+        show(f"compare finished: outputs (results.json, results.md, tsne.png, ce/, supcon/) in {out}")
         return 0
     data = train.load_data(cfg)
     say(describe(data))
     if command == "pretrain":
         result = train.pretrain(cfg, data, out)
         knn = result.summary.get("knn_acc")
-        print(f"stage 1 finished: {LOSS_NAMES[cfg.loss]} loss {result.summary['supcon_loss']:.4f}"
+        show(f"stage 1 finished: {LOSS_NAMES[cfg.loss]} loss {result.summary['supcon_loss']:.4f}"
               + (f", kNN accuracy {knn:.4f}" if knn is not None else "") + f"; outputs in {out}")
-        print(f"next: supcon linear --run {out}")
+        show(f"next: supcon linear --run {out}")
     else:
         result = train.train_ce(cfg, data, out)
-        print(results_table([result.summary]))
-        print(f"cross-entropy finished: val acc {result.summary['val_acc']:.4f}; outputs in {out}")
+        show(results_table([result.summary]))
+        show(f"cross-entropy finished: val acc {result.summary['val_acc']:.4f}; outputs in {out}")
     return 0
 
 
@@ -268,17 +278,31 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _one_line_warning
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--"]:  # `torchrun ... -m supcon -- COMMAND ...` keeps torchrun's parser off our options
+        argv = argv[1:]
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command in TOOLS:
             return run_tool(args)
         cfg = config_from_args(args)
+        if cfg.nproc > 1 and args.command in DISTRIBUTED and not distributed.launched():
+            from supcon.train import resolve_device
+
+            distributed.check_launch(cfg.nproc, resolve_device(cfg.device), cfg.batch_size, cfg.sync_bn)
+            return distributed.launch(cfg.nproc, argv)
         return run_command(args.command, cfg, args)
     except (ValueError, FloatingPointError, OSError, ImportError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"supcon {args.command}: error: {message}", file=sys.stderr)
+        print(f"supcon {args.command}{_rank_note()}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"supcon {args.command}: interrupted", file=sys.stderr)
+        print(f"supcon {args.command}{_rank_note()}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
+
+
+def _rank_note() -> str:
+    return f" (rank {distributed.rank()})" if distributed.launched() else ""

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from supcon import train
+from supcon import distributed, train
 from supcon.config import LOSS_NAMES, Config
 from supcon.data import DataSplits, describe
 from supcon.io import atomic_write_text, write_json
@@ -112,8 +112,9 @@ def compare(cfg: Config, out: str | Path, data: DataSplits | None = None,
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the CE baseline and SupCon with the same encoder, epochs and augmentation; return the results."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.yaml")
+    if distributed.is_main():  # in a distributed run the other processes train and write nothing
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.yaml")
     if data is None:
         data = train.load_data(cfg)
     log(describe(data))
@@ -129,6 +130,8 @@ def compare(cfg: Config, out: str | Path, data: DataSplits | None = None,
     runs = [sup.summary, ce.summary]
     results = {"dataset": data.name, "runs": runs, "skipped_images": len(data.skipped),
                "class_names": data.train.class_names}
+    if not distributed.is_main():
+        return results
     write_json(out / "results.json", results)
     train.write_skipped(out, data)
     table = results_table(runs)

@@ -25,6 +25,8 @@ STAGE2 = ("linear", "compare", "sweep")
 BASELINE = ("ce", "compare", "sweep")
 TRAINING = COMMANDS
 NEW_RUN = ("pretrain", "ce", "compare", "sweep")  # `linear` adds to an existing run: its encoder and dir are given
+DISTRIBUTED = ("pretrain", "linear", "ce", "compare")  # the commands that train in one job (a sweep runs many)
+LR_REFERENCE_BATCH = 256  # the batch of Goyal et al.'s rule: lr = base_lr x batch / 256
 
 
 # The usual starting points: SGD with momentum at 0.1 for batch 128-256 (He et al. 2016, and the SupCon reference
@@ -70,7 +72,8 @@ class Config:
     proj_dim: int = option(128, "output size of the projection head", STAGE1)
     # stage 1 / CE optimisation
     epochs: int = option(30, "epochs of stage 1 (SupCon) and of the CE baseline", STAGE1 + ("ce",))
-    batch_size: int = option(128, "images per batch (each gives --views views in stage 1)")
+    batch_size: int = option(128, "images per batch (each gives --views views in stage 1); in a distributed run the "
+                             "global batch, split over the processes")
     optimizer: str = option("adamw", "optimizer for stage 1 and CE", STAGE1 + ("ce",),
                             choices=("sgd", "adam", "adamw", "rmsprop"))
     lr: float | None = option(None, "learning rate for stage 1 and CE (default: by optimizer, sgd 0.1, adam, adamw "
@@ -81,6 +84,9 @@ class Config:
     schedule: str = option("cosine", "learning-rate schedule", choices=("fixed", "cosine", "step"))
     step_epochs: int = option(30, "epochs between decays of the 'step' schedule")
     step_gamma: float = option(0.1, "decay factor of the 'step' schedule")
+    lr_scale: str = option("none", f"scale every learning rate (--lr, --linear-lr) with the batch: linear "
+                           f"(x batch/{LR_REFERENCE_BATCH}), sqrt (x sqrt(batch/{LR_REFERENCE_BATCH})) or none; "
+                           "pair linear with --warmup-epochs at large batches", choices=("none", "linear", "sqrt"))
     warmup_epochs: float = option(0.0, "linear warm-up, in epochs (fractions allowed)")
     grad_clip: float | None = option(None, "clip the gradient norm to this value", metavar="NORM")
     chunk_size: int | None = option(None, "gradient cache: embed the batch's views N at a time without keeping "
@@ -168,6 +174,13 @@ class Config:
     out: str | None = option(None, "run directory (default: runs/<command>-<dataset>-<time>); for linear only "
                              "with --encoder-from", NEW_RUN + ("linear",), metavar="DIR")
     quiet: bool = option(False, "no progress bars")
+    # distributed
+    nproc: int = option(1, "train on N processes of this machine with DistributedDataParallel: runs torchrun "
+                        "--standalone --nproc-per-node N for this same command (one GPU each on CUDA, else CPU "
+                        "processes with gloo); ignored inside torchrun, which already chose the processes",
+                        DISTRIBUTED, metavar="N")
+    sync_bn: bool = option(False, "synchronise BatchNorm statistics across the processes of a distributed run "
+                           "(CUDA only)", STAGE1 + ("ce",))
 
     def __post_init__(self) -> None:
         if isinstance(self.knn_every, int) and not isinstance(self.knn_every, bool):
@@ -193,7 +206,7 @@ class Config:
                 raise ValueError(f"{f.name} must be one of {', '.join(choices)}; got {value!r}")
         positive = ["epochs", "batch_size", "temperature", "views", "proj_dim", "proj_hidden",
                     "linear_epochs", "linear_lr", "eval_batch_size", "step_epochs", "margin", "knn_k",
-                    "knn_temperature"]
+                    "knn_temperature", "nproc"]
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive; got {getattr(self, name)!r}")
@@ -210,15 +223,28 @@ class Config:
             raise ValueError(f"crop_scale must be in (0, 1]; got {self.crop_scale}")
         if not (self.knn_every == "auto" or (isinstance(self.knn_every, str) and self.knn_every.isdigit())):
             raise ValueError(f"knn_every must be auto or a whole number of epochs (0: off); got {self.knn_every!r}")
+        if self.nproc > 1 and self.loss in ("maxmargin", "npairs"):
+            raise ValueError(f"--loss {self.loss} does not run distributed: only the supcon, supcon_in and simclr "
+                             "losses can split the global batch's anchors between processes")
         if self.contrast_mode != "all" and self.loss in ("maxmargin", "npairs"):
             raise ValueError(f"contrast_mode {self.contrast_mode} is an option of the supcon, supcon_in and simclr "
                              f"losses; {self.loss} takes every view as an anchor")
         if self.weight_decay < 0 or self.warmup_epochs < 0 or self.patience < 0 or self.momentum < 0:
             raise ValueError("weight_decay, warmup_epochs, patience and momentum must not be negative")
 
+    def lr_factor(self) -> float:
+        """What ``lr_scale`` multiplies every learning rate by, from the (global) ``batch_size``."""
+        ratio = self.batch_size / LR_REFERENCE_BATCH
+        return {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}[self.lr_scale]
+
     def resolved_lr(self) -> float:
-        """The stage-1 and CE learning rate: ``lr`` when set, else the optimizer's usual default."""
-        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+        """The stage-1 and CE learning rate: ``lr`` when set, else the optimizer's usual default; scaled by
+        ``lr_scale``."""
+        return (self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]) * self.lr_factor()
+
+    def resolved_linear_lr(self) -> float:
+        """The linear probe's learning rate: ``linear_lr`` scaled by ``lr_scale``."""
+        return self.linear_lr * self.lr_factor()
 
     # views of the config -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

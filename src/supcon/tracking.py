@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from supcon import distributed
 from supcon.config import Config
 
 LOGGERS = ("none", "tensorboard", "wandb")
@@ -166,7 +167,7 @@ def open_tracker(cfg: Config, run_dir: str | Path | None, name: str | None = Non
     TensorBoard writes to ``RUN_DIR/tensorboard/``; wandb keeps its files in ``RUN_DIR/wandb/`` and names the run
     after the directory unless ``name`` is given (``group`` collects the runs of one comparison).
     """
-    if cfg.logger == "none":
+    if cfg.logger == "none" or not distributed.is_main():  # one process of a distributed run reports
         tracker = Tracker()
     elif cfg.logger == "tensorboard":
         tracker = TensorBoardTracker(None if run_dir is None else Path(run_dir) / "tensorboard")

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from supcon import distributed
 from supcon.augment import BatchedMultiView, BatchedView, apply_batch, multiview_transform, view_transform
 from supcon.config import LOSS_NAMES, TSNE_POINTS, Config
 from supcon.data import DataSplits, load_dataset
@@ -108,11 +109,13 @@ class Inputs:
         return view_transform("none", self.image_size, mean=self.mean, std=self.std, batched=True)
 
 
-def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """A seeded permutation cut into batches; a trailing batch of one is dropped (BatchNorm needs two)."""
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator, min_last: int = 2
+                     ) -> list[torch.Tensor]:
+    """A seeded permutation cut into batches; a trailing batch under ``min_last`` is dropped (BatchNorm needs
+    two images, on each process when the batch is split over several)."""
     order = torch.randperm(n, generator=generator)
     batches = list(order.split(batch_size))
-    if len(batches) > 1 and len(batches[-1]) < 2:
+    if len(batches) > 1 and len(batches[-1]) < min_last:
         batches.pop()
     return batches
 
@@ -239,6 +242,7 @@ def fit(model: nn.Module, step: Callable[[list[torch.Tensor]], tuple[torch.Tenso
     best_state = None
     bad_epochs = 0
     start = time.perf_counter()
+    progress = progress and distributed.is_main()
     epoch_bar = tqdm(range(1, epochs + 1), desc=stage, unit="epoch", disable=not progress, file=sys.stderr,
                      dynamic_ncols=True)
     for epoch in epoch_bar:
@@ -275,12 +279,14 @@ def fit(model: nn.Module, step: Callable[[list[torch.Tensor]], tuple[torch.Tenso
                 total_correct += correct
                 counted = True
             batch_bar.set_postfix(loss=f"{value:.4f}")
+        # Data-parallel: every process's images and hits (its losses are already the global batch's).
+        total_loss, total_seen, total_correct = distributed.all_sum([total_loss, total_seen, total_correct])
         record: dict[str, Any] = {"stage": stage, "epoch": epoch, "loss": total_loss / max(1, total_seen),
                                   "lr": optimizer.param_groups[0]["lr"]}
         if counted:
             record["train_acc"] = total_correct / max(1, total_seen)
         if evaluate is not None:
-            record.update(evaluate())
+            record.update(distributed.from_main(evaluate))  # one verdict, so early stopping agrees everywhere
         record["seconds"] = time.perf_counter() - t0
         result.history.append(record)
         if metrics_path is not None:
@@ -324,15 +330,21 @@ class StageResult:
 
 def load_data(cfg: Config) -> DataSplits:
     """The data set a config names, with its size, split and subsampling options."""
-    return load_dataset(cfg.dataset, image_size=cfg.image_size, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                        max_train=cfg.max_train, max_val=cfg.max_val, progress=not cfg.quiet, data_dir=cfg.data_dir)
+    with distributed.main_first():  # one process downloads and extracts; the others then read its cache
+        return load_dataset(cfg.dataset, image_size=cfg.image_size, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                            max_train=cfg.max_train, max_val=cfg.max_val, data_dir=cfg.data_dir,
+                            progress=not cfg.quiet and distributed.is_main())
 
 
 def _setup(cfg: Config, out: str | Path | None, fresh: bool = True):
-    """Seed, device, AMP dtype and the output directory of a stage; a first stage starts a new metrics log."""
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    out = Path(out) if out is not None else None
+    """Seed, device, AMP dtype and the output directory of a stage; a first stage starts a new metrics log.
+
+    Under torchrun this joins the process group; only rank 0 gets the directory (the others write nothing), and
+    each process seeds its own augmentations (DDP copies rank 0's initial weights to all).
+    """
+    device = distributed.init(resolve_device(cfg.device))
+    torch.manual_seed(cfg.seed + distributed.rank())
+    out = Path(out) if out is not None and distributed.is_main() else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         if fresh:
@@ -398,15 +410,21 @@ def _policy_options(cfg: Config) -> dict[str, Any]:
 
 def _epoch_batches(images: torch.Tensor, labels: torch.Tensor, cfg: Config, transform, device):
     """Per-epoch batch iterator factory: a seeded shuffle, the transform applied per image, moved to device."""
+    # Every process draws the same permutation and keeps its shard of each batch: cfg.batch_size is the global batch.
     generator = torch.Generator().manual_seed(cfg.seed)
+    min_last = distributed.min_batch()
+    if cfg.batch_size < min_last:
+        raise ValueError(f"--batch-size is the global batch, split over {distributed.world_size()} processes: "
+                         f"expected at least {min_last} (two images each), got {cfg.batch_size}")
     batches_per_epoch = -(-len(labels) // cfg.batch_size)
     last = len(labels) - (batches_per_epoch - 1) * cfg.batch_size
-    batches_per_epoch -= batches_per_epoch > 1 and last < 2  # as shuffled_batches: a trailing single is dropped
+    batches_per_epoch -= batches_per_epoch > 1 and last < min_last  # as shuffled_batches drops it
 
     batched = isinstance(transform, BatchedView | BatchedMultiView)
 
     def batches(epoch: int):
-        for idx in shuffled_batches(len(labels), cfg.batch_size, generator):
+        for idx in shuffled_batches(len(labels), cfg.batch_size, generator, min_last):
+            idx = distributed.shard(idx)
             x = images[idx]
             if batched:
                 x = apply_batch(transform, _to_device(x, device))  # uint8 travels: a quarter of the bytes
@@ -420,7 +438,7 @@ def _epoch_batches(images: torch.Tensor, labels: torch.Tensor, cfg: Config, tran
 
 
 def _write_results(out: Path | None, data: DataSplits, summary: dict[str, Any], inputs: Inputs) -> None:
-    if out is None:
+    if out is None or not distributed.is_main():
         return
     write_json(out / "results.json", {"dataset": data.name, "runs": [summary], "input": dataclasses.asdict(inputs),
                                       "class_names": data.train.class_names, "skipped_images": len(data.skipped)})
@@ -430,7 +448,7 @@ def _write_results(out: Path | None, data: DataSplits, summary: dict[str, Any], 
 def _save_run(out: Path | None, cfg: Config, data: DataSplits, summary: dict[str, Any], inputs: Inputs,
               weights: dict[str, nn.Module]) -> None:
     """The files of a run directory: the resolved config, each module's weights and the results."""
-    if out is None:
+    if out is None or not distributed.is_main():
         return
     cfg.save(out / "config.yaml")
     for name, module in weights.items():
@@ -440,7 +458,7 @@ def _save_run(out: Path | None, cfg: Config, data: DataSplits, summary: dict[str
 
 def write_skipped(out: Path, data: DataSplits) -> None:
     """List the images the loader could not read, one ``path<TAB>reason`` a line, in ``skipped_images.txt``."""
-    if data.skipped:
+    if data.skipped and distributed.is_main():
         atomic_write_text(out / "skipped_images.txt", "".join(f"{p}\t{why}\n" for p, why in data.skipped))
 
 
@@ -469,6 +487,9 @@ class Stage1:
                    backward=self.backward, on_epoch=on_epoch, evaluate=evaluate)
 
 
+PAIRWISE_LOSSES = ("maxmargin", "npairs")  # no anchors= option: they cannot run on a gathered batch
+
+
 def stage1_criterion(cfg: Config) -> nn.Module:
     """The stage-1 loss ``cfg.loss`` names, with its options."""
     if cfg.loss == "maxmargin":
@@ -485,8 +506,13 @@ def build_stage1(cfg: Config, data: DataSplits, device: torch.device, dtype: tor
     encoder = _make_encoder(cfg, data)
     head = ProjectionHead(encoder.out_dim, cfg.proj_hidden, cfg.proj_dim, cfg.projection)
     model = _prepare(SupConModel(encoder, head), device)
-    forward = _compiled(model, cfg)
+    forward = _compiled(distributed.wrap(model, device, cfg.sync_bn), cfg)
     criterion = stage1_criterion(cfg)
+    if distributed.is_distributed():
+        if cfg.loss in PAIRWISE_LOSSES:
+            raise ValueError(f"--loss {cfg.loss} does not run distributed: only the supcon, supcon_in and simclr "
+                             "losses can split the global batch's anchors between processes")
+        criterion = distributed.GatheredLoss(criterion)
     views = multiview_transform(cfg.augment, data.image_size, cfg.views, first_view=cfg.first_view,
                                 mean=inputs.mean, std=inputs.std, **_policy_options(cfg))
     batches, steps = _epoch_batches(data.train.images, data.train.labels, cfg, views, device)
@@ -525,7 +551,8 @@ def pretrain(cfg: Config, data: DataSplits, out: str | Path | None = None, track
         loss, _ = loss_of(batch)
         if reference["start"] is None:
             reference["start"] = loss.item()
-        reference["floor"] += loss_floor(batch[1] if use_labels else None, batch[0].shape[1], cfg.loss)
+        labels = distributed.gather(batch[1])  # the floor of the global batch, which the loss is taken on
+        reference["floor"] += loss_floor(labels if use_labels else None, batch[0].shape[1], cfg.loss)
         reference["batches"] += 1
         return loss, None
 
@@ -744,7 +771,8 @@ def _classification_step(forward, device, dtype):
         with autocast(device, dtype):
             logits = forward(_as_model_input(x, device))
         logits = logits.float()
-        return classification_loss(logits, y), int((predicted_class(logits) == y).sum())
+        loss = distributed.global_mean(classification_loss(logits, y), len(y))
+        return loss, int((predicted_class(logits) == y).sum())
     return step
 
 
@@ -774,7 +802,7 @@ def linear_probe(cfg: Config, data: DataSplits, encoder: Encoder, out: str | Pat
                                    **_policy_options(cfg))
     batches, steps = _epoch_batches(train_x, data.train.labels, cfg, transform, device)
     optimizer, scheduler = _optimizer_and_schedule(cfg, probe.fc.parameters(), steps, cfg.linear_epochs,
-                                                   cfg.linear_optimizer, cfg.linear_lr, 0.0)
+                                                   cfg.linear_optimizer, cfg.resolved_linear_lr(), 0.0)
 
     def logits_of(x: torch.Tensor) -> torch.Tensor:
         if transform is None:
@@ -785,7 +813,8 @@ def linear_probe(cfg: Config, data: DataSplits, encoder: Encoder, out: str | Pat
     def evaluate():
         return validation_metrics(logits_of(val_x), data.val.labels)
 
-    forward = head if transform is None else _compiled(head, cfg)  # compiling a lone linear layer gains nothing
+    forward = distributed.wrap(head, device)
+    forward = forward if transform is None else _compiled(forward, cfg)  # compiling a lone linear layer gains nothing
     result = fit(head, _classification_step(forward, device, dtype), batches, steps, epochs=cfg.linear_epochs,
                  optimizer=optimizer, scheduler=scheduler, evaluate=evaluate, patience=cfg.patience,
                  monitor=cfg.monitor,
@@ -819,12 +848,13 @@ def train_ce(cfg: Config, data: DataSplits, out: str | Path | None = None, track
     batches, steps = _epoch_batches(data.train.images, data.train.labels, cfg, transform, device)
     optimizer, scheduler = _optimizer_and_schedule(cfg, model.parameters(), steps, cfg.epochs, cfg.optimizer,
                                                    cfg.resolved_lr(), cfg.weight_decay)
+    forward = _compiled(distributed.wrap(model, device, cfg.sync_bn), cfg)
 
     def evaluate():
         return validation_metrics(predict(model, data.val.images, plain, device, cfg.eval_batch_size, dtype),
                                   data.val.labels)
 
-    result = fit(model, _classification_step(_compiled(model, cfg), device, dtype), batches, steps, epochs=cfg.epochs,
+    result = fit(model, _classification_step(forward, device, dtype), batches, steps, epochs=cfg.epochs,
                  optimizer=optimizer, scheduler=scheduler, evaluate=evaluate, patience=cfg.patience,
                  monitor=cfg.monitor,
                  grad_clip=cfg.grad_clip, scaler=_scaler(dtype), stage="ce",
@@ -901,7 +931,8 @@ def linear_probe_run(run_dir: str | Path, cfg: Config | None = None, data: DataS
     stage2 = linear_probe(cfg, data, encoder, run_dir, inputs, track)
     summary = {**previous, **stage2.summary,
                "seconds": previous.get("pretrain_seconds", previous["seconds"]) + stage2.summary["linear_seconds"]}
-    cfg.save(run_dir / "config.yaml")
+    if distributed.is_main():
+        cfg.save(run_dir / "config.yaml")
     _write_results(run_dir, data, summary, inputs)
     xy = None
     if not (run_dir / "tsne.png").is_file():  # the frozen encoder's picture is already there if stage 1 drew it
@@ -930,7 +961,7 @@ def tsne_picture(encoder: nn.Module, data: DataSplits, inputs: Inputs, path: str
 def _pictures(cfg: Config, out: Path | None, track: Tracker, data: DataSplits, encoder: Encoder | None = None,
               inputs: Inputs | None = None, title: str = "", curves: bool = True) -> Any:
     """The end of a stage: ``curves.png`` and, given an encoder and ``cfg.tsne``, ``tsne.png``; both tracked."""
-    if out is None:
+    if out is None or not distributed.is_main():
         return None
     if curves and (path := plot_curves(out)) is not None:
         track.log_image("curves", path)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from supcon import train
+from supcon import distributed, train
 from supcon.config import Config
 from supcon.data import DataSplits
 from supcon.evaluate.knn import WEIGHTS, knn_accuracy
@@ -93,8 +93,9 @@ def linear_transfer(source: str | Path, cfg: Config, out: str | Path, data: Data
         data = train.load_data(cfg)
     check_inputs(data, inputs, source)
     previous = _first_run(source)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.jsonl").unlink(missing_ok=True)
+    if distributed.is_main():  # in a distributed run the other processes write nothing
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
     with open_tracker(cfg, out) as track:
         stage2 = train.linear_probe(cfg, data, encoder, out, inputs, track)
         summary = {"method": previous["method"], "loss": previous.get("loss"), "encoder_from": str(source),
@@ -103,7 +104,7 @@ def linear_transfer(source: str | Path, cfg: Config, out: str | Path, data: Data
         # One writer of a run's files (config.yaml, weights, results.json) for every kind of run.
         train._save_run(out, cfg, data, summary, inputs, {"encoder": encoder})
         xy = None
-        if cfg.tsne:
+        if cfg.tsne and distributed.is_main():
             title = f"{ENCODER_TITLES[previous['method']]} from {source.name} (val acc {summary['val_acc']:.3f})"
             xy = train.tsne_picture(encoder, data, inputs, out / "tsne.png", title, cfg.seed, cfg.eval_batch_size)
             track.log_image("tsne", out / "tsne.png")

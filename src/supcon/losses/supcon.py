@@ -87,6 +87,22 @@ def _check_inputs(features, labels) -> Tensor | None:
     return labels
 
 
+def _check_anchors(anchors, batch: int, device) -> Tensor | None:
+    """``anchors`` as a long tensor on ``device``, or None when it names every sample in order (the fast path)."""
+    if anchors is None:
+        return None
+    anchors = torch.as_tensor(anchors, device=device)
+    if anchors.dtype not in _INT_DTYPES or anchors.dim() != 1 or len(anchors) == 0:
+        raise ValueError(f"expected anchors to be a non-empty 1-D integer tensor of sample indices, got "
+                         f"{anchors.dtype} of shape {tuple(anchors.shape)}")
+    anchors = anchors.long()
+    if bool(((anchors < 0) | (anchors >= batch)).any()) or len(anchors.unique()) != len(anchors):
+        raise ValueError(f"expected anchors to be distinct sample indices in [0, {batch}), got {anchors.tolist()}")
+    if len(anchors) == batch and torch.equal(anchors, torch.arange(batch, device=device)):
+        return None
+    return anchors
+
+
 # Automatic block size (measured on 2 EPYC cores, D = 128): a [block, N] buffer of about 4M elements (16 MiB in
 # fp32) stays in the last-level cache, but at least 512 rows, because below that streaming z and the [N, D]
 # gradient once per block starts to cost (N = 65k: 24.1 s at 128 rows, 21.8 s at 512), and at most 32M elements
@@ -244,15 +260,22 @@ def _positive_term(z, plan, grad):
     r"""L_out's ``sum_i c_i z_i . (C_{y_i} - z_i)`` over the anchors (``c = plan.pos_coef``, ``C`` the class sums);
     subtracts its gradient ``[i anchor] c_i (C_{y_i} - 2 z_i) + W_{y_i}`` (``W_y = sum_{anchors of y} c_i z_i``)
     from ``grad`` when given."""
-    num_anchors, lab, coef = plan.num_anchors, plan.lab, plan.pos_coef
-    za, anchor_lab = z[:num_anchors], lab[:num_anchors]
+    num_anchors, lab, coef, apos = plan.num_anchors, plan.lab, plan.pos_coef, plan.apos
+    if apos is None:
+        za, anchor_lab = z[:num_anchors], lab[:num_anchors]
+    else:
+        za, anchor_lab = z.index_select(0, apos), lab.index_select(0, apos)
     class_sums = z.new_zeros(plan.num_classes, z.shape[1]).index_add_(0, lab, z)
     cz = za * coef[:, None]
     weighted_sums = torch.zeros_like(class_sums).index_add_(0, anchor_lab, cz)
     value = (weighted_sums * class_sums).sum() - (cz * za).sum()
     if grad is not None:
         grad -= weighted_sums.index_select(0, lab)
-        grad[:num_anchors] -= class_sums.index_select(0, anchor_lab).mul_(coef[:, None]).sub_(cz, alpha=2)
+        anchor_grad = class_sums.index_select(0, anchor_lab).mul_(coef[:, None]).sub_(cz, alpha=2)
+        if apos is None:
+            grad[:num_anchors] -= anchor_grad
+        else:
+            grad.index_add_(0, apos, anchor_grad, alpha=-1)
     return value
 
 
@@ -307,11 +330,13 @@ def supcon_loss(
     contrast_mode: str = "all",
     block_size: int | None = None,
     reduction: str = "mean",
+    anchors: Tensor | None = None,
 ) -> Tensor:
     """Functional form of :class:`SupConLoss`; see there for the arguments and the returned shapes."""
     _check_options(temperature, base_temperature, variant, contrast_mode, block_size, reduction)
     labels = _check_inputs(features, labels)
     batch, views, dim = features.shape
+    anchors = _check_anchors(anchors, batch, features.device)
     # fp16/bf16 lose too much in N-wide sums and in the per-class sums; compute (and return) in fp32.
     if features.dtype in (torch.float16, torch.bfloat16):
         features = features.float()
@@ -323,11 +348,18 @@ def supcon_loss(
         # Dense ids 0..C-1 make bincount/index_add_ work for negative, sparse or huge labels.
         ids = torch.unique(labels, return_inverse=True)[1]
     lab = ids.repeat(views)
-    num_anchors = batch if contrast_mode == "one" else n
+    anchor_views = 1 if contrast_mode == "one" else views
+    counts = torch.bincount(lab)
+    # The mean is over the anchors of the whole batch that have a positive, also when `anchors` picks a subset:
+    # then the result is that subset's share of the batch's loss, and the shares of a partition add up to it.
+    num_valid = (counts[lab[: batch * anchor_views]] > 1).sum()
+    rows = None  # anchor rows of z, view-major like z; None: the first num_anchors rows
+    if anchors is not None:
+        rows = (anchors[None, :] + batch * torch.arange(anchor_views, device=z.device)[:, None]).flatten()
+    num_anchors = batch * anchor_views if rows is None else len(rows)
     if block_size is None:
         block_size = _auto_block_size(num_anchors, n)
-    anchor_lab = lab[:num_anchors]
-    counts = torch.bincount(lab)
+    anchor_lab = lab[:num_anchors] if rows is None else lab[rows]
     num_pos = (counts[anchor_lab] - 1).to(z.dtype)
     valid = num_pos > 0
     scale = temperature / (base_temperature or temperature)
@@ -335,34 +367,38 @@ def supcon_loss(
     # Anchors without positives get weight 0; if there are none at all the mean is an exact, graph-connected
     # zero with a zero gradient. Divide by the count as a tensor of z's dtype (a Python float over an int
     # tensor gives fp32).
-    weights = valid.to(z.dtype) * scale / valid.sum().clamp(min=1).to(z.dtype) if reduction == "mean" else None
+    weights = valid.to(z.dtype) * scale / num_valid.clamp(min=1).to(z.dtype) if reduction == "mean" else None
 
-    order = None
+    order = None  # per anchor in processing order, its index among the anchors (L_in sorts them by label)
     if variant == "in":
         # Columns sorted by label: the positives of a block of (sorted) anchors form one column window.
         plan.perm = perm = torch.argsort(lab, stable=True)
         col_lab = lab[perm]
-        if contrast_mode == "all":
-            order = perm  # original index of each sorted anchor
+        if rows is None and contrast_mode == "all":
+            order = sorted_rows = perm  # every row is an anchor, and row i is anchor i
         else:
-            plan.apos = torch.nonzero(perm < num_anchors).squeeze(1)
-            order = perm[plan.apos]
+            anchor_of_row = torch.full((n,), -1, dtype=torch.long, device=z.device)
+            anchor_of_row[slice(num_anchors) if rows is None else rows] = torch.arange(num_anchors, device=z.device)
+            plan.apos = torch.nonzero(anchor_of_row[perm] >= 0).squeeze(1)
+            sorted_rows = perm[plan.apos]
+            order = anchor_of_row[sorted_rows]
         plan.has_pos = valid[order]
         ends = counts.cumsum(0)
         first = torch.arange(0, num_anchors, block_size, device=z.device)
         last = (first + block_size).clamp(max=num_anchors) - 1
-        sorted_lab = lab[order]
+        sorted_lab = lab[sorted_rows]
         plan.windows = torch.stack([(ends - counts)[sorted_lab[first]], ends[sorted_lab[last]]], 1).tolist()
         # Labels as floats (exact below 2**23 classes in fp32) compare straight into a float mask.
         plan.col_lab = col_lab.to(z.dtype) if counts.shape[0] <= 1 / torch.finfo(z.dtype).eps else col_lab
         # -log|P(i)|: no gradient.
         pos_term = -num_pos.clamp(min=1).log()
     elif reduction == "mean":
-        plan.lab, plan.num_classes = lab, counts.shape[0]
+        plan.lab, plan.num_classes, plan.apos = lab, counts.shape[0], rows
         plan.pos_coef = weights / (temperature * num_pos.clamp(min=1))
     else:
+        plan.apos = rows
         class_sums = z.new_zeros(counts.shape[0], dim).index_add_(0, lab, z)
-        za = z[:num_anchors]
+        za = z[:num_anchors] if rows is None else z.index_select(0, rows)
         # index_select, not [] indexing: its backward is an index_add_, not a slow accumulating index_put.
         pos_sim = (za * (class_sums.index_select(0, anchor_lab) - za)).sum(1) / temperature
         pos_term = pos_sim / num_pos.clamp(min=1)
@@ -375,7 +411,7 @@ def supcon_loss(
     if order is not None:
         per_anchor = per_anchor[torch.argsort(order)]
     per_anchor = torch.where(valid, scale * (per_anchor - pos_term), 0.0)
-    return per_anchor.view(num_anchors // batch, batch).T
+    return per_anchor.view(anchor_views, num_anchors // anchor_views).T
 
 
 class SupConLoss(nn.Module):
@@ -394,12 +430,22 @@ class SupConLoss(nn.Module):
         reduction: ``"mean"`` over anchors that have at least one positive (0 if none has), or
             ``"none"``.
 
+    Call arguments: ``features``, ``labels`` and, optionally, ``anchors``: indices into the batch (``[0, B)``,
+    distinct) of the samples whose views are anchors (view 0 only with ``contrast_mode="one"``); the contrast
+    set stays all ``N`` vectors. With ``"mean"`` the result is then those anchors' share of the whole batch's
+    loss (their losses summed, divided by the number of anchors with a positive in the whole batch), so the
+    shares of disjoint subsets covering the batch add up to the batch's loss, gradients included: a
+    data-parallel process takes its own samples as anchors against the gathered batch
+    (:mod:`supcon.distributed`). With ``"none"`` the output has one row per given anchor, in their order.
+
     Shapes:
         * ``features``: ``[B, V, D]`` float, used as given: L2-normalise beforehand, as the paper does.
         * ``labels``: ``[B]`` integers (any values) or ``None`` (each sample its own class, so only the
           other views of the same sample are positives).
+        * ``anchors``: ``[A]`` integers or ``None`` (every sample).
         * output: a scalar for ``"mean"``; ``[B, V_anchor]`` per-anchor losses for ``"none"``
-          (``V_anchor = V`` or 1), 0 where an anchor has no positive. fp32 for fp16/bf16 input.
+          (``V_anchor = V`` or 1; ``[A, V_anchor]`` with ``anchors``), 0 where an anchor has no positive.
+          fp32 for fp16/bf16 input.
 
     Formulas, with ``P(i) = {p != i : y_p = y_i}``::
 
@@ -441,10 +487,11 @@ class SupConLoss(nn.Module):
         self.block_size = block_size
         self.reduction = reduction
 
-    def forward(self, features: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(self, features: Tensor, labels: Tensor | None = None, anchors: Tensor | None = None) -> Tensor:
         return supcon_loss(
             features,
             labels,
+            anchors=anchors,
             temperature=self.temperature,
             base_temperature=self.base_temperature,
             variant=self.variant,
