@@ -20,7 +20,10 @@ import copy
 import dataclasses
 import json
 import math
+import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -34,10 +37,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from supcon.augment import BatchedMultiView, BatchedView, apply_batch, multiview_transform, view_transform
+from supcon.checkpoint import Checkpoints, rng_state, set_rng_state
 from supcon.config import TSNE_POINTS, Config
 from supcon.data import DataSplits, load_dataset
 from supcon.evaluate.curves import plot_curves
-from supcon.evaluate.tsne import MIN_POINTS, draw_tsne, tsne_subset
+from supcon.evaluate.tsne import MIN_POINTS, draw_tsne, tsne_2d, tsne_subset
 from supcon.io import (
     append_jsonl,
     atomic_write_text,
@@ -210,6 +214,70 @@ class FitResult:
     best_val_acc: float | None = None
     stopped_early: bool = False
     seconds: float = 0.0
+    resumed_from: Path | None = None  # the checkpoint this run continued, if any
+    earlier_seconds: float = 0.0  # training time before that checkpoint, in the processes that saved it
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`fit` after it saved a checkpoint (``checkpoint``) that a resumed run continues."""
+
+    def __init__(self, stage: str, epoch: int, step: int, checkpoint: Path):
+        super().__init__(f"{stage} interrupted at epoch {epoch}, step {step}; checkpoint saved to {checkpoint}")
+        self.stage, self.epoch, self.step, self.checkpoint = stage, epoch, step, checkpoint
+
+
+@dataclass
+class _Loop:
+    """Where :func:`fit` is and what it has gathered: everything a checkpoint needs besides the modules."""
+
+    epoch: int = 1  # the epoch in progress
+    step: int = 0  # its batches done
+    epoch_done: bool = False
+    global_step: int = 0
+    total_loss: float = 0.0
+    total_seen: int = 0
+    total_correct: int = 0
+    counted: bool = False
+    best_score: float | None = None
+    bad_epochs: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    seconds: float = 0.0  # training time of the processes before this one
+
+
+class _StopOnInterrupt:
+    """While active, the first Ctrl-C only asks the loop to stop at the next step boundary, where a checkpoint
+    can be saved whose model, optimizer and random states belong together; a second Ctrl-C stops at once."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> _StopOnInterrupt:
+        if self.enabled and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        # os.write, not print: the handler may run in the middle of another write to stderr (a progress bar)
+        os.write(2, b"\nsupcon: stopping after this step to save a checkpoint (Ctrl-C again to stop at once)\n")
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _likely_cause(stage: str, scaler) -> str:
+    causes = ["a learning rate too high (lower it, or add warm-up or --grad-clip)"]
+    if stage == "pretrain":
+        causes.append("a temperature too small")
+    if scaler is not None:
+        causes.insert(0, "fp16 overflow (a small temperature overflows fp16: raise --temperature or use --amp bf16 "
+                         "or none)")
+    return "likely cause: " + "; or ".join(causes)
 
 
 def fit(model: nn.Module, step: Callable[[list[torch.Tensor]], tuple[torch.Tensor, int | None]],
@@ -218,7 +286,9 @@ def fit(model: nn.Module, step: Callable[[list[torch.Tensor]], tuple[torch.Tenso
         patience: int = 0, monitor: str = "val_acc", grad_clip: float | None = None,
         scaler: torch.amp.GradScaler | None = None, stage: str = "train", metrics_path: Path | None = None,
         progress: bool = True, on_epoch: Callable[[dict[str, Any]], None] | None = None,
-        backward: Callable[[torch.Tensor], None] | None = None) -> FitResult:
+        backward: Callable[[torch.Tensor], None] | None = None, checkpoints: Checkpoints | None = None,
+        resume: bool = False, extra_state: dict[str, Any] | None = None,
+        detect_anomaly: bool = False) -> FitResult:
     """The training loop shared by every stage.
 
     ``step(batch) -> (loss, n_correct or None)`` computes one batch's loss; ``epoch_batches(epoch)`` yields
@@ -228,82 +298,207 @@ def fit(model: nn.Module, step: Callable[[list[torch.Tensor]], tuple[torch.Tenso
     sees each epoch's record after it is written to ``metrics_path`` (a tracker's ``log_metrics``, for instance).
     ``backward(loss)`` replaces ``loss.backward()`` (it gets the scaled loss under fp16), for steps whose
     backward pass is their own, such as :class:`GradCache`.
+
+    With ``checkpoints``, the loop saves one at the end of every epoch and every ``checkpoints.every`` optimizer
+    steps; on Ctrl-C it saves one at the next step boundary and raises :class:`TrainingInterrupted`. ``resume``
+    continues from the newest good one: model, optimizer, schedule, scaler, random states, the shuffle of
+    ``epoch_batches`` (an :class:`EpochBatches`; another callable is replayed and its batches dropped), the
+    epoch's running sums, early stopping, the history (``metrics_path`` is rewritten to it) and ``extra_state``,
+    a dict of the caller's own numbers, updated in place. A resumed run on the CPU ends as the uninterrupted one.
+    ``detect_anomaly`` runs under ``torch.autograd.set_detect_anomaly``.
     """
     if monitor not in ("val_acc", "val_loss"):
         raise ValueError(f"monitor must be val_acc or val_loss; got {monitor!r}")
     sign = 1.0 if monitor == "val_acc" else -1.0
-    best_score = None
     backward = backward or torch.Tensor.backward
     result = FitResult()
-    best_state = None
-    bad_epochs = 0
-    start = time.perf_counter()
-    epoch_bar = tqdm(range(1, epochs + 1), desc=stage, unit="epoch", disable=not progress, file=sys.stderr,
-                     dynamic_ncols=True)
-    for epoch in epoch_bar:
-        model.train()
-        t0 = time.perf_counter()
-        total_loss, total_seen, total_correct, counted = 0.0, 0, 0, False
-        batch_bar = tqdm(epoch_batches(epoch), total=steps_per_epoch, desc=f"epoch {epoch}", leave=False,
-                         unit="batch", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-        for batch in batch_bar:
-            loss, correct = step(batch)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise FloatingPointError(f"{stage}: the loss became {value} at epoch {epoch}; lower the "
-                                         "learning rate, or raise the temperature if it is very small")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                backward(scaler.scale(loss))
-                scaler.unscale_(optimizer)
-            else:
-                backward(loss)
-            if grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            n = len(batch[-1])
-            total_loss += value * n
-            total_seen += n
-            if correct is not None:
-                total_correct += correct
-                counted = True
-            batch_bar.set_postfix(loss=f"{value:.4f}")
-        record: dict[str, Any] = {"stage": stage, "epoch": epoch, "loss": total_loss / max(1, total_seen),
-                                  "lr": optimizer.param_groups[0]["lr"]}
-        if counted:
-            record["train_acc"] = total_correct / max(1, total_seen)
-        if evaluate is not None:
-            record.update(evaluate())
-        record["seconds"] = time.perf_counter() - t0
-        result.history.append(record)
-        if metrics_path is not None:
-            append_jsonl(metrics_path, record)
-        if on_epoch is not None:
-            on_epoch(record)
-        epoch_bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k in ("loss", "val_acc")})
+    loop = _Loop()
+    restored_rng = None
+    if resume and checkpoints is not None and (found := checkpoints.latest()) is not None:
+        state, result.resumed_from = found
+        restored_rng = _restore(state, loop, result, model, optimizer, scheduler, scaler, epoch_batches, extra_state)
+        result.earlier_seconds = loop.seconds
+        if progress:
+            print(f"{stage}: resuming from {result.resumed_from}", file=sys.stderr)
+    if resume and metrics_path is not None:  # lines written after the checkpoint are written again
+        _rewrite_stage(metrics_path, stage, result.history)
 
-        val = record.get(monitor)
-        if val is not None and (best_score is None or sign * val > best_score):
-            best_score, result.best_epoch, bad_epochs = sign * val, epoch, 0
-            result.best_val_acc = record.get("val_acc")
-            if patience > 0:
-                best_state = copy.deepcopy(model.state_dict())
-        elif val is not None:
-            bad_epochs += 1
-            if patience > 0 and bad_epochs >= patience:
-                result.stopped_early = True
+    def save_checkpoint() -> Path:
+        bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not p.isfinite().all()]
+        if bad:  # never let a diverged state replace a good checkpoint
+            raise FloatingPointError(f"{stage}: the weights became non-finite ({bad[0]}) at epoch {loop.epoch}, "
+                                     f"step {loop.step}; {_likely_cause(stage, scaler)}; the last good checkpoint is "
+                                     f"kept in {checkpoints.directory}")
+        return checkpoints.save(_checkpoint_state(loop, result, model, optimizer, scheduler, scaler, epoch_batches,
+                                                  extra_state, time.perf_counter() - start),
+                                loop.epoch, loop.step)
+
+    def interrupted() -> TrainingInterrupted:
+        path = save_checkpoint()
+        return TrainingInterrupted(stage, loop.epoch, loop.step, path)
+
+    start = time.perf_counter()
+    first = loop.epoch + 1 if loop.epoch_done else loop.epoch
+    epoch_bar = tqdm(range(first, epochs + 1), desc=stage, unit="epoch", disable=not progress, file=sys.stderr,
+                     dynamic_ncols=True, initial=first - 1, total=epochs)
+    anomaly = torch.autograd.set_detect_anomaly(True) if detect_anomaly else contextlib.nullcontext()
+    with _StopOnInterrupt(checkpoints is not None) as stop, anomaly:
+        for epoch in epoch_bar:
+            if result.stopped_early:
                 break
+            model.train()
+            t0 = time.perf_counter()
+            if loop.epoch_done or loop.epoch != epoch:
+                loop.epoch, loop.step, loop.epoch_done = epoch, 0, False
+                loop.total_loss, loop.total_seen, loop.total_correct, loop.counted = 0.0, 0, 0, False
+            batches = _batches_from(epoch_batches, epoch, loop.step)
+            if restored_rng is not None:  # after replaying any skipped batches, which may have drawn numbers
+                set_rng_state(restored_rng)
+                restored_rng = None
+            batch_bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, unit="batch",
+                             disable=not progress, file=sys.stderr, dynamic_ncols=True, initial=loop.step)
+            for batch in batch_bar:
+                loss, correct = step(batch)
+                value = loss.item()
+                if not math.isfinite(value):
+                    kept = (f"; the last good checkpoint is kept in {checkpoints.directory}"
+                            if checkpoints is not None and checkpoints.has_any() else "")
+                    raise FloatingPointError(f"{stage}: the loss became {value} at epoch {epoch}, step "
+                                             f"{loop.step + 1}; {_likely_cause(stage, scaler)}{kept}")
+                optimizer.zero_grad(set_to_none=True)
+                try:
+                    if scaler is not None:
+                        backward(scaler.scale(loss))
+                        scaler.unscale_(optimizer)
+                    else:
+                        backward(loss)
+                except RuntimeError as err:
+                    if not detect_anomaly:
+                        raise
+                    raise FloatingPointError(f"{stage}: anomaly at epoch {epoch}, step {loop.step + 1}: "
+                                             f"{str(err).splitlines()[0]}") from err
+                if grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                n = len(batch[-1])
+                loop.total_loss += value * n
+                loop.total_seen += n
+                if correct is not None:
+                    loop.total_correct += correct
+                    loop.counted = True
+                loop.step += 1
+                loop.global_step += 1
+                batch_bar.set_postfix(loss=f"{value:.4f}")
+                if checkpoints is not None and stop.requested:
+                    raise interrupted()
+                # a mark on an epoch's last step is left to the end-of-epoch checkpoint just after it
+                if (checkpoints is not None and checkpoints.every and loop.global_step % checkpoints.every == 0
+                        and loop.step < steps_per_epoch):
+                    save_checkpoint()
+            batch_bar.close()
+            record: dict[str, Any] = {"stage": stage, "epoch": epoch,
+                                      "loss": loop.total_loss / max(1, loop.total_seen),
+                                      "lr": optimizer.param_groups[0]["lr"]}
+            if loop.counted:
+                record["train_acc"] = loop.total_correct / max(1, loop.total_seen)
+            if evaluate is not None:
+                record.update(evaluate())
+            record["seconds"] = time.perf_counter() - t0
+            result.history.append(record)
+            if metrics_path is not None:
+                append_jsonl(metrics_path, record)
+            if on_epoch is not None:
+                on_epoch(record)
+            epoch_bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k in ("loss", "val_acc")})
+
+            val = record.get(monitor)
+            if val is not None and (loop.best_score is None or sign * val > loop.best_score):
+                loop.best_score, result.best_epoch, loop.bad_epochs = sign * val, epoch, 0
+                result.best_val_acc = record.get("val_acc")
+                if patience > 0:
+                    loop.best_state = copy.deepcopy(model.state_dict())
+            elif val is not None:
+                loop.bad_epochs += 1
+                if patience > 0 and loop.bad_epochs >= patience:
+                    result.stopped_early = True
+            loop.epoch_done = True
+            if checkpoints is not None:
+                path = save_checkpoint()
+                if stop.requested:
+                    raise TrainingInterrupted(stage, loop.epoch, loop.step, path)
     epoch_bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    result.seconds = time.perf_counter() - start
+    if loop.best_state is not None:
+        model.load_state_dict(loop.best_state)
+    result.seconds = loop.seconds + time.perf_counter() - start
     return result
+
+
+def _batches_from(epoch_batches, epoch: int, skip: int) -> Iterator[list[torch.Tensor]]:
+    """The batches of ``epoch`` after its first ``skip``: an :class:`EpochBatches` skips them without making
+    them; another source makes them and they are dropped (so they use up whatever random numbers they draw)."""
+    if skip and isinstance(epoch_batches, EpochBatches):
+        return epoch_batches(epoch, skip=skip)
+    batches = iter(epoch_batches(epoch))
+    for _ in range(skip):
+        next(batches)
+    return batches
+
+
+def _checkpoint_state(loop: _Loop, result: FitResult, model, optimizer, scheduler, scaler, epoch_batches,
+                      extra_state, seconds: float) -> dict[str, Any]:
+    return {
+        # not dataclasses.asdict: it would deep-copy the best weights on every save
+        "loop": {**{f.name: getattr(loop, f.name) for f in dataclasses.fields(loop) if f.name != "best_state"},
+                 "seconds": loop.seconds + seconds},
+        "best_state": loop.best_state,
+        "history": result.history,
+        "result": {"best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc,
+                   "stopped_early": result.stopped_early},
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "batches": epoch_batches.state_dict() if isinstance(epoch_batches, EpochBatches) else None,
+        "rng": rng_state(),
+        "extra": dict(extra_state) if extra_state is not None else None,
+    }
+
+
+def _restore(state: dict[str, Any], loop: _Loop, result: FitResult, model, optimizer, scheduler, scaler,
+             epoch_batches, extra_state) -> dict[str, Any]:
+    """Put a checkpoint back into the loop and the modules; returns the random states, which :func:`fit` sets
+    once the batches it skips are behind it."""
+    for key, value in state["loop"].items():
+        setattr(loop, key, value)
+    loop.best_state = state["best_state"]
+    result.history = list(state["history"])
+    for key, value in state["result"].items():
+        setattr(result, key, value)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    if isinstance(epoch_batches, EpochBatches) and state["batches"] is not None:
+        epoch_batches.load_state_dict(state["batches"])
+    if extra_state is not None and state["extra"] is not None:
+        extra_state.clear()
+        extra_state.update(state["extra"])
+    return state["rng"]
+
+
+def _rewrite_stage(metrics_path: Path, stage: str, history: list[dict[str, Any]]) -> None:
+    """``metrics.jsonl`` with this stage's lines replaced by ``history`` (other stages' lines kept)."""
+    lines = metrics_path.read_text().splitlines(keepends=True) if metrics_path.is_file() else []
+    kept = [line for line in lines if line.strip() and json.loads(line).get("stage") != stage]
+    atomic_write_text(metrics_path, "".join(kept) + "".join(json.dumps(r) + "\n" for r in history))
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -337,6 +532,50 @@ def _setup(cfg: Config, out: str | Path | None, fresh: bool = True):
         if fresh:
             (out / "metrics.jsonl").unlink(missing_ok=True)
     return device, amp_dtype(cfg.amp, device), out
+
+
+def _checkpoints(cfg: Config, out: Path | None, stage: str) -> Checkpoints | None:
+    """The stage's checkpoints in ``out`` (none without a run directory, or with ``keep_checkpoints`` 0). A run
+    that does not resume deletes the stage's old ones first: they belong to an earlier run in this directory,
+    and a later ``--resume`` must not mistake them for this run's."""
+    if out is None or cfg.keep_checkpoints == 0:
+        return None
+    checkpoints = Checkpoints(out, stage, cfg.keep_checkpoints, cfg.ckpt_every, cfg.to_dict())
+    if cfg.resume is None:
+        checkpoints.clear()
+    return checkpoints
+
+
+def _resuming(cfg: Config, checkpoints: Checkpoints | None) -> bool:
+    return cfg.resume is not None and checkpoints is not None and checkpoints.has_any()
+
+
+def stage_finished(run_dir: str | Path, stage: str) -> dict[str, Any] | None:
+    """The run summary if ``stage`` (``pretrain``, ``linear`` or ``ce``) finished in ``run_dir``, else None.
+
+    A stage has finished when its results and weights are written and its checkpoints are gone: a stage deletes
+    them as its very last act, so one killed while writing its outputs still has them and is resumed instead.
+    """
+    run_dir = Path(run_dir)
+    if Checkpoints(run_dir, stage).has_any():
+        return None
+    try:
+        run = read_json(run_dir / "results.json")["runs"][0]
+    except (ValueError, KeyError, IndexError, TypeError, OSError):
+        return None
+    if stage == "ce":
+        done = run.get("method") == "ce" and not run.get("encoder_from")
+    elif stage == "pretrain":
+        done = run.get("method") in ("supcon", "simclr") and (run_dir / "encoder.safetensors").is_file()
+    else:
+        done = (run.get("val_acc") is not None and (run_dir / "linear.safetensors").is_file()
+                and (run.get("method") != "ce" or bool(run.get("encoder_from"))))
+    return run if done else None
+
+
+def _refuse_finished(cfg: Config, out: Path | None, stage: str) -> None:
+    if cfg.resume is not None and out is not None and stage_finished(out, stage) is not None:
+        raise ValueError(f"nothing to resume: the {stage} stage in {out} has finished (results.json)")
 
 
 def _drop_stage(metrics_path: Path, stage: str) -> None:
@@ -395,27 +634,54 @@ def _policy_options(cfg: Config) -> dict[str, Any]:
     return {"crop_scale": cfg.crop_scale, "hflip": cfg.hflip, "blur": cfg.blur, "batched": cfg.batch_augment}
 
 
-def _epoch_batches(images: torch.Tensor, labels: torch.Tensor, cfg: Config, transform, device):
-    """Per-epoch batch iterator factory: a seeded shuffle, the transform applied per image, moved to device."""
-    generator = torch.Generator().manual_seed(cfg.seed)
-    batches_per_epoch = -(-len(labels) // cfg.batch_size)
-    last = len(labels) - (batches_per_epoch - 1) * cfg.batch_size
-    batches_per_epoch -= batches_per_epoch > 1 and last < 2  # as shuffled_batches: a trailing single is dropped
+class EpochBatches:
+    """The batches of each epoch: a seeded shuffle, the transform applied, moved to the device.
 
-    batched = isinstance(transform, BatchedView | BatchedMultiView)
+    One generator runs on across the epochs (so each epoch has its own order, and runs repeat the orders of
+    earlier versions). :meth:`state_dict` is the generator's state at the start of the epoch in progress, or
+    its current state between epochs, so that a run resumed mid-epoch draws the same order again and skips
+    the batches it has trained on (``batches(epoch, skip=n)``) without making them.
+    """
 
-    def batches(epoch: int):
-        for idx in shuffled_batches(len(labels), cfg.batch_size, generator):
-            x = images[idx]
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int, transform,
+                 device: torch.device):
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.transform, self.device = transform, device
+        self.generator = torch.Generator().manual_seed(seed)
+        self._epoch_start: torch.Tensor | None = None
+        steps = -(-len(labels) // batch_size)
+        last = len(labels) - (steps - 1) * batch_size
+        self.steps = steps - (steps > 1 and last < 2)  # as shuffled_batches: a trailing single is dropped
+
+    def __call__(self, epoch: int, skip: int = 0) -> Iterator[list[torch.Tensor]]:
+        self._epoch_start = self.generator.get_state()
+        return self._iterate(shuffled_batches(len(self.labels), self.batch_size, self.generator)[skip:])
+
+    def _iterate(self, order: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
+        batched = isinstance(self.transform, BatchedView | BatchedMultiView)
+        for idx in order:
+            x = self.images[idx]
             if batched:
-                x = apply_batch(transform, _to_device(x, device))  # uint8 travels: a quarter of the bytes
-            elif transform is not None:
-                x = _to_device(apply_batch(transform, x), device)
+                x = apply_batch(self.transform, _to_device(x, self.device))  # uint8 travels: a quarter of the bytes
+            elif self.transform is not None:
+                x = _to_device(apply_batch(self.transform, x), self.device)
             else:
-                x = _to_device(x, device)
-            yield [x, labels[idx].to(device)]
+                x = _to_device(x, self.device)
+            yield [x, self.labels[idx].to(self.device)]
+        self._epoch_start = None
 
-    return batches, batches_per_epoch
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self._epoch_start if self._epoch_start is not None else self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+        self._epoch_start = None
+
+
+def _epoch_batches(images: torch.Tensor, labels: torch.Tensor, cfg: Config, transform, device
+                   ) -> tuple[EpochBatches, int]:
+    batches = EpochBatches(images, labels, cfg.batch_size, cfg.seed, transform, device)
+    return batches, batches.steps
 
 
 def _write_results(out: Path | None, data: DataSplits, summary: dict[str, Any], inputs: Inputs) -> None:
@@ -424,6 +690,12 @@ def _write_results(out: Path | None, data: DataSplits, summary: dict[str, Any], 
     write_json(out / "results.json", {"dataset": data.name, "runs": [summary], "input": dataclasses.asdict(inputs),
                                       "class_names": data.train.class_names, "skipped_images": len(data.skipped)})
     write_skipped(out, data)
+
+
+def _save_config(cfg: Config, out: Path | None) -> None:
+    """The run's options, written when it starts: ``--resume`` reads them back."""
+    if out is not None:
+        cfg.save(out / "config.yaml")
 
 
 def _save_run(out: Path | None, cfg: Config, data: DataSplits, summary: dict[str, Any], inputs: Inputs,
@@ -460,11 +732,13 @@ class Stage1:
     scaler: torch.amp.GradScaler | None
     inputs: Inputs
 
-    def fit(self, cfg: Config, out: Path | None = None, epoch_batches=None, on_epoch=None) -> FitResult:
+    def fit(self, cfg: Config, out: Path | None = None, epoch_batches=None, on_epoch=None,
+            checkpoints: Checkpoints | None = None, extra_state: dict[str, Any] | None = None) -> FitResult:
         return fit(self.model, self.step, epoch_batches or self.batches, self.steps, epochs=cfg.epochs,
                    optimizer=self.optimizer, scheduler=self.scheduler, grad_clip=cfg.grad_clip, scaler=self.scaler,
                    stage="pretrain", metrics_path=out / "metrics.jsonl" if out else None, progress=not cfg.quiet,
-                   backward=self.backward, on_epoch=on_epoch)
+                   backward=self.backward, on_epoch=on_epoch, checkpoints=checkpoints,
+                   resume=cfg.resume is not None, extra_state=extra_state, detect_anomaly=cfg.detect_anomaly)
 
 
 def build_stage1(cfg: Config, data: DataSplits, device: torch.device, dtype: torch.dtype | None) -> Stage1:
@@ -503,7 +777,11 @@ def pretrain(cfg: Config, data: DataSplits, out: str | Path | None = None, track
     """Stage 1: train encoder and projection head with the SupCon loss (or SimCLR's, ``cfg.loss="simclr"``)."""
     track = tracker if tracker is not None else open_tracker(cfg, out)  # first: a missing package fails early
     started = time.perf_counter()
-    device, dtype, out = _setup(cfg, out)
+    out = Path(out) if out is not None else None
+    _refuse_finished(cfg, out, "pretrain")
+    checkpoints = _checkpoints(cfg, out, "pretrain")
+    device, dtype, out = _setup(cfg, out, fresh=not _resuming(cfg, checkpoints))
+    _save_config(cfg, out)
     stage = build_stage1(cfg, data, device, dtype)
     use_labels = cfg.loss != "simclr"
     reference = {"start": None, "floor": 0.0, "batches": 0}
@@ -518,7 +796,7 @@ def pretrain(cfg: Config, data: DataSplits, out: str | Path | None = None, track
         return loss, None
 
     stage.step = step
-    result = stage.fit(cfg, out, on_epoch=track.log_metrics)
+    result = stage.fit(cfg, out, on_epoch=track.log_metrics, checkpoints=checkpoints, extra_state=reference)
     final = result.history[-1]["loss"]
     floor = reference["floor"] / max(1, reference["batches"])
     start = reference["start"]
@@ -526,12 +804,14 @@ def pretrain(cfg: Config, data: DataSplits, out: str | Path | None = None, track
                "supcon_loss": final, "supcon_loss_start": start, "supcon_loss_floor": floor,
                "stage1_progress": (start - final) / (start - floor) if start - floor > 1e-6 else None,
                "val_acc": None, "train_acc": None, "epochs": len(result.history)}
-    summary["seconds"] = summary["pretrain_seconds"] = time.perf_counter() - started
+    summary["seconds"] = summary["pretrain_seconds"] = time.perf_counter() - started + result.earlier_seconds
     model, inputs = stage.model, stage.inputs
     _save_run(out, cfg, data, summary, inputs, {"encoder": model.encoder, "projection": model.head})
     xy = _pictures(cfg, out, track, data, model.encoder, inputs, f"{'SimCLR' if cfg.loss == 'simclr' else 'SupCon'}"
                    " encoder (stage 1)")
     _done(track, tracker, summary)
+    if checkpoints is not None:
+        checkpoints.clear()
     return StageResult(summary, result, model.encoder, model, inputs, xy)
 
 
@@ -672,6 +952,8 @@ def linear_probe(cfg: Config, data: DataSplits, encoder: Encoder, out: str | Pat
     """
     track = tracker if tracker is not None else open_tracker(cfg, out)
     started = time.perf_counter()
+    out = Path(out) if out is not None else None
+    checkpoints = _checkpoints(cfg, out, "linear")
     device, dtype, out = _setup(cfg, out, fresh=False)  # stage 2 adds to stage 1's metrics
     if out is not None:
         _drop_stage(out / "metrics.jsonl", "linear")  # a repeated probe replaces the last one
@@ -705,15 +987,19 @@ def linear_probe(cfg: Config, data: DataSplits, encoder: Encoder, out: str | Pat
                  optimizer=optimizer, scheduler=scheduler, evaluate=evaluate, patience=cfg.patience,
                  monitor=cfg.monitor,
                  grad_clip=cfg.grad_clip, stage="linear", metrics_path=out / "metrics.jsonl" if out else None,
-                 progress=not cfg.quiet, on_epoch=track.log_metrics)
+                 progress=not cfg.quiet, on_epoch=track.log_metrics, checkpoints=checkpoints,
+                 resume=cfg.resume is not None, detect_anomaly=cfg.detect_anomaly)
     summary = {"train_acc": accuracy(logits_of(train_x), data.train.labels),
                "val_acc": accuracy(logits_of(val_x), data.val.labels),
                "linear_epochs": len(result.history), "best_epoch": result.best_epoch,
-               "stopped_early": result.stopped_early, "linear_seconds": time.perf_counter() - started}
+               "stopped_early": result.stopped_early,
+               "linear_seconds": time.perf_counter() - started + result.earlier_seconds}
     if out is not None:
         save_weights(out / "linear.safetensors", probe.fc)
     _pictures(cfg, out, track, data)
     _done(track, tracker, summary)
+    if checkpoints is not None:
+        checkpoints.clear()
     return StageResult(summary, result, encoder, probe, inputs)
 
 
@@ -722,7 +1008,11 @@ def train_ce(cfg: Config, data: DataSplits, out: str | Path | None = None, track
     """The baseline: the same encoder and a linear layer trained end to end with cross-entropy."""
     track = tracker if tracker is not None else open_tracker(cfg, out)  # first: a missing package fails early
     started = time.perf_counter()
-    device, dtype, out = _setup(cfg, out)
+    out = Path(out) if out is not None else None
+    _refuse_finished(cfg, out, "ce")
+    checkpoints = _checkpoints(cfg, out, "ce")
+    device, dtype, out = _setup(cfg, out, fresh=not _resuming(cfg, checkpoints))
+    _save_config(cfg, out)
     inputs = Inputs.for_data(data, cfg.normalize)
     # The CE baseline follows the usual practice (and the reference implementations): the classifier sees the
     # raw representation; normalising it would cap the logits and slow CE down.
@@ -744,17 +1034,21 @@ def train_ce(cfg: Config, data: DataSplits, out: str | Path | None = None, track
                  monitor=cfg.monitor,
                  grad_clip=cfg.grad_clip, scaler=_scaler(dtype), stage="ce",
                  metrics_path=out / "metrics.jsonl" if out else None, progress=not cfg.quiet,
-                 on_epoch=track.log_metrics)
+                 on_epoch=track.log_metrics, checkpoints=checkpoints, resume=cfg.resume is not None,
+                 detect_anomaly=cfg.detect_anomaly)
     train_logits = predict(model, data.train.images, plain, device, cfg.eval_batch_size, dtype)
     val_logits = predict(model, data.val.images, plain, device, cfg.eval_batch_size, dtype)
     summary = {"method": "ce", "loss": "ce", "supcon_loss": None, "train_acc": accuracy(train_logits,
                data.train.labels), "val_acc": accuracy(val_logits, data.val.labels),
                "epochs": len(result.history), "best_epoch": result.best_epoch,
-               "stopped_early": result.stopped_early, "seconds": time.perf_counter() - started}
+               "stopped_early": result.stopped_early,
+               "seconds": time.perf_counter() - started + result.earlier_seconds}
     _save_run(out, cfg, data, summary, inputs, {"encoder": model.encoder, "linear": model.fc})
     xy = _pictures(cfg, out, track, data, model.encoder, inputs,
                    f"cross-entropy encoder (val acc {summary['val_acc']:.3f})")
     _done(track, tracker, summary)
+    if checkpoints is not None:
+        checkpoints.clear()
     return StageResult(summary, result, model.encoder, model, inputs, xy)
 
 
@@ -762,7 +1056,15 @@ def supcon(cfg: Config, data: DataSplits, out: str | Path | None = None, tracker
            ) -> StageResult:
     """Both stages: :func:`pretrain`, then :func:`linear_probe` on its encoder; one run directory."""
     track = tracker if tracker is not None else open_tracker(cfg, out)  # one tracked run for both stages
-    stage1 = pretrain(cfg, data, out, track)
+    resuming = cfg.resume is not None and out is not None
+    if resuming and stage_finished(out, "linear") is not None:
+        finished = load_finished(out, cfg)
+        _done(track, tracker, finished.summary)
+        return finished
+    if resuming and stage_finished(out, "pretrain") is not None:
+        stage1 = load_finished(out, cfg)
+    else:
+        stage1 = pretrain(cfg, data, out, track)
     stage2 = linear_probe(cfg, data, stage1.encoder, out, stage1.inputs, track)
     summary = {**stage1.summary, **stage2.summary,
                "seconds": stage1.summary["seconds"] + stage2.summary["linear_seconds"]}
@@ -792,6 +1094,17 @@ def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu") -> tup
     return encoder.to(device).eval(), cfg, inputs
 
 
+def load_finished(run_dir: str | Path, cfg: Config) -> StageResult:
+    """A finished stage read back from ``run_dir`` (for a resumed run that keeps it): its summary, and its encoder
+    on ``cfg.device`` in the layout training gave it, so that what comes next computes what it computed the first
+    time. There is no fit history (``fit`` is empty) and no t-SNE points."""
+    device = resolve_device(cfg.device)
+    encoder, _, inputs = load_encoder(run_dir, device)
+    _prepare(encoder, device)
+    summary = read_json(Path(run_dir) / "results.json")["runs"][0]
+    return StageResult(summary, FitResult(), encoder, encoder, inputs)
+
+
 def linear_probe_run(run_dir: str | Path, cfg: Config | None = None, data: DataSplits | None = None
                      ) -> StageResult:
     """Stage 2 on a finished ``pretrain`` run directory; its ``results.json`` then holds the full SupCon run.
@@ -804,6 +1117,8 @@ def linear_probe_run(run_dir: str | Path, cfg: Config | None = None, data: DataS
     previous = read_json(run_dir / "results.json")["runs"][0]
     if previous["method"] == "ce":
         raise ValueError(f"{run_dir} is a cross-entropy run; linear probes need a pretrain run")
+    _refuse_finished(cfg, run_dir, "linear")
+    cfg.save(run_dir / "config.yaml")  # first, so that --resume finds the probe's options
     if data is None:
         data = load_data(cfg)
     if (data.channels, data.image_size) != (inputs.channels, inputs.image_size):
@@ -814,7 +1129,6 @@ def linear_probe_run(run_dir: str | Path, cfg: Config | None = None, data: DataS
     stage2 = linear_probe(cfg, data, encoder, run_dir, inputs, track)
     summary = {**previous, **stage2.summary,
                "seconds": previous.get("pretrain_seconds", previous["seconds"]) + stage2.summary["linear_seconds"]}
-    cfg.save(run_dir / "config.yaml")
     _write_results(run_dir, data, summary, inputs)
     xy = None
     if not (run_dir / "tsne.png").is_file():  # the frozen encoder's picture is already there if stage 1 drew it
@@ -838,6 +1152,14 @@ def tsne_picture(encoder: nn.Module, data: DataSplits, inputs: Inputs, path: str
     features = predict(encoder, data.val.images[idx], inputs.plain(), device, batch_size)
     _, (xy,) = draw_tsne([(title, features)], data.val.labels[idx], data.val.class_names, path, seed)
     return xy
+
+
+def tsne_points(encoder: nn.Module, data: DataSplits, inputs: Inputs, seed: int = 0, batch_size: int = 512,
+                max_points: int = TSNE_POINTS) -> Any:
+    """The 2-D points :func:`tsne_picture` draws, without drawing them."""
+    idx = torch.from_numpy(tsne_subset(data.val.labels, max_points, seed))
+    device = next(encoder.parameters()).device
+    return tsne_2d(predict(encoder, data.val.images[idx], inputs.plain(), device, batch_size), seed)
 
 
 def _pictures(cfg: Config, out: Path | None, track: Tracker, data: DataSplits, encoder: Encoder | None = None,
