@@ -211,12 +211,14 @@ TINY = ["--dataset", "digits", "--max-train", "300", "--max-val", "150", "--batc
 
 
 def test_a_pretrain_killed_mid_epoch_resumes_to_the_same_metrics(tmp_path):
-    args = ["pretrain", *TINY, "--epochs", "4", "--ckpt-every", "2"]
+    args = ["pretrain", *TINY, "--epochs", "4", "--ckpt-every", "3"]
     _finish(*args, "--out", str(tmp_path / "reference"))
     run = tmp_path / "killed"
     proc = _supcon(*args, "--out", str(run))
     _stop_mid_epoch(proc, run, "pretrain", 10, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL and not (run / "results.json").exists()
+    state, _ = Checkpoints(run, "pretrain").latest()
+    assert state["loop"]["skip"] > 0  # the resumed run starts inside an epoch
     _finish("pretrain", "--resume", str(run))
     assert _outcome(run) == _outcome(tmp_path / "reference")
     assert not (run / "checkpoints").exists()  # a finished stage deletes its checkpoints
@@ -231,7 +233,7 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_the_command_to_resume(tmp_path):
     assert proc.returncode == 130, err
     assert f"resume with: supcon ce --resume {run}" in err and "Traceback" not in err
     saved = re.search(r"checkpoint saved \((.+)\)", err)[1]
-    assert Path(saved).is_file() and load_checkpoint(saved)["loop"]["step"] > 0
+    assert Path(saved).is_file() and load_checkpoint(saved)["loop"]["skip"] > 0
     # the same command with --resume added is accepted: flags may repeat the run's options
     _finish(*args, "--out", str(run), "--resume", str(run))
     assert _outcome(run) == _outcome(tmp_path / "reference")

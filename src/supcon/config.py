@@ -194,6 +194,8 @@ class Config:
             raise ValueError("weight_decay, warmup_epochs, patience and momentum must not be negative")
         if self.ckpt_every < 0 or self.keep_checkpoints < 0:
             raise ValueError("ckpt_every and keep_checkpoints must not be negative")
+        if self.resume is not None and self.keep_checkpoints == 0:
+            raise ValueError("resume needs checkpoints; keep_checkpoints 0 turns them off")
 
     def resolved_lr(self) -> float:
         """The stage-1 and CE learning rate: ``lr`` when set, else the optimizer's usual default."""

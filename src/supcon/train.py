@@ -226,24 +226,6 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.stage, self.epoch, self.step, self.checkpoint = stage, epoch, step, checkpoint
 
 
-@dataclass
-class _Loop:
-    """Where :func:`fit` is and what it has gathered: everything a checkpoint needs besides the modules."""
-
-    epoch: int = 1  # the epoch in progress
-    step: int = 0  # its batches done
-    epoch_done: bool = False
-    global_step: int = 0
-    total_loss: float = 0.0
-    total_seen: int = 0
-    total_correct: int = 0
-    counted: bool = False
-    best_score: float | None = None
-    bad_epochs: int = 0
-    best_state: dict[str, torch.Tensor] | None = None
-    seconds: float = 0.0  # training time of the processes before this one
-
-
 class _StopOnInterrupt:
     """While active, the first Ctrl-C only asks the loop to stop at the next step boundary, where a checkpoint
     can be saved whose model, optimizer and random states belong together; a second Ctrl-C stops at once."""
@@ -309,133 +291,148 @@ def fit(model: nn.Module, step: Callable[[list[torch.Tensor]], tuple[torch.Tenso
     """
     if monitor not in ("val_acc", "val_loss"):
         raise ValueError(f"monitor must be val_acc or val_loss; got {monitor!r}")
+    anomaly = torch.autograd.set_detect_anomaly(True) if detect_anomaly else contextlib.nullcontext()
+    with _StopOnInterrupt(checkpoints is not None) as stop, anomaly:
+        return _fit(model, step, epoch_batches, steps_per_epoch, epochs, optimizer, scheduler, evaluate, patience,
+                    monitor, grad_clip, scaler, stage, metrics_path, progress, on_epoch, backward, checkpoints,
+                    resume, extra_state, detect_anomaly, stop)
+
+
+def _fit(model, step, epoch_batches, steps_per_epoch, epochs, optimizer, scheduler, evaluate, patience, monitor,
+         grad_clip, scaler, stage, metrics_path, progress, on_epoch, backward, checkpoints, resume, extra_state,
+         detect_anomaly, stop) -> FitResult:
     sign = 1.0 if monitor == "val_acc" else -1.0
+    best_score = None
     backward = backward or torch.Tensor.backward
     result = FitResult()
-    loop = _Loop()
+    best_state = None
+    bad_epochs = 0
+    # where a resumed run starts: an epoch, the batches of it already trained on, the epoch's sums so far
+    first, skip, global_step = 1, 0, 0
+    total_loss, total_seen, total_correct, counted = 0.0, 0, 0, False
     restored_rng = None
     if resume and checkpoints is not None and (found := checkpoints.latest()) is not None:
         state, result.resumed_from = found
-        restored_rng = _restore(state, loop, result, model, optimizer, scheduler, scaler, epoch_batches, extra_state)
-        result.earlier_seconds = loop.seconds
+        loop = state["loop"]
+        first, skip, global_step = loop["epoch"], loop["skip"], loop["global_step"]
+        total_loss, total_seen, total_correct, counted = loop["sums"]
+        best_score, bad_epochs, result.earlier_seconds = loop["best_score"], loop["bad_epochs"], loop["seconds"]
+        best_state = state["best_state"]
+        restored_rng = _restore(state, result, model, optimizer, scheduler, scaler, epoch_batches, extra_state)
+        if result.stopped_early:
+            first = epochs + 1
         if progress:
             print(f"{stage}: resuming from {result.resumed_from}", file=sys.stderr)
     if resume and metrics_path is not None:  # lines written after the checkpoint are written again
         _rewrite_stage(metrics_path, stage, result.history)
 
-    def save_checkpoint() -> Path:
+    def save(epoch: int, done: int, over: bool) -> Path:
+        """A checkpoint after ``done`` batches of ``epoch``; ``over``: the epoch is evaluated and logged."""
         bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not p.isfinite().all()]
-        if bad:  # never let a diverged state replace a good checkpoint
-            raise FloatingPointError(f"{stage}: the weights became non-finite ({bad[0]}) at epoch {loop.epoch}, "
-                                     f"step {loop.step}; {_likely_cause(stage, scaler)}; the last good checkpoint is "
-                                     f"kept in {checkpoints.directory}")
-        return checkpoints.save(_checkpoint_state(loop, result, model, optimizer, scheduler, scaler, epoch_batches,
-                                                  extra_state, time.perf_counter() - start),
-                                loop.epoch, loop.step)
-
-    def interrupted() -> TrainingInterrupted:
-        path = save_checkpoint()
-        return TrainingInterrupted(stage, loop.epoch, loop.step, path)
+        if bad:  # a diverged state never replaces a good checkpoint
+            raise FloatingPointError(f"{stage}: the weights became non-finite ({bad[0]}) at epoch {epoch}, step "
+                                     f"{done}; {_likely_cause(stage, scaler)}; the last good checkpoint is kept in "
+                                     f"{checkpoints.directory}")
+        loop = {"epoch": epoch + 1 if over else epoch, "skip": 0 if over else done, "global_step": global_step,
+                "sums": [0.0, 0, 0, False] if over else [total_loss, total_seen, total_correct, counted],
+                "best_score": best_score, "bad_epochs": bad_epochs,
+                "seconds": result.earlier_seconds + time.perf_counter() - start}
+        return checkpoints.save(_checkpoint_state(loop, best_state, result, model, optimizer, scheduler, scaler,
+                                                  epoch_batches, extra_state), epoch, done)
 
     start = time.perf_counter()
-    first = loop.epoch + 1 if loop.epoch_done else loop.epoch
     epoch_bar = tqdm(range(first, epochs + 1), desc=stage, unit="epoch", disable=not progress, file=sys.stderr,
                      dynamic_ncols=True, initial=first - 1, total=epochs)
-    anomaly = torch.autograd.set_detect_anomaly(True) if detect_anomaly else contextlib.nullcontext()
-    with _StopOnInterrupt(checkpoints is not None) as stop, anomaly:
-        for epoch in epoch_bar:
-            if result.stopped_early:
-                break
-            model.train()
-            t0 = time.perf_counter()
-            if loop.epoch_done or loop.epoch != epoch:
-                loop.epoch, loop.step, loop.epoch_done = epoch, 0, False
-                loop.total_loss, loop.total_seen, loop.total_correct, loop.counted = 0.0, 0, 0, False
-            batches = _batches_from(epoch_batches, epoch, loop.step)
-            if restored_rng is not None:  # after replaying any skipped batches, which may have drawn numbers
-                set_rng_state(restored_rng)
-                restored_rng = None
-            batch_bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, unit="batch",
-                             disable=not progress, file=sys.stderr, dynamic_ncols=True, initial=loop.step)
-            for batch in batch_bar:
-                loss, correct = step(batch)
-                value = loss.item()
-                if not math.isfinite(value):
-                    kept = (f"; the last good checkpoint is kept in {checkpoints.directory}"
-                            if checkpoints is not None and checkpoints.has_any() else "")
-                    raise FloatingPointError(f"{stage}: the loss became {value} at epoch {epoch}, step "
-                                             f"{loop.step + 1}; {_likely_cause(stage, scaler)}{kept}")
-                optimizer.zero_grad(set_to_none=True)
-                try:
-                    if scaler is not None:
-                        backward(scaler.scale(loss))
-                        scaler.unscale_(optimizer)
-                    else:
-                        backward(loss)
-                except RuntimeError as err:
-                    if not detect_anomaly:
-                        raise
-                    raise FloatingPointError(f"{stage}: anomaly at epoch {epoch}, step {loop.step + 1}: "
-                                             f"{str(err).splitlines()[0]}") from err
-                if grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    for epoch in epoch_bar:
+        model.train()
+        t0 = time.perf_counter()
+        done = skip if epoch == first else 0
+        if not done:
+            total_loss, total_seen, total_correct, counted = 0.0, 0, 0, False
+        batch_bar = tqdm(_batches_from(epoch_batches, epoch, done), total=steps_per_epoch, desc=f"epoch {epoch}",
+                         leave=False, unit="batch", disable=not progress, file=sys.stderr, dynamic_ncols=True,
+                         initial=done)
+        if restored_rng is not None:  # after any batches replayed to be skipped, which may have drawn numbers
+            set_rng_state(restored_rng)
+            restored_rng = None
+        for batch in batch_bar:
+            loss, correct = step(batch)
+            value = loss.item()
+            if not math.isfinite(value):
+                kept = (f"; the last good checkpoint is kept in {checkpoints.directory}"
+                        if checkpoints is not None and checkpoints.has_any() else "")
+                raise FloatingPointError(f"{stage}: the loss became {value} at epoch {epoch}, step {done + 1}; "
+                                         f"{_likely_cause(stage, scaler)}{kept}")
+            optimizer.zero_grad(set_to_none=True)
+            try:
                 if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
+                    backward(scaler.scale(loss))
+                    scaler.unscale_(optimizer)
                 else:
-                    optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                n = len(batch[-1])
-                loop.total_loss += value * n
-                loop.total_seen += n
-                if correct is not None:
-                    loop.total_correct += correct
-                    loop.counted = True
-                loop.step += 1
-                loop.global_step += 1
-                batch_bar.set_postfix(loss=f"{value:.4f}")
-                if checkpoints is not None and stop.requested:
-                    raise interrupted()
-                # a mark on an epoch's last step is left to the end-of-epoch checkpoint just after it
-                if (checkpoints is not None and checkpoints.every and loop.global_step % checkpoints.every == 0
-                        and loop.step < steps_per_epoch):
-                    save_checkpoint()
-            batch_bar.close()
-            record: dict[str, Any] = {"stage": stage, "epoch": epoch,
-                                      "loss": loop.total_loss / max(1, loop.total_seen),
-                                      "lr": optimizer.param_groups[0]["lr"]}
-            if loop.counted:
-                record["train_acc"] = loop.total_correct / max(1, loop.total_seen)
-            if evaluate is not None:
-                record.update(evaluate())
-            record["seconds"] = time.perf_counter() - t0
-            result.history.append(record)
-            if metrics_path is not None:
-                append_jsonl(metrics_path, record)
-            if on_epoch is not None:
-                on_epoch(record)
-            epoch_bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k in ("loss", "val_acc")})
+                    backward(loss)
+            except RuntimeError as err:
+                if not detect_anomaly:
+                    raise
+                raise FloatingPointError(f"{stage}: anomaly at epoch {epoch}, step {done + 1}: "
+                                         f"{str(err).splitlines()[0]}") from err
+            if grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            n = len(batch[-1])
+            total_loss += value * n
+            total_seen += n
+            if correct is not None:
+                total_correct += correct
+                counted = True
+            batch_bar.set_postfix(loss=f"{value:.4f}")
+            done += 1
+            global_step += 1
+            if stop.requested:
+                raise TrainingInterrupted(stage, epoch, done, save(epoch, done, over=False))
+            # a mark on an epoch's last step is left to the end-of-epoch checkpoint just after it
+            if checkpoints is not None and checkpoints.every and global_step % checkpoints.every == 0 \
+                    and done < steps_per_epoch:
+                save(epoch, done, over=False)
+        record: dict[str, Any] = {"stage": stage, "epoch": epoch, "loss": total_loss / max(1, total_seen),
+                                  "lr": optimizer.param_groups[0]["lr"]}
+        if counted:
+            record["train_acc"] = total_correct / max(1, total_seen)
+        if evaluate is not None:
+            record.update(evaluate())
+        record["seconds"] = time.perf_counter() - t0
+        result.history.append(record)
+        if metrics_path is not None:
+            append_jsonl(metrics_path, record)
+        if on_epoch is not None:
+            on_epoch(record)
+        epoch_bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k in ("loss", "val_acc")})
 
-            val = record.get(monitor)
-            if val is not None and (loop.best_score is None or sign * val > loop.best_score):
-                loop.best_score, result.best_epoch, loop.bad_epochs = sign * val, epoch, 0
-                result.best_val_acc = record.get("val_acc")
-                if patience > 0:
-                    loop.best_state = copy.deepcopy(model.state_dict())
-            elif val is not None:
-                loop.bad_epochs += 1
-                if patience > 0 and loop.bad_epochs >= patience:
-                    result.stopped_early = True
-            loop.epoch_done = True
-            if checkpoints is not None:
-                path = save_checkpoint()
-                if stop.requested:
-                    raise TrainingInterrupted(stage, loop.epoch, loop.step, path)
+        val = record.get(monitor)
+        if val is not None and (best_score is None or sign * val > best_score):
+            best_score, result.best_epoch, bad_epochs = sign * val, epoch, 0
+            result.best_val_acc = record.get("val_acc")
+            if patience > 0:
+                best_state = copy.deepcopy(model.state_dict())
+        elif val is not None:
+            bad_epochs += 1
+            if patience > 0 and bad_epochs >= patience:
+                result.stopped_early = True
+        if checkpoints is not None:
+            path = save(epoch, done, over=True)
+            if stop.requested:
+                raise TrainingInterrupted(stage, epoch, done, path)
+        if result.stopped_early:
+            break
     epoch_bar.close()
-    if loop.best_state is not None:
-        model.load_state_dict(loop.best_state)
-    result.seconds = loop.seconds + time.perf_counter() - start
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    result.seconds = result.earlier_seconds + time.perf_counter() - start
     return result
 
 
@@ -450,13 +447,11 @@ def _batches_from(epoch_batches, epoch: int, skip: int) -> Iterator[list[torch.T
     return batches
 
 
-def _checkpoint_state(loop: _Loop, result: FitResult, model, optimizer, scheduler, scaler, epoch_batches,
-                      extra_state, seconds: float) -> dict[str, Any]:
+def _checkpoint_state(loop: dict[str, Any], best_state, result: FitResult, model, optimizer, scheduler, scaler,
+                      epoch_batches, extra_state) -> dict[str, Any]:
     return {
-        # not dataclasses.asdict: it would deep-copy the best weights on every save
-        "loop": {**{f.name: getattr(loop, f.name) for f in dataclasses.fields(loop) if f.name != "best_state"},
-                 "seconds": loop.seconds + seconds},
-        "best_state": loop.best_state,
+        "loop": loop,
+        "best_state": best_state,
         "history": result.history,
         "result": {"best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc,
                    "stopped_early": result.stopped_early},
@@ -470,13 +465,10 @@ def _checkpoint_state(loop: _Loop, result: FitResult, model, optimizer, schedule
     }
 
 
-def _restore(state: dict[str, Any], loop: _Loop, result: FitResult, model, optimizer, scheduler, scaler,
-             epoch_batches, extra_state) -> dict[str, Any]:
-    """Put a checkpoint back into the loop and the modules; returns the random states, which :func:`fit` sets
-    once the batches it skips are behind it."""
-    for key, value in state["loop"].items():
-        setattr(loop, key, value)
-    loop.best_state = state["best_state"]
+def _restore(state: dict[str, Any], result: FitResult, model, optimizer, scheduler, scaler, epoch_batches,
+             extra_state) -> dict[str, Any]:
+    """Put a checkpoint's modules, history and caller's state back; returns the random states, which the loop
+    sets once the batches it skips are behind it."""
     result.history = list(state["history"])
     for key, value in state["result"].items():
         setattr(result, key, value)
@@ -538,12 +530,12 @@ def _checkpoints(cfg: Config, out: Path | None, stage: str) -> Checkpoints | Non
     """The stage's checkpoints in ``out`` (none without a run directory, or with ``keep_checkpoints`` 0). A run
     that does not resume deletes the stage's old ones first: they belong to an earlier run in this directory,
     and a later ``--resume`` must not mistake them for this run's."""
-    if out is None or cfg.keep_checkpoints == 0:
+    if out is None:
         return None
-    checkpoints = Checkpoints(out, stage, cfg.keep_checkpoints, cfg.ckpt_every, cfg.to_dict())
+    checkpoints = Checkpoints(out, stage, max(1, cfg.keep_checkpoints), cfg.ckpt_every, cfg.to_dict())
     if cfg.resume is None:
         checkpoints.clear()
-    return checkpoints
+    return checkpoints if cfg.keep_checkpoints > 0 else None
 
 
 def _resuming(cfg: Config, checkpoints: Checkpoints | None) -> bool:
