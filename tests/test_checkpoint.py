@@ -297,3 +297,25 @@ def test_compare_resumed_keeps_finished_stages_and_ends_as_an_uninterrupted_one(
                 del r[key]
     assert resumed == reference
     assert _outcome(run / "supcon")[0] == _outcome(tmp_path / "reference" / "supcon")[0]
+
+
+def test_a_new_run_in_an_old_run_directory_never_looks_finished_before_it_ends(tmp_path, monkeypatch):
+    """config.yaml is written when a run starts; an older results.json beside it would pass for this run's (a
+    sweep would then skip the cell, and --resume would call it finished)."""
+    from supcon.data import load_dataset
+    from supcon.sweep import cell_finished
+
+    data = load_dataset("digits", max_train=100, max_val=50)
+    cfg = Config(dataset="digits", max_train=100, max_val=50, epochs=1, batch_size=32, quiet=True, tsne=False)
+    train.train_ce(cfg, data, tmp_path)
+    assert train.stage_finished(tmp_path, "ce") and cell_finished(tmp_path, cfg)
+    changed = cfg.replace(lr=0.01)
+
+    def crash(*args, **kwargs):
+        raise Crash
+
+    monkeypatch.setattr(train, "fit", crash)
+    with pytest.raises(Crash):
+        train.train_ce(changed, data, tmp_path)
+    assert Config.from_yaml(tmp_path / "config.yaml").lr == 0.01
+    assert not train.stage_finished(tmp_path, "ce") and not cell_finished(tmp_path, changed)

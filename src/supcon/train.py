@@ -523,6 +523,9 @@ def _setup(cfg: Config, out: str | Path | None, fresh: bool = True):
         out.mkdir(parents=True, exist_ok=True)
         if fresh:
             (out / "metrics.jsonl").unlink(missing_ok=True)
+            # An earlier run's results must not outlive it: config.yaml is written when a run starts, and a
+            # results.json beside it would make a run killed now look finished (to a sweep, or to --resume).
+            (out / "results.json").unlink(missing_ok=True)
     return device, amp_dtype(cfg.amp, device), out
 
 
