@@ -193,11 +193,12 @@ def _supcon(*args: str, nproc: int = 1) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_distributed_pretrain_and_linear_match_one_process(tmp_path):
+def test_distributed_pretrain_and_linear_match_one_process(tmp_path, shared_data):
     from supcon import train
 
-    options = dict(dataset="digits", max_train=600, epochs=8, batch_size=64, linear_epochs=30, quiet=True,
-                   tsne=False)
+    # Real photos from ../shared/data, shrunk to 16 px so that three short runs fit in a test.
+    options = dict(dataset=f"npz:{shared_data / 'imagenet5_64.npz'}", image_size=16, encoder="smallcnn",
+                   max_train=500, max_val=250, epochs=8, batch_size=64, linear_epochs=30, quiet=True, tsne=False)
     cfg = Config(**options)
     train.pretrain(cfg, train.load_data(cfg), tmp_path / "alone")
     alone = train.linear_probe_run(tmp_path / "alone")

@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -8,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from supcon.cli import main
 from supcon.config import Config
@@ -152,7 +154,11 @@ def test_the_committed_experiment_files_are_valid_sweeps(spec):
 
     args = build_parser().parse_args(["sweep", "--config", str(spec)])
     cells = sweep_from_args(args, config_from_args(args)).cells()
-    assert len(cells) == 15 and cells[0][2].dataset.startswith(("npz:../shared/data/", "folder:../shared/data/"))
+    axes = yaml.safe_load(spec.read_text())
+    # the study's grid (12 SupCon cells and CE under 3 optimizers) unless the file gives its own
+    expected = (math.prod(len(v) for v in axes["grid"].values()) + math.prod(len(v) for v in axes["ce_grid"].values())
+                if "grid" in axes else 15)
+    assert len(cells) == expected and cells[0][2].dataset.startswith(("npz:../shared/data/", "folder:../shared/data/"))
 
 
 def test_a_sweep_draws_its_best_supcon_and_ce_cells_side_by_side(tmp_path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import shlex
 import sys
 import time
 import typing
@@ -11,7 +13,17 @@ import warnings
 from pathlib import Path
 
 from supcon import __version__, distributed
-from supcon.config import COMMANDS, DISTRIBUTED, LOSS_NAMES, TSNE_POINTS, Config, fields_for, load_yaml
+from supcon.config import (
+    COMMANDS,
+    DISTRIBUTED,
+    LOSS_NAMES,
+    NO_DISTRIBUTED_RESUME,
+    TSNE_POINTS,
+    Config,
+    fields_for,
+    load_yaml,
+    runtime_options,
+)
 
 DESCRIPTIONS = {
     "pretrain": "Stage 1: train an encoder and projection head with a contrastive loss (--loss: SupCon by "
@@ -152,6 +164,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     values: dict = {}
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "grid", "ce_grid", "no_ce",
                                                               "jobs")}
+    if flags.get("resume") is not None:
+        return resume_config(args.command, flags, getattr(args, "config", None))
     run, source = flags.get("run"), flags.get("encoder_from")
     if args.command == "linear":
         if run is None and source is None:
@@ -177,6 +191,83 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise ValueError(f"option(s) not used by '{args.command}' in {source}: {', '.join(unknown)}; valid "
                          f"options: {', '.join(sorted(allowed))}")
     return Config.from_dict(values, source=source)
+
+
+def resume_config(command: str, flags: dict, config_file: str | None) -> Config:
+    """The options of ``--resume RUN_DIR``: RUN_DIR's config.yaml. Flags may repeat its values; only options that
+    do not change what the run computes (``runtime`` in the Config) may differ, so the resumed run is the run
+    that was started."""
+    run_dir = Path(flags["resume"])
+    if config_file:
+        raise ValueError("--resume takes the run's options from RUN_DIR/config.yaml; leave out --config")
+    if not (run_dir / "config.yaml").is_file():
+        raise ValueError(f"nothing to resume in {run_dir}: no config.yaml (is it the directory the run wrote?)")
+    saved = Config.from_yaml(run_dir / "config.yaml")
+    _check_resume_kind(command, run_dir, saved)
+    changeable = runtime_options()
+    for key, value in flags.items():
+        if key in ("out", "run", "encoder_from") and value is not None:
+            same = Path(value) == run_dir if key != "encoder_from" else value == saved.encoder_from
+            if not same:
+                raise ValueError(f"--{key.replace('_', '-')} {value} does not match --resume {run_dir}; "
+                                 "leave it out")
+        elif key not in changeable and getattr(saved, key) != value:
+            raise ValueError(f"--resume continues {run_dir} with its own options: --{key.replace('_', '-')} {value} "
+                             f"differs from its config.yaml ({getattr(saved, key)}); leave it out (only "
+                             f"{', '.join('--' + k.replace('_', '-') for k in sorted(changeable - {'out', 'resume'}))}"
+                             " may change)")
+    cfg = saved.replace(**{k: v for k, v in flags.items() if k in changeable})
+    if command == "linear" and saved.encoder_from is None:
+        return cfg.replace(run=str(run_dir))  # a probe added to RUN_DIR (config.yaml written by pretrain or linear)
+    return cfg.replace(out=str(run_dir))
+
+
+def _check_resume_kind(command: str, run_dir: Path, saved: Config) -> None:
+    """A run is resumed by the command that started it (``linear`` also continues a finished pretrain run)."""
+    from supcon.checkpoint import DIRNAME
+
+    stages = {p.name.split("-epoch")[0] for p in (run_dir / DIRNAME).glob("*-epoch*.pt")}
+    try:
+        method = json.loads((run_dir / "results.json").read_text())["runs"][0].get("method")
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+        method = None
+    if (run_dir / "ce").is_dir() or (run_dir / "supcon").is_dir():
+        kind = "compare"
+    elif saved.encoder_from is not None:
+        kind = "linear"  # a transfer run
+    elif "ce" in stages or method == "ce":
+        kind = "ce"
+    elif stages or method is not None:
+        kind = "pretrain"
+    else:
+        return  # nothing written yet: whichever command it was starts it again
+    if command != kind and not (command == "linear" and kind == "pretrain"):
+        raise ValueError(f"{run_dir} holds a {kind} run; resume it with: supcon {kind} --resume {run_dir}")
+
+
+def resume_dir(command: str, cfg: Config) -> Path | None:
+    """The run directory that ``supcon COMMAND --resume`` continues."""
+    if command == "linear" and cfg.run is not None:
+        return Path(cfg.run)
+    return Path(cfg.out) if cfg.out else None
+
+
+def _interrupted(command: str, cfg: Config, err: KeyboardInterrupt) -> int:
+    """Ctrl-C: say what was saved and the command that continues the run."""
+    from supcon.checkpoint import DIRNAME
+
+    run_dir = resume_dir(command, cfg)
+    saved = getattr(err, "checkpoint", None)
+    if saved is not None:
+        print(f"supcon {command}: interrupted; checkpoint saved ({saved})", file=sys.stderr)
+    elif run_dir is not None and any(p for pattern in (f"{DIRNAME}/*.pt", f"*/{DIRNAME}/*.pt")
+                                     for p in run_dir.glob(pattern)):
+        print(f"supcon {command}: interrupted; the last checkpoint is kept", file=sys.stderr)
+    else:
+        print(f"supcon {command}: interrupted", file=sys.stderr)
+    if run_dir is not None and (run_dir / "config.yaml").is_file():
+        print(f"resume with: supcon {command} --resume {shlex.quote(str(run_dir))}", file=sys.stderr)
+    return 130
 
 
 def sweep_from_args(args: argparse.Namespace, cfg: Config):
@@ -207,14 +298,14 @@ def default_out(command: str, dataset: str) -> Path:
 
 def run_command(command: str, cfg: Config, args: argparse.Namespace | None = None) -> int:
     from supcon import train
-    from supcon.compare import compare, convergence_note, results_table
-    from supcon.data import describe
 
     if distributed.launched() and command not in DISTRIBUTED:
         raise ValueError(f"{command} does not run under torchrun (its cells train one process each); expected one "
                          f"of {', '.join(DISTRIBUTED)}")
     distributed.init(train.resolve_device(cfg.device))  # under torchrun: join the others before anything else
     main_rank = distributed.is_main()
+    if distributed.is_distributed() and cfg.resume is not None:
+        raise ValueError(NO_DISTRIBUTED_RESUME)
 
     def show(*parts, **kwargs) -> None:  # the other processes of a distributed run stay silent
         if main_rank:
@@ -224,10 +315,26 @@ def run_command(command: str, cfg: Config, args: argparse.Namespace | None = Non
         if not cfg.quiet:
             show(message, flush=True)
 
+    if command != "linear" or cfg.run is None:  # every run but a probe added to --run DIR has a new directory
+        # under torchrun every process takes rank 0's clock, so that they name the same directory
+        cfg = cfg.replace(out=cfg.out or str(distributed.broadcast(default_out(command, cfg.dataset))))
+    try:
+        return _run(command, cfg, args, say, show)
+    except KeyboardInterrupt as err:
+        if command == "sweep":  # a sweep resumes by being run again; its cells say nothing of their own
+            raise
+        return _interrupted(command, cfg, err)
+
+
+def _run(command: str, cfg: Config, args: argparse.Namespace | None, say, show) -> int:
+    from supcon import train
+    from supcon.compare import compare, convergence_note, results_table
+    from supcon.data import describe
+
     if command == "linear" and cfg.run is None:  # by --run: a transfer run's own config.yaml names encoder_from
         from supcon.transfer import linear_transfer
 
-        out = Path(cfg.out) if cfg.out else default_out(command, cfg.dataset)
+        out = Path(cfg.out)
         result = linear_transfer(cfg.encoder_from, cfg, out)
         show(results_table([result.summary]))
         show(f"transfer finished: val acc {result.summary['val_acc']:.4f} on {cfg.dataset} with the encoder of "
@@ -239,8 +346,7 @@ def run_command(command: str, cfg: Config, args: argparse.Namespace | None = Non
         show(results_table([result.summary]))
         show(f"linear probe finished: val acc {result.summary['val_acc']:.4f}; outputs in {out}")
         return 0
-    out = distributed.broadcast(Path(cfg.out) if cfg.out else default_out(command, cfg.dataset))  # one clock
-    cfg = cfg.replace(out=str(out))
+    out = Path(cfg.out)
     if command == "sweep":
         from supcon.sweep import run_sweep, sweep_markdown
 

@@ -118,14 +118,19 @@ def compare(cfg: Config, out: str | Path, data: DataSplits | None = None,
     if data is None:
         data = train.load_data(cfg)
     log(describe(data))
-    log("1/2 cross-entropy baseline")
-    # Trackers named after the comparison (wandb would call both sub-runs just "ce" and "supcon"), in one group.
-    with open_tracker(cfg, out / "ce", f"{out.name}/ce", out.name) as track:
-        ce = train.train_ce(cfg, data, out / "ce", track)
-        track.log_summary(ce.summary)
+    resuming = cfg.resume is not None
+    if resuming and train.stage_finished(out / "ce", "ce") is not None:
+        log("1/2 cross-entropy baseline: finished before, kept")
+        ce = train.load_finished(out / "ce", cfg)
+    else:
+        log("1/2 cross-entropy baseline")
+        # Trackers named after the comparison (wandb would call both sub-runs just "ce" and "supcon"), in one group.
+        with open_tracker(cfg, out / "ce", f"{out.name}/ce", out.name) as track:
+            ce = train.train_ce(cfg, data, out / "ce", track)
+            track.log_summary(ce.summary)
     log(f"2/2 {LOSS_NAMES[cfg.loss]}: stage 1 (contrastive) then stage 2 (linear probe)")
     with open_tracker(cfg, out / "supcon", f"{out.name}/supcon", out.name) as track:
-        sup = train.supcon(cfg, data, out / "supcon", track)
+        sup = train.supcon(cfg, data, out / "supcon", track)  # resumed, it keeps a finished stage 1 (or both)
         track.log_summary(sup.summary)
     runs = [sup.summary, ce.summary]
     results = {"dataset": data.name, "runs": runs, "skipped_images": len(data.skipped),
@@ -139,13 +144,22 @@ def compare(cfg: Config, out: str | Path, data: DataSplits | None = None,
     if note:
         table += "\n\n" + note
     atomic_write_text(out / "results.md", table + "\n")
-    if cfg.tsne and sup.tsne_xy is not None and ce.tsne_xy is not None:
+    from supcon.evaluate.tsne import MIN_POINTS
+
+    redraw = resuming and len(data.val) >= MIN_POINTS
+    if cfg.tsne and (sup.tsne_xy is not None or redraw) and (ce.tsne_xy is not None or redraw):
         from supcon.config import TSNE_POINTS
         from supcon.evaluate.tsne import plot_embeddings, tsne_subset
 
-        # The sub-runs drew the same points (same subset and seed) into their own tsne.png: reuse them.
+        # The sub-runs drew the same points (same subset and seed) into their own tsne.png: reuse them. A stage
+        # kept from before a resume has none in memory; its encoder gives the same points again.
+        def points(result):
+            if result.tsne_xy is not None:
+                return result.tsne_xy
+            return train.tsne_points(result.encoder, data, result.inputs, cfg.seed, cfg.eval_batch_size)
+
         labels = data.val.labels.numpy()[tsne_subset(data.val.labels, TSNE_POINTS, cfg.seed)]
-        panels = [(f"{title} (val acc {result.summary['val_acc']:.3f})", result.tsne_xy)
+        panels = [(f"{title} (val acc {result.summary['val_acc']:.3f})", points(result))
                   for title, result in ((f"{LOSS_NAMES[cfg.loss]} encoder", sup), ("cross-entropy encoder", ce))]
         plot_embeddings(panels, labels, data.val.class_names, out / "tsne.png")
     return results

@@ -27,6 +27,11 @@ TRAINING = COMMANDS
 NEW_RUN = ("pretrain", "ce", "compare", "sweep")  # `linear` adds to an existing run: its encoder and dir are given
 DISTRIBUTED = ("pretrain", "linear", "ce", "compare")  # the commands that train in one job (a sweep runs many)
 LR_REFERENCE_BATCH = 256  # the batch of Goyal et al.'s rule: lr = base_lr x batch / 256
+RESUMABLE = ("pretrain", "linear", "ce", "compare")
+# Only rank 0 writes checkpoints and each process has its own random streams, so a distributed run cannot yet be
+# continued where it stopped.
+NO_DISTRIBUTED_RESUME = ("--resume does not work with several processes yet: rank 0 alone checkpoints, and the "
+                         "other processes' random states are not saved; resume in one process (--nproc 1)")
 
 
 # The usual starting points: SGD with momentum at 0.1 for batch 128-256 (He et al. 2016, and the SupCon reference
@@ -38,9 +43,14 @@ LOSS_NAMES = {"supcon": "SupCon", "supcon_in": "SupCon (L_in)", "simclr": "SimCL
 TSNE_POINTS = 2000  # t-SNE is quadratic-ish in the points; a few thousand keep a picture under a minute on a CPU
 
 
-def option(default: Any, help: str, commands=TRAINING, choices=None, metavar=None) -> Any:
+def option(default: Any, help: str, commands=TRAINING, choices=None, metavar=None, runtime: bool = False,
+           saved: bool = True) -> Any:
+    """A Config field. ``runtime``: the option does not change what a run computes (where it runs, what it
+    prints or draws, how it is checkpointed), so a resumed run may give it another value. ``saved=False`` keeps
+    it out of ``config.yaml`` (an option about this invocation, not about the run)."""
     return field(default=default,
-                 metadata={"help": help, "commands": tuple(commands), "choices": choices, "metavar": metavar})
+                 metadata={"help": help, "commands": tuple(commands), "choices": choices, "metavar": metavar,
+                           "runtime": runtime, "saved": saved})
 
 
 @dataclass
@@ -51,7 +61,7 @@ class Config:
                           metavar="SPEC")
     data_dir: str | None = option(None, "where the named data sets are downloaded, extracted and cached; may hold "
                                   "an archive or extracted tree fetched elsewhere (default: $SUPCON_DATA_DIR, "
-                                  "else ~/.cache/supcon)", metavar="DIR")
+                                  "else ~/.cache/supcon)", metavar="DIR", runtime=True)
     image_size: int | None = option(None, "resize images to this square size (default: the data set's own size; "
                                     "128 for flowers5, cats_vs_dogs and imagenet5, whose photos differ in size)",
                                     metavar="PX")
@@ -161,24 +171,38 @@ class Config:
                                       "in a new run directory (--out); DIR itself is not changed", ("linear",),
                                       metavar="DIR")
     seed: int = option(0, "random seed (runs are deterministic on CPU)")
-    device: str = option("auto", "device: auto (cuda, mps, then cpu), cpu, cuda, cuda:N, mps")
+    device: str = option("auto", "device: auto (cuda, mps, then cpu), cpu, cuda, cuda:N, mps", runtime=True)
     amp: str = option("auto", "mixed precision on CUDA: auto (bf16 where supported), bf16, fp16, none",
                       choices=("auto", "bf16", "fp16", "none"))
-    eval_batch_size: int = option(512, "batch size for evaluation and feature extraction")
+    eval_batch_size: int = option(512, "batch size for evaluation and feature extraction", runtime=True)
     tsne: bool = option(True, "draw a t-SNE picture of the validation images' encoder embeddings (tsne.png; at "
-                        f"most {TSNE_POINTS:,} points, a stratified subsample of larger splits)")
+                        f"most {TSNE_POINTS:,} points, a stratified subsample of larger splits)", runtime=True)
     logger: str = option("none", "also send the config, per-epoch metrics and pictures to tensorboard (RUN_DIR/"
                          "tensorboard/) or wandb (metrics.jsonl is always written)",
-                         choices=("none", "tensorboard", "wandb"))
-    wandb_project: str = option("supcon", "wandb project of --logger wandb")
+                         choices=("none", "tensorboard", "wandb"), runtime=True)
+    wandb_project: str = option("supcon", "wandb project of --logger wandb", runtime=True)
     out: str | None = option(None, "run directory (default: runs/<command>-<dataset>-<time>); for linear only "
-                             "with --encoder-from", NEW_RUN + ("linear",), metavar="DIR")
-    quiet: bool = option(False, "no progress bars")
+                             "with --encoder-from", NEW_RUN + ("linear",), metavar="DIR", runtime=True)
+    quiet: bool = option(False, "no progress bars", runtime=True)
+    # checkpoints
+    ckpt_every: int = option(0, "also checkpoint every N optimizer steps, not only at the end of each epoch (0: "
+                             "epochs only); a run killed mid-epoch then resumes from its last N-step mark",
+                             metavar="N", runtime=True)
+    keep_checkpoints: int = option(2, "checkpoints kept in RUN_DIR/checkpoints/ per stage, newest first; a damaged "
+                                   "newest one falls back to the one before (0: no checkpoints, and no resuming); a "
+                                   "stage deletes its own when it finishes", metavar="K", runtime=True)
+    resume: str | None = option(None, "continue the run in RUN_DIR from its newest good checkpoint, with the options "
+                                "of RUN_DIR/config.yaml (other flags may repeat them; only --quiet, --device, "
+                                "--ckpt-every, --keep-checkpoints, --detect-anomaly and the like may change); "
+                                "compare continues the stage it was in, keeping finished stages", RESUMABLE,
+                                metavar="RUN_DIR", runtime=True, saved=False)
+    detect_anomaly: bool = option(False, "debugging: run backward passes under torch.autograd.set_detect_anomaly, "
+                                  "which names the operation that produced a NaN or inf (slow)", runtime=True)
     # distributed
     nproc: int = option(1, "train on N processes of this machine with DistributedDataParallel: runs torchrun "
                         "--standalone --nproc-per-node N for this same command (one GPU each on CUDA, else CPU "
                         "processes with gloo); ignored inside torchrun, which already chose the processes",
-                        DISTRIBUTED, metavar="N")
+                        DISTRIBUTED, metavar="N", runtime=True)
     sync_bn: bool = option(False, "synchronise BatchNorm statistics across the processes of a distributed run "
                            "(CUDA only)", STAGE1 + ("ce",))
 
@@ -223,6 +247,8 @@ class Config:
             raise ValueError(f"crop_scale must be in (0, 1]; got {self.crop_scale}")
         if not (self.knn_every == "auto" or (isinstance(self.knn_every, str) and self.knn_every.isdigit())):
             raise ValueError(f"knn_every must be auto or a whole number of epochs (0: off); got {self.knn_every!r}")
+        if self.nproc > 1 and self.resume is not None:
+            raise ValueError(NO_DISTRIBUTED_RESUME)
         if self.nproc > 1 and self.loss in ("maxmargin", "npairs"):
             raise ValueError(f"--loss {self.loss} does not run distributed: only the supcon, supcon_in and simclr "
                              "losses can split the global batch's anchors between processes")
@@ -231,6 +257,10 @@ class Config:
                              f"losses; {self.loss} takes every view as an anchor")
         if self.weight_decay < 0 or self.warmup_epochs < 0 or self.patience < 0 or self.momentum < 0:
             raise ValueError("weight_decay, warmup_epochs, patience and momentum must not be negative")
+        if self.ckpt_every < 0 or self.keep_checkpoints < 0:
+            raise ValueError("ckpt_every and keep_checkpoints must not be negative")
+        if self.resume is not None and self.keep_checkpoints == 0:
+            raise ValueError("resume needs checkpoints; keep_checkpoints 0 turns them off")
 
     def lr_factor(self) -> float:
         """What ``lr_scale`` multiplies every learning rate by, from the (global) ``batch_size``."""
@@ -270,7 +300,8 @@ class Config:
     def save(self, path: str | Path) -> None:
         from supcon.io import atomic_write_text
 
-        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+        values = {k: v for k, v in self.to_dict().items() if k not in _UNSAVED}
+        atomic_write_text(path, yaml.safe_dump(values, sort_keys=False))
 
 
 _HINTS = typing.get_type_hints(Config)
@@ -341,6 +372,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if odd:
         raise ValueError(f"{path}: option names must be words, got {odd[0]!r}; expected 'option: value' lines")
     return values
+
+
+_UNSAVED = {f.name for f in dataclasses.fields(Config) if not f.metadata["saved"]}
+
+
+def runtime_options() -> set[str]:
+    """Options that do not change what a run computes (see :func:`option`)."""
+    return {f.name for f in dataclasses.fields(Config) if f.metadata["runtime"]}
 
 
 def fields_for(command: str) -> list[dataclasses.Field]:

@@ -19,6 +19,7 @@ import dataclasses
 import io
 import itertools
 import os
+import shutil
 import typing
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -32,7 +33,8 @@ from supcon.io import atomic_write_text, read_json, save_figure, write_json
 STUDY_GRID = {"optimizer": ["sgd", "adam", "rmsprop"], "schedule": ["fixed", "cosine"], "augment": ["none", None]}
 STUDY_CE_GRID = {"optimizer": ["sgd", "adam", "rmsprop"]}
 # Options that do not change what a cell computes: a cell finished under other values still counts.
-IGNORED = {"out", "quiet", "run", "device", "eval_batch_size", "tsne", "logger", "data_dir"}
+IGNORED = {"out", "quiet", "run", "device", "eval_batch_size", "tsne", "logger", "data_dir", "ckpt_every",
+           "keep_checkpoints", "resume", "detect_anomaly"}
 
 
 @dataclass
@@ -155,6 +157,7 @@ def run_cell(method: str, cfg: Config, run_dir: str | Path, threads: int | None 
                    "val_acc": None, "train_acc": None, "supcon_loss": None, "seconds": None}
         cfg.save(run_dir / "config.yaml")
         write_json(run_dir / FAILED, failure)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # a failed cell is a result, never resumed
         return failure
     return result.summary
 

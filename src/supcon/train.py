@@ -20,7 +20,10 @@ import copy
 import dataclasses
 import json
 import math
+import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -35,11 +38,12 @@ from tqdm.auto import tqdm
 
 from supcon import distributed
 from supcon.augment import BatchedMultiView, BatchedView, apply_batch, multiview_transform, view_transform
+from supcon.checkpoint import Checkpoints, rng_state, set_rng_state
 from supcon.config import LOSS_NAMES, TSNE_POINTS, Config
 from supcon.data import DataSplits, load_dataset
 from supcon.evaluate.curves import plot_curves
 from supcon.evaluate.knn import KnnSchedule, chance_accuracy, knn_accuracy
-from supcon.evaluate.tsne import MIN_POINTS, draw_tsne, tsne_subset
+from supcon.evaluate.tsne import MIN_POINTS, draw_tsne, tsne_2d, tsne_subset
 from supcon.io import (
     append_jsonl,
     atomic_write_text,
@@ -214,6 +218,52 @@ class FitResult:
     best_val_acc: float | None = None
     stopped_early: bool = False
     seconds: float = 0.0
+    resumed_from: Path | None = None  # the checkpoint this run continued, if any
+    earlier_seconds: float = 0.0  # training time before that checkpoint, in the processes that saved it
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`fit` after it saved a checkpoint (``checkpoint``) that a resumed run continues."""
+
+    def __init__(self, stage: str, epoch: int, step: int, checkpoint: Path):
+        super().__init__(f"{stage} interrupted at epoch {epoch}, step {step}; checkpoint saved to {checkpoint}")
+        self.stage, self.epoch, self.step, self.checkpoint = stage, epoch, step, checkpoint
+
+
+class _StopOnInterrupt:
+    """While active, the first Ctrl-C only asks the loop to stop at the next step boundary, where a checkpoint
+    can be saved whose model, optimizer and random states belong together; a second Ctrl-C stops at once."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> _StopOnInterrupt:
+        if self.enabled and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        # os.write, not print: the handler may run in the middle of another write to stderr (a progress bar)
+        os.write(2, b"\nsupcon: stopping after this step to save a checkpoint (Ctrl-C again to stop at once)\n")
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _likely_cause(stage: str, scaler) -> str:
+    causes = ["a learning rate too high (lower it, or add warm-up or --grad-clip)"]
+    if stage == "pretrain":
+        causes.append("a temperature too small")
+    if scaler is not None:
+        causes.insert(0, "fp16 overflow (a small temperature overflows fp16: raise --temperature or use --amp bf16 "
+                         "or none)")
+    return "likely cause: " + "; or ".join(causes)
 
 
 def fit(model: nn.Module, step: Callable[[list[torch.Tensor]], tuple[torch.Tensor, int | None]],
@@ -222,7 +272,9 @@ def fit(model: nn.Module, step: Callable[[list[torch.Tensor]], tuple[torch.Tenso
         patience: int = 0, monitor: str = "val_acc", grad_clip: float | None = None,
         scaler: torch.amp.GradScaler | None = None, stage: str = "train", metrics_path: Path | None = None,
         progress: bool = True, on_epoch: Callable[[dict[str, Any]], None] | None = None,
-        backward: Callable[[torch.Tensor], None] | None = None) -> FitResult:
+        backward: Callable[[torch.Tensor], None] | None = None, checkpoints: Checkpoints | None = None,
+        resume: bool = False, extra_state: dict[str, Any] | None = None,
+        detect_anomaly: bool = False) -> FitResult:
     """The training loop shared by every stage.
 
     ``step(batch) -> (loss, n_correct or None)`` computes one batch's loss; ``epoch_batches(epoch)`` yields
@@ -232,37 +284,102 @@ def fit(model: nn.Module, step: Callable[[list[torch.Tensor]], tuple[torch.Tenso
     sees each epoch's record after it is written to ``metrics_path`` (a tracker's ``log_metrics``, for instance).
     ``backward(loss)`` replaces ``loss.backward()`` (it gets the scaled loss under fp16), for steps whose
     backward pass is their own, such as :class:`GradCache`.
+
+    With ``checkpoints``, the loop saves one at the end of every epoch and every ``checkpoints.every`` optimizer
+    steps; on Ctrl-C it saves one at the next step boundary and raises :class:`TrainingInterrupted`. ``resume``
+    continues from the newest good one: model, optimizer, schedule, scaler, random states, the shuffle of
+    ``epoch_batches`` (an :class:`EpochBatches`; another callable is replayed and its batches dropped), the
+    epoch's running sums, early stopping, the history (``metrics_path`` is rewritten to it) and ``extra_state``,
+    a dict of the caller's own numbers, updated in place. A resumed run on the CPU ends as the uninterrupted one.
+    ``detect_anomaly`` runs under ``torch.autograd.set_detect_anomaly``.
     """
     if monitor not in ("val_acc", "val_loss"):
         raise ValueError(f"monitor must be val_acc or val_loss; got {monitor!r}")
+    anomaly = torch.autograd.set_detect_anomaly(True) if detect_anomaly else contextlib.nullcontext()
+    with _StopOnInterrupt(checkpoints is not None) as stop, anomaly:
+        return _fit(model, step, epoch_batches, steps_per_epoch, epochs, optimizer, scheduler, evaluate, patience,
+                    monitor, grad_clip, scaler, stage, metrics_path, progress, on_epoch, backward, checkpoints,
+                    resume, extra_state, detect_anomaly, stop)
+
+
+def _fit(model, step, epoch_batches, steps_per_epoch, epochs, optimizer, scheduler, evaluate, patience, monitor,
+         grad_clip, scaler, stage, metrics_path, progress, on_epoch, backward, checkpoints, resume, extra_state,
+         detect_anomaly, stop) -> FitResult:
     sign = 1.0 if monitor == "val_acc" else -1.0
     best_score = None
     backward = backward or torch.Tensor.backward
     result = FitResult()
     best_state = None
     bad_epochs = 0
+    # where a resumed run starts: an epoch, the batches of it already trained on, the epoch's sums so far
+    first, skip, global_step = 1, 0, 0
+    total_loss, total_seen, total_correct, counted = 0.0, 0, 0, False
+    restored_rng = None
+    if resume and checkpoints is not None and (found := checkpoints.latest()) is not None:
+        state, result.resumed_from = found
+        loop = state["loop"]
+        first, skip, global_step = loop["epoch"], loop["skip"], loop["global_step"]
+        total_loss, total_seen, total_correct, counted = loop["sums"]
+        best_score, bad_epochs, result.earlier_seconds = loop["best_score"], loop["bad_epochs"], loop["seconds"]
+        best_state = state["best_state"]
+        restored_rng = _restore(state, result, model, optimizer, scheduler, scaler, epoch_batches, extra_state)
+        if result.stopped_early:
+            first = epochs + 1
+        if progress:
+            print(f"{stage}: resuming from {result.resumed_from}", file=sys.stderr)
+    if resume and metrics_path is not None:  # lines written after the checkpoint are written again
+        _rewrite_stage(metrics_path, stage, result.history)
+
+    def save(epoch: int, done: int, over: bool) -> Path:
+        """A checkpoint after ``done`` batches of ``epoch``; ``over``: the epoch is evaluated and logged."""
+        bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not p.isfinite().all()]
+        if bad:  # a diverged state never replaces a good checkpoint
+            raise FloatingPointError(f"{stage}: the weights became non-finite ({bad[0]}) at epoch {epoch}, step "
+                                     f"{done}; {_likely_cause(stage, scaler)}; the last good checkpoint is kept in "
+                                     f"{checkpoints.directory}")
+        loop = {"epoch": epoch + 1 if over else epoch, "skip": 0 if over else done, "global_step": global_step,
+                "sums": [0.0, 0, 0, False] if over else [total_loss, total_seen, total_correct, counted],
+                "best_score": best_score, "bad_epochs": bad_epochs,
+                "seconds": result.earlier_seconds + time.perf_counter() - start}
+        return checkpoints.save(_checkpoint_state(loop, best_state, result, model, optimizer, scheduler, scaler,
+                                                  epoch_batches, extra_state), epoch, done)
+
     start = time.perf_counter()
     progress = progress and distributed.is_main()
-    epoch_bar = tqdm(range(1, epochs + 1), desc=stage, unit="epoch", disable=not progress, file=sys.stderr,
-                     dynamic_ncols=True)
+    epoch_bar = tqdm(range(first, epochs + 1), desc=stage, unit="epoch", disable=not progress, file=sys.stderr,
+                     dynamic_ncols=True, initial=first - 1, total=epochs)
     for epoch in epoch_bar:
         model.train()
         t0 = time.perf_counter()
-        total_loss, total_seen, total_correct, counted = 0.0, 0, 0, False
-        batch_bar = tqdm(epoch_batches(epoch), total=steps_per_epoch, desc=f"epoch {epoch}", leave=False,
-                         unit="batch", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        done = skip if epoch == first else 0
+        if not done:
+            total_loss, total_seen, total_correct, counted = 0.0, 0, 0, False
+        batch_bar = tqdm(_batches_from(epoch_batches, epoch, done), total=steps_per_epoch, desc=f"epoch {epoch}",
+                         leave=False, unit="batch", disable=not progress, file=sys.stderr, dynamic_ncols=True,
+                         initial=done)
+        if restored_rng is not None:  # after any batches replayed to be skipped, which may have drawn numbers
+            set_rng_state(restored_rng)
+            restored_rng = None
         for batch in batch_bar:
             loss, correct = step(batch)
             value = loss.item()
             if not math.isfinite(value):
-                raise FloatingPointError(f"{stage}: the loss became {value} at epoch {epoch}; lower the "
-                                         "learning rate, or raise the temperature if it is very small")
+                kept = (f"; the last good checkpoint is kept in {checkpoints.directory}"
+                        if checkpoints is not None and checkpoints.has_any() else "")
+                raise FloatingPointError(f"{stage}: the loss became {value} at epoch {epoch}, step {done + 1}; "
+                                         f"{_likely_cause(stage, scaler)}{kept}")
             optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                backward(scaler.scale(loss))
-                scaler.unscale_(optimizer)
-            else:
-                backward(loss)
+            try:
+                if scaler is not None:
+                    backward(scaler.scale(loss))
+                    scaler.unscale_(optimizer)
+                else:
+                    backward(loss)
+            except RuntimeError as err:
+                if not detect_anomaly:
+                    raise
+                raise FloatingPointError(f"{stage}: anomaly at epoch {epoch}, step {done + 1}: "
+                                         f"{str(err).splitlines()[0]}") from err
             if grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             if scaler is not None:
@@ -279,6 +396,14 @@ def fit(model: nn.Module, step: Callable[[list[torch.Tensor]], tuple[torch.Tenso
                 total_correct += correct
                 counted = True
             batch_bar.set_postfix(loss=f"{value:.4f}")
+            done += 1
+            global_step += 1
+            if stop.requested:
+                raise TrainingInterrupted(stage, epoch, done, save(epoch, done, over=False))
+            # a mark on an epoch's last step is left to the end-of-epoch checkpoint just after it
+            if checkpoints is not None and checkpoints.every and global_step % checkpoints.every == 0 \
+                    and done < steps_per_epoch:
+                save(epoch, done, over=False)
         # Data-parallel: every process's images and hits (its losses are already the global batch's).
         total_loss, total_seen, total_correct = distributed.all_sum([total_loss, total_seen, total_correct])
         record: dict[str, Any] = {"stage": stage, "epoch": epoch, "loss": total_loss / max(1, total_seen),
@@ -305,12 +430,74 @@ def fit(model: nn.Module, step: Callable[[list[torch.Tensor]], tuple[torch.Tenso
             bad_epochs += 1
             if patience > 0 and bad_epochs >= patience:
                 result.stopped_early = True
-                break
+        if checkpoints is not None:
+            path = save(epoch, done, over=True)
+            if stop.requested:
+                raise TrainingInterrupted(stage, epoch, done, path)
+        if result.stopped_early:
+            break
     epoch_bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
-    result.seconds = time.perf_counter() - start
+    result.seconds = result.earlier_seconds + time.perf_counter() - start
     return result
+
+
+def _batches_from(epoch_batches, epoch: int, skip: int) -> Iterator[list[torch.Tensor]]:
+    """The batches of ``epoch`` after its first ``skip``: an :class:`EpochBatches` skips them without making
+    them; another source makes them and they are dropped (so they use up whatever random numbers they draw)."""
+    if skip and isinstance(epoch_batches, EpochBatches):
+        return epoch_batches(epoch, skip=skip)
+    batches = iter(epoch_batches(epoch))
+    for _ in range(skip):
+        next(batches)
+    return batches
+
+
+def _checkpoint_state(loop: dict[str, Any], best_state, result: FitResult, model, optimizer, scheduler, scaler,
+                      epoch_batches, extra_state) -> dict[str, Any]:
+    return {
+        "loop": loop,
+        "best_state": best_state,
+        "history": result.history,
+        "result": {"best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc,
+                   "stopped_early": result.stopped_early},
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "batches": epoch_batches.state_dict() if isinstance(epoch_batches, EpochBatches) else None,
+        "rng": rng_state(),
+        "extra": dict(extra_state) if extra_state is not None else None,
+    }
+
+
+def _restore(state: dict[str, Any], result: FitResult, model, optimizer, scheduler, scaler, epoch_batches,
+             extra_state) -> dict[str, Any]:
+    """Put a checkpoint's modules, history and caller's state back; returns the random states, which the loop
+    sets once the batches it skips are behind it."""
+    result.history = list(state["history"])
+    for key, value in state["result"].items():
+        setattr(result, key, value)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    if isinstance(epoch_batches, EpochBatches) and state["batches"] is not None:
+        epoch_batches.load_state_dict(state["batches"])
+    if extra_state is not None and state["extra"] is not None:
+        extra_state.clear()
+        extra_state.update(state["extra"])
+    return state["rng"]
+
+
+def _rewrite_stage(metrics_path: Path, stage: str, history: list[dict[str, Any]]) -> None:
+    """``metrics.jsonl`` with this stage's lines replaced by ``history`` (other stages' lines kept)."""
+    lines = metrics_path.read_text().splitlines(keepends=True) if metrics_path.is_file() else []
+    kept = [line for line in lines if line.strip() and json.loads(line).get("stage") != stage]
+    atomic_write_text(metrics_path, "".join(kept) + "".join(json.dumps(r) + "\n" for r in history))
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -349,7 +536,54 @@ def _setup(cfg: Config, out: str | Path | None, fresh: bool = True):
         out.mkdir(parents=True, exist_ok=True)
         if fresh:
             (out / "metrics.jsonl").unlink(missing_ok=True)
+            # An earlier run's results must not outlive it: config.yaml is written when a run starts, and a
+            # results.json beside it would make a run killed now look finished (to a sweep, or to --resume).
+            (out / "results.json").unlink(missing_ok=True)
     return device, amp_dtype(cfg.amp, device), out
+
+
+def _checkpoints(cfg: Config, out: Path | None, stage: str) -> Checkpoints | None:
+    """The stage's checkpoints in ``out`` (none without a run directory, or with ``keep_checkpoints`` 0). A run
+    that does not resume deletes the stage's old ones first: they belong to an earlier run in this directory,
+    and a later ``--resume`` must not mistake them for this run's."""
+    if out is None:
+        return None
+    checkpoints = Checkpoints(out, stage, max(1, cfg.keep_checkpoints), cfg.ckpt_every, cfg.to_dict())
+    if cfg.resume is None:
+        checkpoints.clear()
+    return checkpoints if cfg.keep_checkpoints > 0 else None
+
+
+def _resuming(cfg: Config, checkpoints: Checkpoints | None) -> bool:
+    return cfg.resume is not None and checkpoints is not None and checkpoints.has_any()
+
+
+def stage_finished(run_dir: str | Path, stage: str) -> dict[str, Any] | None:
+    """The run summary if ``stage`` (``pretrain``, ``linear`` or ``ce``) finished in ``run_dir``, else None.
+
+    A stage has finished when its results and weights are written and its checkpoints are gone: a stage deletes
+    them as its very last act, so one killed while writing its outputs still has them and is resumed instead.
+    """
+    run_dir = Path(run_dir)
+    if Checkpoints(run_dir, stage).has_any():
+        return None
+    try:
+        run = read_json(run_dir / "results.json")["runs"][0]
+    except (ValueError, KeyError, IndexError, TypeError, OSError):
+        return None
+    if stage == "ce":
+        done = run.get("method") == "ce" and not run.get("encoder_from")
+    elif stage == "pretrain":
+        done = run.get("method") in ("supcon", "simclr") and (run_dir / "encoder.safetensors").is_file()
+    else:
+        done = (run.get("val_acc") is not None and (run_dir / "linear.safetensors").is_file()
+                and (run.get("method") != "ce" or bool(run.get("encoder_from"))))
+    return run if done else None
+
+
+def _refuse_finished(cfg: Config, out: Path | None, stage: str) -> None:
+    if cfg.resume is not None and out is not None and stage_finished(out, stage) is not None:
+        raise ValueError(f"nothing to resume: the {stage} stage in {out} has finished (results.json)")
 
 
 def _drop_stage(metrics_path: Path, stage: str) -> None:
@@ -408,33 +642,64 @@ def _policy_options(cfg: Config) -> dict[str, Any]:
     return {"crop_scale": cfg.crop_scale, "hflip": cfg.hflip, "blur": cfg.blur, "batched": cfg.batch_augment}
 
 
-def _epoch_batches(images: torch.Tensor, labels: torch.Tensor, cfg: Config, transform, device):
-    """Per-epoch batch iterator factory: a seeded shuffle, the transform applied per image, moved to device."""
-    # Every process draws the same permutation and keeps its shard of each batch: cfg.batch_size is the global batch.
-    generator = torch.Generator().manual_seed(cfg.seed)
-    min_last = distributed.min_batch()
-    if cfg.batch_size < min_last:
-        raise ValueError(f"--batch-size is the global batch, split over {distributed.world_size()} processes: "
-                         f"expected at least {min_last} (two images each), got {cfg.batch_size}")
-    batches_per_epoch = -(-len(labels) // cfg.batch_size)
-    last = len(labels) - (batches_per_epoch - 1) * cfg.batch_size
-    batches_per_epoch -= batches_per_epoch > 1 and last < min_last  # as shuffled_batches drops it
+class EpochBatches:
+    """The batches of each epoch: a seeded shuffle, the transform applied, moved to the device.
 
-    batched = isinstance(transform, BatchedView | BatchedMultiView)
+    One generator runs on across the epochs (so each epoch has its own order, and runs repeat the orders of
+    earlier versions). :meth:`state_dict` is the generator's state at the start of the epoch in progress, or
+    its current state between epochs, so that a run resumed mid-epoch draws the same order again and skips
+    the batches it has trained on (``batches(epoch, skip=n)``) without making them.
+    """
 
-    def batches(epoch: int):
-        for idx in shuffled_batches(len(labels), cfg.batch_size, generator, min_last):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int, transform,
+                 device: torch.device):
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.transform, self.device = transform, device
+        self.generator = torch.Generator().manual_seed(seed)
+        self._epoch_start: torch.Tensor | None = None
+        self.on_epoch_start: Callable[[int], None] | None = None  # the kNN monitor's clock
+        # Every process draws the same permutation and keeps its part of each batch: batch_size is the global batch.
+        self.min_last = distributed.min_batch()
+        if batch_size < self.min_last:
+            raise ValueError(f"--batch-size is the global batch, split over {distributed.world_size()} processes: "
+                             f"expected at least {self.min_last} (two images each), got {batch_size}")
+        steps = -(-len(labels) // batch_size)
+        last = len(labels) - (steps - 1) * batch_size
+        self.steps = steps - (steps > 1 and last < self.min_last)  # as shuffled_batches drops it
+
+    def __call__(self, epoch: int, skip: int = 0) -> Iterator[list[torch.Tensor]]:
+        self._epoch_start = self.generator.get_state()
+        if self.on_epoch_start is not None:
+            self.on_epoch_start(epoch)
+        order = shuffled_batches(len(self.labels), self.batch_size, self.generator, self.min_last)
+        return self._iterate(order[skip:])
+
+    def _iterate(self, order: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
+        batched = isinstance(self.transform, BatchedView | BatchedMultiView)
+        for idx in order:
             idx = distributed.shard(idx)
-            x = images[idx]
+            x = self.images[idx]
             if batched:
-                x = apply_batch(transform, _to_device(x, device))  # uint8 travels: a quarter of the bytes
-            elif transform is not None:
-                x = _to_device(apply_batch(transform, x), device)
+                x = apply_batch(self.transform, _to_device(x, self.device))  # uint8 travels: a quarter of the bytes
+            elif self.transform is not None:
+                x = _to_device(apply_batch(self.transform, x), self.device)
             else:
-                x = _to_device(x, device)
-            yield [x, labels[idx].to(device)]
+                x = _to_device(x, self.device)
+            yield [x, self.labels[idx].to(self.device)]
+        self._epoch_start = None
 
-    return batches, batches_per_epoch
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self._epoch_start if self._epoch_start is not None else self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+        self._epoch_start = None
+
+
+def _epoch_batches(images: torch.Tensor, labels: torch.Tensor, cfg: Config, transform, device
+                   ) -> tuple[EpochBatches, int]:
+    batches = EpochBatches(images, labels, cfg.batch_size, cfg.seed, transform, device)
+    return batches, batches.steps
 
 
 def _write_results(out: Path | None, data: DataSplits, summary: dict[str, Any], inputs: Inputs) -> None:
@@ -443,6 +708,12 @@ def _write_results(out: Path | None, data: DataSplits, summary: dict[str, Any], 
     write_json(out / "results.json", {"dataset": data.name, "runs": [summary], "input": dataclasses.asdict(inputs),
                                       "class_names": data.train.class_names, "skipped_images": len(data.skipped)})
     write_skipped(out, data)
+
+
+def _save_config(cfg: Config, out: Path | None) -> None:
+    """The run's options, written when it starts: ``--resume`` reads them back."""
+    if out is not None:
+        cfg.save(out / "config.yaml")
 
 
 def _save_run(out: Path | None, cfg: Config, data: DataSplits, summary: dict[str, Any], inputs: Inputs,
@@ -480,11 +751,13 @@ class Stage1:
     inputs: Inputs
 
     def fit(self, cfg: Config, out: Path | None = None, epoch_batches=None, on_epoch=None,
-            evaluate=None) -> FitResult:
+            evaluate=None, checkpoints: Checkpoints | None = None, extra_state: dict[str, Any] | None = None
+            ) -> FitResult:
         return fit(self.model, self.step, epoch_batches or self.batches, self.steps, epochs=cfg.epochs,
                    optimizer=self.optimizer, scheduler=self.scheduler, grad_clip=cfg.grad_clip, scaler=self.scaler,
                    stage="pretrain", metrics_path=out / "metrics.jsonl" if out else None, progress=not cfg.quiet,
-                   backward=self.backward, on_epoch=on_epoch, evaluate=evaluate)
+                   backward=self.backward, on_epoch=on_epoch, evaluate=evaluate, checkpoints=checkpoints,
+                   resume=cfg.resume is not None, extra_state=extra_state, detect_anomaly=cfg.detect_anomaly)
 
 
 PAIRWISE_LOSSES = ("maxmargin", "npairs")  # no anchors= option: they cannot run on a gathered batch
@@ -541,7 +814,11 @@ def pretrain(cfg: Config, data: DataSplits, out: str | Path | None = None, track
     SimCLR's ignores the labels), with the kNN monitor of ``cfg.knn_every``."""
     track = tracker if tracker is not None else open_tracker(cfg, out)  # first: a missing package fails early
     started = time.perf_counter()
-    device, dtype, out = _setup(cfg, out)
+    out = Path(out) if out is not None else None
+    _refuse_finished(cfg, out, "pretrain")
+    checkpoints = _checkpoints(cfg, out, "pretrain")
+    device, dtype, out = _setup(cfg, out, fresh=not _resuming(cfg, checkpoints))
+    _save_config(cfg, out)
     stage = build_stage1(cfg, data, device, dtype)
     use_labels = cfg.loss != "simclr"
     reference = {"start": None, "floor": 0.0, "batches": 0}
@@ -557,13 +834,14 @@ def pretrain(cfg: Config, data: DataSplits, out: str | Path | None = None, track
         return loss, None
 
     stage.step = step
-    monitor = KnnMonitor(cfg, data, stage.model.encoder, stage.inputs, device, dtype)
+    monitor = KnnMonitor(cfg, data, stage.model.encoder, stage.inputs, device, dtype, state=reference)
     if monitor.on:
-        monitor.initial()
+        if not _resuming(cfg, checkpoints):  # a resumed run gets its curve back from the checkpoint
+            monitor.initial()
         result = stage.fit(cfg, out, monitor.batches(stage.batches), on_epoch=track.log_metrics,
-                           evaluate=monitor.evaluate)
+                           evaluate=monitor.evaluate, checkpoints=checkpoints, extra_state=reference)
     else:
-        result = stage.fit(cfg, out, on_epoch=track.log_metrics)
+        result = stage.fit(cfg, out, on_epoch=track.log_metrics, checkpoints=checkpoints, extra_state=reference)
     final = result.history[-1]["loss"]
     floor = reference["floor"] / max(1, reference["batches"])
     start = reference["start"]
@@ -571,11 +849,13 @@ def pretrain(cfg: Config, data: DataSplits, out: str | Path | None = None, track
                "supcon_loss": final, "supcon_loss_start": start, "supcon_loss_floor": floor,
                "stage1_progress": (start - final) / (start - floor) if start - floor > 1e-6 else None,
                **monitor.summary(), "val_acc": None, "train_acc": None, "epochs": len(result.history)}
-    summary["seconds"] = summary["pretrain_seconds"] = time.perf_counter() - started
+    summary["seconds"] = summary["pretrain_seconds"] = time.perf_counter() - started + result.earlier_seconds
     model, inputs = stage.model, stage.inputs
     _save_run(out, cfg, data, summary, inputs, {"encoder": model.encoder, "projection": model.head})
     xy = _pictures(cfg, out, track, data, model.encoder, inputs, f"{LOSS_NAMES[cfg.loss]} encoder (stage 1)")
     _done(track, tracker, summary)
+    if checkpoints is not None:
+        checkpoints.clear()
     return StageResult(summary, result, model.encoder, model, inputs, xy)
 
 
@@ -622,13 +902,21 @@ class KnnMonitor:
     """
 
     def __init__(self, cfg: Config, data: DataSplits, encoder: nn.Module, inputs: Inputs, device: torch.device,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, state: dict[str, Any] | None = None):
         self.cfg, self.data, self.encoder, self.inputs = cfg, data, encoder, inputs
         self.device, self.dtype = device, dtype
         self.schedule = KnnSchedule(cfg.knn_every if cfg.knn_every == "auto" else int(cfg.knn_every), cfg.epochs)
         self.on = self.schedule.resolved != 0
-        self.curve: list[list[float]] = []  # [epoch, accuracy]; epoch 0 is the untrained encoder
+        # The curve and the period chosen by "auto" live in ``state``, the dict that fit() checkpoints and
+        # restores in place (its ``extra_state``), so that a resumed run keeps both.
+        self.state = state if state is not None else {}
+        self.state.setdefault("knn_curve", [])  # [epoch, accuracy]; epoch 0 is the untrained encoder
+        self.state.setdefault("knn_every", self.schedule.resolved)
         self.epoch, self.started = 0, time.perf_counter()
+
+    @property
+    def curve(self) -> list[list[float]]:
+        return self.state["knn_curve"]
 
     def measure(self) -> tuple[float, float]:
         t0 = time.perf_counter()
@@ -640,18 +928,27 @@ class KnnMonitor:
         """The untrained encoder's accuracy: the baseline that tells "never started" from "stopped early"."""
         self.curve.append([0, self.measure()[0]])
 
+    def _epoch_started(self, epoch: int) -> None:
+        self.epoch, self.started = epoch, time.perf_counter()
+
     def batches(self, epoch_batches: Callable[[int], Iterator[list[torch.Tensor]]]):
+        if isinstance(epoch_batches, EpochBatches):  # kept as it is, so that checkpoints hold its shuffle state
+            epoch_batches.on_epoch_start = self._epoch_started
+            return epoch_batches
+
         def wrapped(epoch: int):
-            self.epoch, self.started = epoch, time.perf_counter()
+            self._epoch_started(epoch)
             return epoch_batches(epoch)
         return wrapped
 
     def evaluate(self) -> dict[str, float]:
         train_seconds = time.perf_counter() - self.started
+        self.schedule.resolved = self.state["knn_every"]
         if not self.schedule.due(self.epoch):
             return {}
         acc, seconds = self.measure()
         self.schedule.measured(seconds, train_seconds)
+        self.state["knn_every"] = self.schedule.resolved
         self.curve.append([self.epoch, acc])
         return {"knn_acc": acc, "knn_seconds": seconds}
 
@@ -785,6 +1082,8 @@ def linear_probe(cfg: Config, data: DataSplits, encoder: Encoder, out: str | Pat
     """
     track = tracker if tracker is not None else open_tracker(cfg, out)
     started = time.perf_counter()
+    out = Path(out) if out is not None else None
+    checkpoints = _checkpoints(cfg, out, "linear")
     device, dtype, out = _setup(cfg, out, fresh=False)  # stage 2 adds to stage 1's metrics
     if out is not None:
         _drop_stage(out / "metrics.jsonl", "linear")  # a repeated probe replaces the last one
@@ -819,15 +1118,19 @@ def linear_probe(cfg: Config, data: DataSplits, encoder: Encoder, out: str | Pat
                  optimizer=optimizer, scheduler=scheduler, evaluate=evaluate, patience=cfg.patience,
                  monitor=cfg.monitor,
                  grad_clip=cfg.grad_clip, stage="linear", metrics_path=out / "metrics.jsonl" if out else None,
-                 progress=not cfg.quiet, on_epoch=track.log_metrics)
+                 progress=not cfg.quiet, on_epoch=track.log_metrics, checkpoints=checkpoints,
+                 resume=cfg.resume is not None, detect_anomaly=cfg.detect_anomaly)
     summary = {"train_acc": accuracy(logits_of(train_x), data.train.labels),
                "val_acc": accuracy(logits_of(val_x), data.val.labels),
                "linear_epochs": len(result.history), "best_epoch": result.best_epoch,
-               "stopped_early": result.stopped_early, "linear_seconds": time.perf_counter() - started}
+               "stopped_early": result.stopped_early,
+               "linear_seconds": time.perf_counter() - started + result.earlier_seconds}
     if out is not None:
         save_weights(out / "linear.safetensors", probe.fc)
     _pictures(cfg, out, track, data)
     _done(track, tracker, summary)
+    if checkpoints is not None:
+        checkpoints.clear()
     return StageResult(summary, result, encoder, probe, inputs)
 
 
@@ -836,7 +1139,11 @@ def train_ce(cfg: Config, data: DataSplits, out: str | Path | None = None, track
     """The baseline: the same encoder and a linear layer trained end to end with cross-entropy."""
     track = tracker if tracker is not None else open_tracker(cfg, out)  # first: a missing package fails early
     started = time.perf_counter()
-    device, dtype, out = _setup(cfg, out)
+    out = Path(out) if out is not None else None
+    _refuse_finished(cfg, out, "ce")
+    checkpoints = _checkpoints(cfg, out, "ce")
+    device, dtype, out = _setup(cfg, out, fresh=not _resuming(cfg, checkpoints))
+    _save_config(cfg, out)
     inputs = Inputs.for_data(data, cfg.normalize)
     # The CE baseline follows the usual practice (and the reference implementations): the classifier sees the
     # raw representation; normalising it would cap the logits and slow CE down.
@@ -859,19 +1166,23 @@ def train_ce(cfg: Config, data: DataSplits, out: str | Path | None = None, track
                  monitor=cfg.monitor,
                  grad_clip=cfg.grad_clip, scaler=_scaler(dtype), stage="ce",
                  metrics_path=out / "metrics.jsonl" if out else None, progress=not cfg.quiet,
-                 on_epoch=track.log_metrics)
+                 on_epoch=track.log_metrics, checkpoints=checkpoints, resume=cfg.resume is not None,
+                 detect_anomaly=cfg.detect_anomaly)
     train_logits = predict(model, data.train.images, plain, device, cfg.eval_batch_size, dtype)
     val_logits = predict(model, data.val.images, plain, device, cfg.eval_batch_size, dtype)
     summary = {"method": "ce", "loss": "ce", "supcon_loss": None, "train_acc": accuracy(train_logits,
                data.train.labels), "val_acc": accuracy(val_logits, data.val.labels),
                "epochs": len(result.history), "best_epoch": result.best_epoch,
-               "stopped_early": result.stopped_early, "seconds": time.perf_counter() - started}
+               "stopped_early": result.stopped_early,
+               "seconds": time.perf_counter() - started + result.earlier_seconds}
     if cfg.knn_every != "0":  # the same kNN as stage 1's monitor, so that the tables compare the two encoders
         summary["knn_acc"] = encoder_knn(model.encoder, data, inputs, device, cfg, dtype)
     _save_run(out, cfg, data, summary, inputs, {"encoder": model.encoder, "linear": model.fc})
     xy = _pictures(cfg, out, track, data, model.encoder, inputs,
                    f"cross-entropy encoder (val acc {summary['val_acc']:.3f})")
     _done(track, tracker, summary)
+    if checkpoints is not None:
+        checkpoints.clear()
     return StageResult(summary, result, model.encoder, model, inputs, xy)
 
 
@@ -879,7 +1190,15 @@ def supcon(cfg: Config, data: DataSplits, out: str | Path | None = None, tracker
            ) -> StageResult:
     """Both stages: :func:`pretrain`, then :func:`linear_probe` on its encoder; one run directory."""
     track = tracker if tracker is not None else open_tracker(cfg, out)  # one tracked run for both stages
-    stage1 = pretrain(cfg, data, out, track)
+    resuming = cfg.resume is not None and out is not None
+    if resuming and stage_finished(out, "linear") is not None:
+        finished = load_finished(out, cfg)
+        _done(track, tracker, finished.summary)
+        return finished
+    if resuming and stage_finished(out, "pretrain") is not None:
+        stage1 = load_finished(out, cfg)
+    else:
+        stage1 = pretrain(cfg, data, out, track)
     stage2 = linear_probe(cfg, data, stage1.encoder, out, stage1.inputs, track)
     summary = {**stage1.summary, **stage2.summary,
                "seconds": stage1.summary["seconds"] + stage2.summary["linear_seconds"]}
@@ -909,6 +1228,17 @@ def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu") -> tup
     return encoder.to(device).eval(), cfg, inputs
 
 
+def load_finished(run_dir: str | Path, cfg: Config) -> StageResult:
+    """A finished stage read back from ``run_dir`` (for a resumed run that keeps it): its summary, and its encoder
+    on ``cfg.device`` in the layout training gave it, so that what comes next computes what it computed the first
+    time. There is no fit history (``fit`` is empty) and no t-SNE points."""
+    device = resolve_device(cfg.device)
+    encoder, _, inputs = load_encoder(run_dir, device)
+    _prepare(encoder, device)
+    summary = read_json(Path(run_dir) / "results.json")["runs"][0]
+    return StageResult(summary, FitResult(), encoder, encoder, inputs)
+
+
 def linear_probe_run(run_dir: str | Path, cfg: Config | None = None, data: DataSplits | None = None
                      ) -> StageResult:
     """Stage 2 on a finished ``pretrain`` run directory; its ``results.json`` then holds the full SupCon run.
@@ -921,6 +1251,8 @@ def linear_probe_run(run_dir: str | Path, cfg: Config | None = None, data: DataS
     previous = read_json(run_dir / "results.json")["runs"][0]
     if previous["method"] == "ce":
         raise ValueError(f"{run_dir} is a cross-entropy run; linear probes need a pretrain run")
+    _refuse_finished(cfg, run_dir, "linear")
+    cfg.save(run_dir / "config.yaml")  # first, so that --resume finds the probe's options
     if data is None:
         data = load_data(cfg)
     if (data.channels, data.image_size) != (inputs.channels, inputs.image_size):
@@ -931,8 +1263,6 @@ def linear_probe_run(run_dir: str | Path, cfg: Config | None = None, data: DataS
     stage2 = linear_probe(cfg, data, encoder, run_dir, inputs, track)
     summary = {**previous, **stage2.summary,
                "seconds": previous.get("pretrain_seconds", previous["seconds"]) + stage2.summary["linear_seconds"]}
-    if distributed.is_main():
-        cfg.save(run_dir / "config.yaml")
     _write_results(run_dir, data, summary, inputs)
     xy = None
     if not (run_dir / "tsne.png").is_file():  # the frozen encoder's picture is already there if stage 1 drew it
@@ -956,6 +1286,14 @@ def tsne_picture(encoder: nn.Module, data: DataSplits, inputs: Inputs, path: str
     features = predict(encoder, data.val.images[idx], inputs.plain(), device, batch_size)
     _, (xy,) = draw_tsne([(title, features)], data.val.labels[idx], data.val.class_names, path, seed)
     return xy
+
+
+def tsne_points(encoder: nn.Module, data: DataSplits, inputs: Inputs, seed: int = 0, batch_size: int = 512,
+                max_points: int = TSNE_POINTS) -> Any:
+    """The 2-D points :func:`tsne_picture` draws, without drawing them."""
+    idx = torch.from_numpy(tsne_subset(data.val.labels, max_points, seed))
+    device = next(encoder.parameters()).device
+    return tsne_2d(predict(encoder, data.val.images[idx], inputs.plain(), device, batch_size), seed)
 
 
 def _pictures(cfg: Config, out: Path | None, track: Tracker, data: DataSplits, encoder: Encoder | None = None,

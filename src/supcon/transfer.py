@@ -95,7 +95,11 @@ def linear_transfer(source: str | Path, cfg: Config, out: str | Path, data: Data
     previous = _first_run(source)
     if distributed.is_main():  # in a distributed run the other processes write nothing
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
+        train._refuse_finished(cfg, out, "linear")
+        if cfg.resume is None:
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+            (out / "results.json").unlink(missing_ok=True)  # as train._setup: no stale results beside a new config
+        cfg.save(out / "config.yaml")  # first, so that --resume finds the run's options
     with open_tracker(cfg, out) as track:
         stage2 = train.linear_probe(cfg, data, encoder, out, inputs, track)
         summary = {"method": previous["method"], "loss": previous.get("loss"), "encoder_from": str(source),
