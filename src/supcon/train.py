@@ -545,8 +545,8 @@ def _setup(cfg: Config, out: str | Path | None, fresh: bool = True):
 def _checkpoints(cfg: Config, out: Path | None, stage: str) -> Checkpoints | None:
     """The stage's checkpoints in ``out`` (none without a run directory, or with ``keep_checkpoints`` 0). A run
     that does not resume deletes the stage's old ones first: they belong to an earlier run in this directory,
-    and a later ``--resume`` must not mistake them for this run's."""
-    if out is None:
+    and a later ``--resume`` must not mistake them for this run's. In a distributed run rank 0 alone keeps them."""
+    if out is None or not distributed.is_main():
         return None
     checkpoints = Checkpoints(out, stage, max(1, cfg.keep_checkpoints), cfg.ckpt_every, cfg.to_dict())
     if cfg.resume is None:
