@@ -82,9 +82,14 @@ def test_a_sweep_writes_the_study_table_and_skips_finished_cells(tmp_path):
     assert [r["val_acc"] for r in again] == [r["val_acc"] for r in rows]
     assert (tmp_path / "cells" / "ce-adam" / "results.json").stat().st_mtime_ns == stamp
 
-    # A changed option makes the cells stale: they are redone, not reused.
+    # A changed option makes the finished cells stale: an error naming the option, since redoing them would delete
+    # their results, unless redo=True.
+    changed = Sweep(Config(**{**TINY, "epochs": 2}), sweep.grid, {})
+    with pytest.raises(ValueError, match=r"finished with other options \(epochs: 1 -> 2\).*--redo"):
+        run_sweep(changed, tmp_path, log=logs.append)
+    assert (tmp_path / "cells" / "ce-adam" / "results.json").stat().st_mtime_ns == stamp  # nothing was touched
     logs.clear()
-    run_sweep(Sweep(Config(**{**TINY, "epochs": 2}), sweep.grid, {}), tmp_path, log=logs.append)
+    run_sweep(changed, tmp_path, log=logs.append, redo=True)
     assert logs[0] == "sweep: 2 cells, 0 already finished, 2 to run"
 
 

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--ce-grid", action="append", metavar="KEY=V1,V2",
                              help="a cross-entropy axis (repeat for more); default optimizer=sgd,adam,rmsprop")
             sub.add_argument("--no-ce", action="store_true", help="no cross-entropy cells")
+            sub.add_argument("--redo", action="store_true",
+                             help="redo cells that finished under other options (without it, such a cell is an "
+                                  "error: redoing it deletes its result)")
             sub.add_argument("--jobs", type=int, metavar="N",
                              help="cells run at once, each in its own process with cores/N threads (default: 1)")
         for f in fields_for(command):
@@ -163,7 +166,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """Layers, lowest first: Config defaults, a linear run's config.yaml, --config YAML, then flags."""
     values: dict = {}
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "grid", "ce_grid", "no_ce",
-                                                              "jobs")}
+                                                              "jobs", "redo")}
     if flags.get("resume") is not None:
         return resume_config(args.command, flags, getattr(args, "config", None))
     run, source = flags.get("run"), flags.get("encoder_from")
@@ -351,7 +354,8 @@ def _run(command: str, cfg: Config, args: argparse.Namespace | None, say, show) 
         from supcon.sweep import run_sweep, sweep_markdown
 
         args = args or argparse.Namespace()
-        rows = run_sweep(sweep_from_args(args, cfg), out, jobs=getattr(args, "jobs", None) or 1, log=say)
+        rows = run_sweep(sweep_from_args(args, cfg), out, jobs=getattr(args, "jobs", None) or 1, log=say,
+                         redo=getattr(args, "redo", False))
         show(sweep_markdown(rows))
         show(f"sweep finished: outputs (sweep.md, sweep.csv, sweep.png, cells/) in {out}")
         return 0

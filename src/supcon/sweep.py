@@ -135,6 +135,21 @@ def cell_finished(run_dir: Path, cfg: Config) -> dict[str, Any] | None:
 FAILED = "failed.json"
 
 
+def stale_options(run_dir: Path, cfg: Config) -> list[str]:
+    """The options (``name: saved -> wanted``) in which a finished cell differs from ``cfg``; empty when the cell
+    is unfinished or the same. Redoing such a cell would throw its result away."""
+    try:
+        saved = Config.from_yaml(run_dir / "config.yaml")
+        finished = FAILED if (run_dir / FAILED).is_file() else "results.json"
+        run = (read_json(run_dir / finished).get("runs") or [{}])[0] if finished == "results.json" else {}
+    except (ValueError, OSError, KeyError, AttributeError):
+        return []
+    if finished == "results.json" and run.get("val_acc") is None:
+        return []
+    old, new = _comparable(saved), _comparable(cfg)
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
 def run_cell(method: str, cfg: Config, run_dir: str | Path, threads: int | None = None) -> dict[str, Any]:
     """Train one cell into ``run_dir`` (from scratch) and return its run summary.
 
@@ -162,13 +177,23 @@ def run_cell(method: str, cfg: Config, run_dir: str | Path, threads: int | None 
     return result.summary
 
 
-def run_sweep(sweep: Sweep, out: str | Path, jobs: int = 1, log: Callable[[str], None] = print
-              ) -> list[dict[str, Any]]:
+def run_sweep(sweep: Sweep, out: str | Path, jobs: int = 1, log: Callable[[str], None] = print,
+              redo: bool = False) -> list[dict[str, Any]]:
     """Run every unfinished cell (``jobs`` at a time, each in its own process when ``jobs > 1``), then write
-    ``sweep.md``, ``sweep.csv`` and ``sweep.png``; return one row per cell."""
+    ``sweep.md``, ``sweep.csv`` and ``sweep.png``; return one row per cell.
+
+    A cell that finished under other options (the sweep was started again with a changed flag, say) is an error
+    rather than silently redone, since redoing it deletes its result; ``redo=True`` redoes such cells.
+    """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1; got {jobs}")
     out = Path(out)
+    if not redo:
+        for name, _, cfg in sweep.cells():
+            changed = stale_options(out / "cells" / name, cfg.replace(out=str(out / "cells" / name)))
+            if changed:
+                raise ValueError(f"cell {name} in {out} finished with other options ({'; '.join(changed[:3])}); "
+                                 "keep them, choose another --out, or pass --redo to redo such cells")
     (out / "cells").mkdir(parents=True, exist_ok=True)
     _save_sweep(sweep, out / "sweep.yaml")
     cells = sweep.cells()
@@ -344,6 +369,8 @@ def plot_sweep(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_xlim(0, 1.08)
     ax.set_xlabel("validation accuracy")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in ("tab:blue", "tab:orange")]
-    ax.legend(handles, ["SupCon + linear probe", "cross-entropy"], loc="lower right", fontsize=8)
+    # above the axes: inside them it would hide the value of a long bar
+    ax.legend(handles, ["SupCon + linear probe", "cross-entropy"], loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
