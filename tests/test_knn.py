@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from conftest import LargestTensor
 
 from supcon.evaluate.knn import KnnSchedule, chance_accuracy, knn_accuracy, knn_predict
 
@@ -64,24 +64,11 @@ def test_matches_scikit_learn_on_real_images(shared_data):
     assert knn_accuracy(train_x, train_y, val_x, val_y) > 0.3 > chance_accuracy(val_y)
 
 
-class _LargestTensor(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 def test_blocks_bound_memory_and_never_change_the_result(shared_data):
     train_x, train_y, val_x, _ = _pixels(shared_data / "flowers5_64.npz", size=4)  # 48 features per image
     one_block = knn_predict(train_x, train_y, val_x, block_size=len(val_x))
     for block_size in (7, 64):
-        with _LargestTensor() as mode:
+        with LargestTensor() as mode:
             blocked = knn_predict(train_x, train_y, val_x, block_size=block_size)
         assert torch.equal(blocked, one_block)
         # The largest tensor is a block's similarities or the normalised training features, never Q x M.
@@ -96,7 +83,7 @@ def test_fifty_thousand_by_fifty_thousand_in_bounded_memory():
     centres = torch.randn(classes, dim, generator=g)
     train = centres[labels] + 0.8 * torch.randn(n, dim, generator=g)
     queries = centres[labels] + 0.8 * torch.randn(n, dim, generator=g)
-    with _LargestTensor() as mode:
+    with LargestTensor() as mode:
         acc = knn_accuracy(train, labels, queries, labels)
     assert acc > 0.9
     assert mode.largest <= 1 << 22  # 16 MiB of fp32 similarities at a time, not the 10 GB of 50,000 x 50,000

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
+from conftest import LargestTensor
 
 from supcon.losses import SupConLoss, supcon_loss
 
@@ -284,21 +284,6 @@ def test_cuda_matches_reference(dtype):
     torch.testing.assert_close(loss.cpu().double(), expected, rtol=rtol, atol=0)
 
 
-class _LargestTensor(TorchDispatchMode):
-    """Records the largest tensor any op produces."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_never_materialises_n_by_n(variant, reduction):
@@ -306,7 +291,7 @@ def test_never_materialises_n_by_n(variant, reduction):
     n = batch * views
     x = unit_features(batch, views, dim, seed=14, dtype=torch.float32).requires_grad_(True)
     labels = torch.arange(batch) % 7
-    with _LargestTensor() as mode:
+    with LargestTensor() as mode:
         loss = supcon_loss(x, labels, variant=variant, reduction=reduction, block_size=block)
         loss.sum().backward()
     assert mode.largest <= block * n < n * n

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
+from conftest import LargestTensor
 
 from supcon.losses import MaxMarginContrastiveLoss, NPairsLoss, SupConLoss, max_margin_loss, npairs_loss
 
@@ -166,21 +166,6 @@ def test_block_size_does_not_change_the_result(loss):
     torch.testing.assert_close(base_none.mean(), base)  # the mean of the per-anchor losses is the loss
 
 
-class _LargestTensor(TorchDispatchMode):
-    """Records the largest tensor any op produces."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 @pytest.mark.parametrize("loss", ["euclidean", "cosine", "npairs"])
 def test_never_materialises_n_by_n(loss, reduction):
@@ -188,7 +173,7 @@ def test_never_materialises_n_by_n(loss, reduction):
     n = batch * views
     x = unit_features(batch, views, dim, seed=14, dtype=torch.float32).requires_grad_(True)
     labels = torch.arange(batch) % 7
-    with _LargestTensor() as mode:
+    with LargestTensor() as mode:
         if loss == "npairs":
             value = npairs_loss(x, labels, reduction=reduction, block_size=block)
         else:

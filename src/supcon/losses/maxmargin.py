@@ -107,29 +107,30 @@ def _pass(z, lab, margin, distance, block_size, weights):
     return out, grad
 
 
-class _MaxMargin(torch.autograd.Function):
-    """With ``weights`` (reduction="mean") the output is the scalar ``sum_i w_i l_i`` and its gradient is
-    accumulated in the forward pass; without, the per-anchor vector, and backward redoes the pass."""
+class _Blockwise(torch.autograd.Function):
+    """A loss computed by ``block_pass(z, *options, weights) -> (per_anchor, grad)``, one pass over row blocks
+    (shared by the max-margin and npairs losses). With ``weights`` (reduction="mean") the output is the scalar
+    ``sum_i w_i l_i`` and its gradient is accumulated in the forward pass; without, the per-anchor vector, and
+    backward redoes the pass weighted by the incoming gradient."""
 
     @staticmethod
-    def forward(ctx, z, lab, margin, distance, block_size, weights, need_grad):
-        ctx.options = (lab, margin, distance, block_size)
+    def forward(ctx, z, block_pass, options, weights, need_grad):
+        ctx.block_pass, ctx.options = block_pass, options
         if weights is None:
             ctx.save_for_backward(z)
-            return _pass(z, lab, margin, distance, block_size, None)[0]
-        per_anchor, grad = _pass(z, lab, margin, distance, block_size, weights if need_grad else None)
+            return block_pass(z, *options, None)[0]
+        per_anchor, grad = block_pass(z, *options, weights if need_grad else None)
         ctx.save_for_backward(grad)
         return (weights * per_anchor).sum()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        lab, margin, distance, block_size = ctx.options
         (saved,) = ctx.saved_tensors
         if grad_out.dim() == 0:
-            return saved * grad_out, None, None, None, None, None, None
-        grad = _pass(saved, lab, margin, distance, block_size, grad_out.to(saved.dtype))[1]
-        return grad, None, None, None, None, None, None
+            return saved * grad_out, None, None, None, None
+        grad = ctx.block_pass(saved, *ctx.options, grad_out.to(saved.dtype))[1]
+        return grad, None, None, None, None
 
 
 def max_margin_loss(
@@ -151,8 +152,8 @@ def max_margin_loss(
     if reduction == "mean":
         # The mean over anchors of l_i = mean_{j != i} f_ij is the mean over the N(N-1)/2 unordered pairs.
         weights = z.new_full((n,), 1.0 / n)
-        return _MaxMargin.apply(z, lab, float(margin), distance, block_size, weights, need_grad)
-    per_anchor = _MaxMargin.apply(z, lab, float(margin), distance, block_size, None, need_grad)
+        return _Blockwise.apply(z, _pass, (lab, float(margin), distance, block_size), weights, need_grad)
+    per_anchor = _Blockwise.apply(z, _pass, (lab, float(margin), distance, block_size), None, need_grad)
     return per_anchor.view(views, batch).T
 
 

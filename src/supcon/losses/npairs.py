@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
-from supcon.losses.maxmargin import flatten_views
+from supcon.losses.maxmargin import _Blockwise, flatten_views
 from supcon.losses.supcon import _auto_block_size
 
 __all__ = ["NPairsLoss", "npairs_loss"]
@@ -79,31 +78,6 @@ def _pass(z, lab, counts, tau, block_size, weights):
     return out, grad
 
 
-class _NPairs(torch.autograd.Function):
-    """As in the other losses: with ``weights`` a scalar whose gradient is accumulated in the forward pass;
-    without, the per-anchor vector, and backward redoes the pass weighted by the incoming gradient."""
-
-    @staticmethod
-    def forward(ctx, z, lab, counts, tau, block_size, weights, need_grad):
-        ctx.options = (lab, counts, tau, block_size)
-        if weights is None:
-            ctx.save_for_backward(z)
-            return _pass(z, lab, counts, tau, block_size, None)[0]
-        per_anchor, grad = _pass(z, lab, counts, tau, block_size, weights if need_grad else None)
-        ctx.save_for_backward(grad)
-        return (weights * per_anchor).sum()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        lab, counts, tau, block_size = ctx.options
-        (saved,) = ctx.saved_tensors
-        if grad_out.dim() == 0:
-            return saved * grad_out, None, None, None, None, None, None
-        grad = _pass(saved, lab, counts, tau, block_size, grad_out.to(saved.dtype))[1]
-        return grad, None, None, None, None, None, None
-
-
 def npairs_loss(
     features: Tensor,
     labels: Tensor | None = None,
@@ -122,8 +96,8 @@ def npairs_loss(
     need_grad = torch.is_grad_enabled() and z.requires_grad
     if reduction == "mean":
         weights = z.new_full((n,), 1.0 / n)
-        return _NPairs.apply(z, lab, counts, float(temperature), block_size, weights, need_grad)
-    per_anchor = _NPairs.apply(z, lab, counts, float(temperature), block_size, None, need_grad)
+        return _Blockwise.apply(z, _pass, (lab, counts, float(temperature), block_size), weights, need_grad)
+    per_anchor = _Blockwise.apply(z, _pass, (lab, counts, float(temperature), block_size), None, need_grad)
     return per_anchor.view(views, batch).T
 
 
