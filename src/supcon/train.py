@@ -710,6 +710,18 @@ def _write_results(out: Path | None, data: DataSplits, summary: dict[str, Any], 
     write_skipped(out, data)
 
 
+def _start_stage(cfg: Config, out: str | Path | None, stage: str):
+    """A training stage's start: refuse a finished one, find its checkpoints, set up (a resumed run keeps its
+    metrics), and write the options that ``--resume`` reads back. Returns device, AMP dtype, run directory (None
+    on the other processes of a distributed run) and checkpoints."""
+    out = Path(out) if out is not None else None
+    _refuse_finished(cfg, out, stage)
+    checkpoints = _checkpoints(cfg, out, stage)
+    device, dtype, out = _setup(cfg, out, fresh=not _resuming(cfg, checkpoints))
+    _save_config(cfg, out)
+    return device, dtype, out, checkpoints
+
+
 def _save_config(cfg: Config, out: Path | None) -> None:
     """The run's options, written when it starts: ``--resume`` reads them back."""
     if out is not None:
@@ -814,11 +826,7 @@ def pretrain(cfg: Config, data: DataSplits, out: str | Path | None = None, track
     SimCLR's ignores the labels), with the kNN monitor of ``cfg.knn_every``."""
     track = tracker if tracker is not None else open_tracker(cfg, out)  # first: a missing package fails early
     started = time.perf_counter()
-    out = Path(out) if out is not None else None
-    _refuse_finished(cfg, out, "pretrain")
-    checkpoints = _checkpoints(cfg, out, "pretrain")
-    device, dtype, out = _setup(cfg, out, fresh=not _resuming(cfg, checkpoints))
-    _save_config(cfg, out)
+    device, dtype, out, checkpoints = _start_stage(cfg, out, "pretrain")
     stage = build_stage1(cfg, data, device, dtype)
     use_labels = cfg.loss != "simclr"
     reference = {"start": None, "floor": 0.0, "batches": 0}
@@ -1139,11 +1147,7 @@ def train_ce(cfg: Config, data: DataSplits, out: str | Path | None = None, track
     """The baseline: the same encoder and a linear layer trained end to end with cross-entropy."""
     track = tracker if tracker is not None else open_tracker(cfg, out)  # first: a missing package fails early
     started = time.perf_counter()
-    out = Path(out) if out is not None else None
-    _refuse_finished(cfg, out, "ce")
-    checkpoints = _checkpoints(cfg, out, "ce")
-    device, dtype, out = _setup(cfg, out, fresh=not _resuming(cfg, checkpoints))
-    _save_config(cfg, out)
+    device, dtype, out, checkpoints = _start_stage(cfg, out, "ce")
     inputs = Inputs.for_data(data, cfg.normalize)
     # The CE baseline follows the usual practice (and the reference implementations): the classifier sees the
     # raw representation; normalising it would cap the logits and slow CE down.
