@@ -13,7 +13,7 @@ import yaml
 
 from supcon.cli import main
 from supcon.config import Config
-from supcon.sweep import STUDY_GRID, Sweep, describe_cell, parse_axis, run_sweep
+from supcon.sweep import STUDY_GRID, Sweep, describe_cell, parse_axis, parse_variant, run_sweep, table_rows
 
 TINY = dict(dataset="digits", encoder="smallcnn", max_train=200, max_val=100, epochs=1, linear_epochs=2,
             batch_size=64, quiet=True, tsne=False)
@@ -141,6 +141,29 @@ def test_sweep_cli_reads_a_grid_file_and_prints_the_table(tmp_path, capsys):
     assert "unknown sweep axis 'colour'" in capsys.readouterr().err
 
 
+def test_variants_make_one_cell_each_on_top_of_every_grid_combination(tmp_path, capsys):
+    sweep = Sweep(Config(), grid={"optimizer": ["sgd", "adam"]}, ce_grid={},
+                  variants=[{}, {"temperature": 0.5}, {"lr": 0.3, "warmup_epochs": 2.0}])
+    cells = sweep.cells()
+    assert [c[0] for c in cells] == ["supcon-sgd-base", "supcon-sgd-temperature_0.5",
+                                     "supcon-sgd-lr_0.3_warmup_epochs_2", "supcon-adam-base",
+                                     "supcon-adam-temperature_0.5",
+                                     "supcon-adam-lr_0.3_warmup_epochs_2"]
+    assert (cells[2][2].lr, cells[2][2].warmup_epochs, cells[2][2].temperature) == (0.3, 2.0, 0.1)
+    assert [r["setting"] for r in table_rows(sweep, {})][:3] == ["SGD + base", "SGD + temperature=0.5",
+                                                                 "SGD + lr=0.3, warmup_epochs=2.0"]
+    with pytest.raises(ValueError, match="unknown option 'colour'"):
+        Sweep(Config(), variants=[{"colour": "red"}])
+    with pytest.raises(ValueError, match="temperature"):
+        Sweep(Config(), variants=[{"temperature": -1.0}])
+    assert parse_variant("base") == {} and parse_variant("lr=0.3,batch-size=64") == {"lr": 0.3, "batch_size": 64}
+    # the flags: no grid, two variants, no CE
+    code = main(["sweep", *TINY_FLAGS, "--grid", "seed=0", "--variant", "base", "--variant", "temperature=0.5",
+                 "--no-ce", "--out", str(tmp_path)])
+    assert code == 0 and "| seed=0 + temperature=0.5 |" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "cells").iterdir()) == ["supcon-0-base", "supcon-0-temperature_0.5"]
+
+
 def test_a_diverging_cell_is_recorded_as_failed_and_not_retried(tmp_path):
     sweep = Sweep(Config(**{**TINY, "optimizer": "sgd", "lr": 1e12, "schedule": "fixed"}),
                   grid={"temperature": [0.1]}, ce_grid={})
@@ -161,8 +184,10 @@ def test_the_committed_experiment_files_are_valid_sweeps(spec):
     cells = sweep_from_args(args, config_from_args(args)).cells()
     axes = yaml.safe_load(spec.read_text())
     # the study's grid (12 SupCon cells and CE under 3 optimizers) unless the file gives its own
-    expected = (math.prod(len(v) for v in axes["grid"].values()) + math.prod(len(v) for v in axes["ce_grid"].values())
-                if "grid" in axes else 15)
+    variants = len(axes.get("variants", [])) or 1
+    supcon = math.prod(len(v) for v in axes["grid"].values()) * variants if axes.get("grid") or "variants" in axes \
+        else 0
+    expected = supcon + math.prod(len(v) for v in axes["ce_grid"].values()) if "grid" in axes else 15
     assert len(cells) == expected and cells[0][2].dataset.startswith(("npz:../shared/data/", "folder:../shared/data/"))
 
 

@@ -37,7 +37,7 @@ DESCRIPTIONS = {
              "augmentation grid) and write sweep.md, sweep.csv and sweep.png; a sweep started again skips "
              "finished cells. Options below set the base configuration of every cell.",
 }
-SWEEP_KEYS = ("grid", "ce_grid")
+SWEEP_KEYS = ("grid", "ce_grid", "variants")
 # Commands that read finished run directories rather than train: their own small parsers, not the Config's.
 TOOLS = {
     "tsne": "Draw RUN_DIR/tsne.png: the t-SNE of the validation images' encoder embeddings, coloured by class "
@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   argument_default=argparse.SUPPRESS)
         sub.add_argument("--config", metavar="FILE",
                          help="YAML file of options (keys as below, with - or _); flags override it" + (
-                             "; a sweep file may also hold grid: and ce_grid: mappings of axis lists"
+                             "; a sweep file may also hold grid: and ce_grid: mappings of axis lists, and "
+                             "variants: a list of option mappings"
                              if command == "sweep" else ""))
         if command == "sweep":
             sub.add_argument("--grid", action="append", metavar="KEY=V1,V2",
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   "(optimizer=sgd,adam,rmsprop schedule=fixed,cosine augment=none,<--augment>)")
             sub.add_argument("--ce-grid", action="append", metavar="KEY=V1,V2",
                              help="a cross-entropy axis (repeat for more); default optimizer=sgd,adam,rmsprop")
+            sub.add_argument("--variant", action="append", metavar="KEY=V[,KEY=V]",
+                             help="a set of options applied on top of every SupCon cell of the grid, one cell each "
+                                  "(repeat for more; 'base' for none): a one-factor-at-a-time study")
             sub.add_argument("--no-ce", action="store_true", help="no cross-entropy cells")
             sub.add_argument("--redo", action="store_true",
                              help="redo cells that finished under other options (without it, such a cell is an "
@@ -166,7 +170,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """Layers, lowest first: Config defaults, a linear run's config.yaml, --config YAML, then flags."""
     values: dict = {}
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "grid", "ce_grid", "no_ce",
-                                                              "jobs", "redo")}
+                                                              "variant", "jobs", "redo")}
     if flags.get("resume") is not None:
         return resume_config(args.command, flags, getattr(args, "config", None))
     run, source = flags.get("run"), flags.get("encoder_from")
@@ -275,23 +279,29 @@ def _interrupted(command: str, cfg: Config, err: KeyboardInterrupt) -> int:
 
 def sweep_from_args(args: argparse.Namespace, cfg: Config):
     """The grid: the sweep file's ``grid``/``ce_grid``, replaced by ``--grid``/``--ce-grid`` flags."""
-    from supcon.sweep import STUDY_CE_GRID, STUDY_GRID, Sweep, parse_axis
+    from supcon.sweep import STUDY_CE_GRID, STUDY_GRID, Sweep, parse_axis, parse_variant
 
-    grid, ce_grid = dict(STUDY_GRID), dict(STUDY_CE_GRID)
+    grid, ce_grid, variants = dict(STUDY_GRID), dict(STUDY_CE_GRID), []
     if getattr(args, "config", None):
         values = load_yaml(args.config)
-        for key in SWEEP_KEYS:
+        for key in ("grid", "ce_grid"):
             if key in values and not isinstance(values[key], dict):
                 raise ValueError(f"{args.config}: {key} must be a mapping of option: [values]")
+        if "variants" in values and not isinstance(values["variants"], list):
+            raise ValueError(f"{args.config}: variants must be a list of option mappings")
         grid = values.get("grid", grid)
         ce_grid = values.get("ce_grid", ce_grid)
+        variants = [{k.replace("-", "_"): v for k, v in (variant or {}).items()} if isinstance(variant, dict)
+                    else variant for variant in values.get("variants", [])]
+    if getattr(args, "variant", None):
+        variants = [parse_variant(text) for text in args.variant]
     if getattr(args, "grid", None):
         grid = dict(parse_axis(text) for text in args.grid)
     if getattr(args, "ce_grid", None):
         ce_grid = dict(parse_axis(text) for text in args.ce_grid)
     if getattr(args, "no_ce", False):
         ce_grid = {}
-    return Sweep(cfg, grid, ce_grid)
+    return Sweep(cfg, grid, ce_grid, variants)
 
 
 def default_out(command: str, dataset: str) -> Path:

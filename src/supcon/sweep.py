@@ -2,7 +2,9 @@
 
 A grid is a base :class:`~supcon.config.Config` and two sets of axes: the SupCon cells are the product of
 ``grid`` (by default the study's optimizer x learning-rate strategy x augmentation), the cross-entropy cells the
-product of ``ce_grid`` (by default each optimizer). Every cell is a complete run directory under
+product of ``ce_grid`` (by default each optimizer). ``variants`` (optional) is a list of option sets, each
+applied on top of every SupCon combination: a one-factor-at-a-time study, where a full product would waste cells.
+Every cell is a complete run directory under
 ``OUT/cells/``; a cell counts as finished when its ``results.json`` holds a validation accuracy and its
 ``config.yaml`` matches the cell's configuration, so a sweep killed at any point and started again redoes only
 unfinished cells. ``OUT/sweep.md``, ``sweep.csv`` and ``sweep.png`` are rewritten after every cell.
@@ -48,9 +50,17 @@ class Sweep:
     base: Config
     grid: dict[str, list[Any]] = field(default_factory=lambda: dict(STUDY_GRID))
     ce_grid: dict[str, list[Any]] = field(default_factory=lambda: dict(STUDY_CE_GRID))
+    variants: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         names = {f.name for f in dataclasses.fields(Config)}
+        for variant in self.variants:
+            if not isinstance(variant, dict):
+                raise ValueError(f"a sweep variant is a mapping of option: value; got {variant!r}")
+            unknown = sorted(set(variant) - names)
+            if unknown:
+                raise ValueError(f"unknown option {unknown[0]!r} in sweep variant {variant!r}")
+            self.base.replace(**variant)  # validates the values now rather than when the cell starts
         for axes in (self.grid, self.ce_grid):
             for key, values in axes.items():
                 if key not in names:
@@ -63,17 +73,24 @@ class Sweep:
         cells = []
         for method, axes in (("supcon", self.grid), ("ce", self.ce_grid)):
             keys = list(axes)
-            if not keys:
+            variants = self.variants if method == "supcon" and self.variants else [{}]
+            if not keys and variants == [{}]:
                 continue
             for combo in itertools.product(*(axes[k] for k in keys)):
                 changes = {k: (getattr(self.base, k) if v is None else v) for k, v in zip(keys, combo, strict=True)}
-                cfg = self.base.replace(**changes)
-                name = "-".join([method] + [_slug(changes[k]) for k in keys])
-                cells.append((name, method, cfg))
+                for variant in variants:
+                    cfg = self.base.replace(**{**changes, **variant})
+                    slugs = [_slug(changes[k]) for k in keys] + ([variant_slug(variant)] if variants != [{}] else [])
+                    cells.append(("-".join([method, *slugs]), method, cfg))
         names = [c[0] for c in cells]
         if len(set(names)) != len(names):
             raise ValueError("two sweep cells have the same name; make the axes' values distinct")
         return cells
+
+
+def variant_slug(variant: dict[str, Any]) -> str:
+    """A variant's part of a cell name: ``base`` for no change, else ``temperature_0.2_lr_0.3``."""
+    return "_".join(f"{k}_{_slug(v)}" for k, v in variant.items()) if variant else "base"
 
 
 def _slug(value: Any) -> str:
@@ -108,6 +125,17 @@ def parse_axis(text: str) -> tuple[str, list[Any]]:
             raise ValueError(f"sweep axis {key!r} takes {kind.__name__} values; got {v!r}") from None
 
     return key, [convert(v) for v in values.split(",")]
+
+
+def parse_variant(text: str) -> dict[str, Any]:
+    """``KEY=V,KEY=V`` (or ``base``, no change) from the command line, each value of its option's type."""
+    if text.strip() == "base":
+        return {}
+    variant = {}
+    for pair in text.split(","):
+        key, values = parse_axis(pair)
+        variant[key] = values[0]
+    return variant
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -265,7 +293,7 @@ def plot_best_tsne(sweep: Sweep, summaries: dict[str, dict[str, Any]], path: Pat
 def _save_sweep(sweep: Sweep, path: Path) -> None:
     import yaml
 
-    values = {**sweep.base.to_dict(), "grid": sweep.grid, "ce_grid": sweep.ce_grid}
+    values = {**sweep.base.to_dict(), "grid": sweep.grid, "ce_grid": sweep.ce_grid, "variants": sweep.variants}
     atomic_write_text(path, yaml.safe_dump(values, sort_keys=False))
 
 
@@ -274,8 +302,9 @@ def _save_sweep(sweep: Sweep, path: Path) -> None:
 LABELS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}
 
 
-def describe_cell(method: str, cfg: Config, axes: list[str]) -> str:
-    """The study's row label, e.g. ``RMSprop + lr decayed + without augmentation``; other axes as ``key=value``."""
+def describe_cell(method: str, cfg: Config, axes: list[str], variant: dict[str, Any] | None = None) -> str:
+    """The study's row label, e.g. ``RMSprop + lr decayed + without augmentation``; other axes as ``key=value``,
+    and a variant's changes as ``key=value, ...`` (``base`` for the empty variant)."""
     parts = []
     for key in axes:
         value = getattr(cfg, key)
@@ -289,6 +318,8 @@ def describe_cell(method: str, cfg: Config, axes: list[str]) -> str:
             parts.append(LOSS_NAMES.get(value, value))
         else:
             parts.append(f"{key}={value}")
+    if variant is not None:
+        parts.append(", ".join(f"{k}={v}" for k, v in variant.items()) if variant else "base")
     prefix = "CE: " if method == "ce" else ""
     return prefix + (" + ".join(parts) if parts else ("cross-entropy" if method == "ce" else "SupCon"))
 
@@ -296,10 +327,12 @@ def describe_cell(method: str, cfg: Config, axes: list[str]) -> str:
 def table_rows(sweep: Sweep, summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per cell, in grid order; cells not run yet have empty results."""
     rows = []
+    variants = itertools.cycle(sweep.variants or [None])
     for name, method, cfg in sweep.cells():
         run = summaries.get(name) or {}
         axes = list(sweep.grid if method == "supcon" else sweep.ce_grid)
-        rows.append({"cell": name, "method": method, "setting": describe_cell(method, cfg, axes),
+        variant = next(variants) if method == "supcon" else None
+        rows.append({"cell": name, "method": method, "setting": describe_cell(method, cfg, axes, variant),
                      "loss": cfg.loss if method == "supcon" else "ce", "optimizer": cfg.optimizer,
                      "lr": cfg.resolved_lr(), "schedule": cfg.schedule, "augment": cfg.augment, "epochs": cfg.epochs,
                      "supcon_loss": run.get("supcon_loss"), "stage1_progress": run.get("stage1_progress"),
