@@ -46,6 +46,10 @@ TOOLS = {
              "val_x, val_y, class_names; train_proj, val_proj with --projection).",
     "knn": "Weighted kNN accuracy of a finished run's encoder: each validation image is classified by its k most "
            "cosine-similar training images, voting exp(similarity / T) each (or 1 with --weights uniform).",
+    "robustness": "Evaluate finished runs' classifiers on their validation split: clean, under common corruptions "
+                  "at 5 severities (accuracy, ImageNet-C's mCE and relative mCE against a baseline run), under "
+                  "FGSM and PGD attacks, and their logit margins and calibration (ECE, reliability diagram). "
+                  "Writes robustness.md/.json/.csv and pictures to --out; the runs are not changed.",
     "report": "Gather run directories (single runs, compare directories, or folders holding many runs) into one "
               "Markdown report: results table, options changed from the defaults, and the pictures.",
 }
@@ -133,6 +137,7 @@ def _add_tools(commands) -> None:
                      help="votes weigh exp(similarity / T) (default: the run's --knn-temperature, else 0.07)")
     knn.add_argument("--weights", choices=("exp", "uniform"), default="exp",
                      help="exp(similarity / T) per neighbour, or 1 (uniform) (default: exp)")
+    _add_robustness(sub("robustness"))
     report = sub("report")
     report.add_argument("dirs", nargs="+", metavar="DIR",
                         help="run directories, compare directories or folders searched for runs (by results.json)")
@@ -140,7 +145,70 @@ def _add_tools(commands) -> None:
                         help="the Markdown file to write; pictures are linked relative to it (default: report.md)")
 
 
+def _csv(kind, name: str):
+    """An argparse type: comma-separated values of ``kind``; ``none`` (or nothing) is the empty list."""
+    def parse(text: str) -> list:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if items in ([], ["none"]):
+            return []
+        try:
+            return [kind(t) for t in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {name}, got {text!r}") from None
+    return parse
+
+
+def _add_robustness(parser: argparse.ArgumentParser) -> None:
+    from supcon.evaluate.attacks import ATTACKS, PGD_STEPS
+    from supcon.evaluate.calibration import BINS
+    from supcon.evaluate.robustness import CORRUPTIONS, SEVERITIES
+    from supcon.robustness_report import EPSILONS_255
+
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="finished runs with a classifier: compare directories (their supcon/ and ce/ runs), "
+                             "pretrain runs with their linear probe, ce runs, transfer runs")
+    parser.add_argument("--baseline", metavar="RUN_DIR",
+                        help="the run that corruption errors are relative to (CE_c = a run's errors over the "
+                             "baseline's); evaluated too if not among RUN_DIR (default: the first cross-entropy "
+                             "run, else the first run)")
+    parser.add_argument("--corruptions", type=_csv(str, "corruption names"), default=list(CORRUPTIONS),
+                        metavar="LIST", help=f"comma-separated, or none (default: all nine: {', '.join(CORRUPTIONS)})")
+    parser.add_argument("--severities", type=_csv(int, "integers 1-5"), default=list(SEVERITIES), metavar="LIST",
+                        help="comma-separated severities 1-5; mCE sums over these (default: 1,2,3,4,5)")
+    parser.add_argument("--attacks", type=_csv(str, "attack names"), default=list(ATTACKS), metavar="LIST",
+                        help=f"L-inf attacks, comma-separated, or none (default: {','.join(ATTACKS)})")
+    parser.add_argument("--eps", type=_csv(float, "numbers"), default=list(EPSILONS_255), metavar="LIST",
+                        help="attack radii in 1/255 of the pixel range, comma-separated (default: 1,2,4,8)")
+    parser.add_argument("--pgd-steps", type=int, default=PGD_STEPS, metavar="N",
+                        help=f"PGD steps, each of 2.5 eps / N, after a random start (default: {PGD_STEPS})")
+    parser.add_argument("--bins", type=int, default=BINS, metavar="N",
+                        help=f"equal-width confidence bins of the ECE and reliability diagram (default: {BINS})")
+    parser.add_argument("--max-images", type=int, metavar="N",
+                        help="evaluate a seeded, class-balanced subsample of N validation images (default: all)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="seed of the corruptions' noise and PGD's random starts (default: 0)")
+    parser.add_argument("--batch-size", type=int, default=256, metavar="N",
+                        help="images per forward (and backward, for the attacks) pass (default: 256)")
+    parser.add_argument("--device", default="auto", help="auto (cuda, mps, then cpu), cpu, cuda, cuda:N, mps "
+                                                         "(default: auto)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="where to write the tables and pictures (default: runs/robustness-<time>)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def run_tool(args: argparse.Namespace) -> int:
+    if args.command == "robustness":
+        from supcon.robustness_report import FILES, robustness_report, summary_table
+
+        out = Path(args.out) if args.out else Path("runs") / f"robustness-{time.strftime('%Y%m%d-%H%M%S')}"
+        report = robustness_report(args.run_dirs, out, baseline=args.baseline, corruptions=args.corruptions,
+                                   severities=args.severities, attacks=args.attacks, epsilons=args.eps,
+                                   pgd_steps=args.pgd_steps, bins=args.bins, max_images=args.max_images,
+                                   seed=args.seed, batch_size=args.batch_size, device=args.device,
+                                   progress=not args.quiet)
+        print(summary_table(report))
+        print(f"robustness finished: outputs ({', '.join(f for f in FILES if (out / f).is_file())}) in {out}")
+        return 0
     if args.command == "report":
         from supcon.report import write_report
 
@@ -185,7 +253,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         given = Path(run or source)
         loaded = load_yaml(given / "config.yaml") if (given / "config.yaml").is_file() else {}
         if source is not None:  # the transfer run starts from the source's options, but is a run of its own
-            loaded = {k: v for k, v in loaded.items() if k not in ("out", "run", "encoder_from")}
+            # (and on data of its own: the source's label noise was a property of its training labels)
+            loaded = {k: v for k, v in loaded.items()
+                      if k not in ("out", "run", "encoder_from", "label_noise", "label_noise_mode")}
         values.update(loaded)
     if getattr(args, "config", None):
         values.update({k: v for k, v in load_yaml(args.config).items() if k not in SWEEP_KEYS})

@@ -134,7 +134,7 @@ def compare(cfg: Config, out: str | Path, data: DataSplits | None = None,
         track.log_summary(sup.summary)
     runs = [sup.summary, ce.summary]
     results = {"dataset": data.name, "runs": runs, "skipped_images": len(data.skipped),
-               "class_names": data.train.class_names}
+               "class_names": data.train.class_names, "noisy_labels": data.noisy_labels}
     if not distributed.is_main():
         return results
     write_json(out / "results.json", results)

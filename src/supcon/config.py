@@ -69,6 +69,13 @@ class Config:
     max_train: int | None = option(None, "use at most this many training images (stratified; for quick runs)",
                                    metavar="N")
     max_val: int | None = option(None, "use at most this many validation images (stratified)", metavar="N")
+    label_noise: float = option(0.0, "robustness studies: replace this share of the training labels by a wrong "
+                                "class before training (exactly round(P x N) of the N training labels, chosen "
+                                "with --seed; the validation split stays clean); see --label-noise-mode",
+                                metavar="P")
+    label_noise_mode: str = option("sym", "how --label-noise picks the wrong class: sym (one of the other classes "
+                                   "at random) or asym (class c becomes class c+1 mod K, a fixed confusion)",
+                                   choices=("sym", "asym"))
     # model
     encoder: str = option("auto", "encoder: resnet18/34/50/101/152, smallcnn, or auto (smallcnn below 32 px, "
                           "else resnet18)", NEW_RUN,
@@ -241,6 +248,8 @@ class Config:
                 raise ValueError(f"{name} must be positive; got {value!r}")
         if self.views < 1:
             raise ValueError(f"views must be at least 1; got {self.views}")
+        if not 0 <= self.label_noise < 1:
+            raise ValueError(f"label_noise must be in [0, 1) (a share of the training labels); got {self.label_noise}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be between 0 and 1; got {self.val_fraction}")
         if not 0 < self.crop_scale <= 1:

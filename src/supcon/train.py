@@ -40,7 +40,7 @@ from supcon import distributed
 from supcon.augment import BatchedMultiView, BatchedView, apply_batch, multiview_transform, view_transform
 from supcon.checkpoint import Checkpoints, rng_state, set_rng_state
 from supcon.config import LOSS_NAMES, TSNE_POINTS, Config
-from supcon.data import DataSplits, load_dataset
+from supcon.data import DataSplits, load_dataset, with_label_noise
 from supcon.evaluate.curves import plot_curves
 from supcon.evaluate.knn import KnnSchedule, chance_accuracy, knn_accuracy
 from supcon.evaluate.tsne import MIN_POINTS, draw_tsne, tsne_2d, tsne_subset
@@ -516,11 +516,13 @@ class StageResult:
 
 
 def load_data(cfg: Config) -> DataSplits:
-    """The data set a config names, with its size, split and subsampling options."""
+    """The data set a config names, with its size, split and subsampling options, and ``cfg.label_noise`` applied
+    to the training labels: every command that trains reads its data here, so the noise is the same in each."""
     with distributed.main_first():  # one process downloads and extracts; the others then read its cache
-        return load_dataset(cfg.dataset, image_size=cfg.image_size, val_fraction=cfg.val_fraction, seed=cfg.seed,
+        data = load_dataset(cfg.dataset, image_size=cfg.image_size, val_fraction=cfg.val_fraction, seed=cfg.seed,
                             max_train=cfg.max_train, max_val=cfg.max_val, data_dir=cfg.data_dir,
                             progress=not cfg.quiet and distributed.is_main())
+    return with_label_noise(data, cfg.label_noise, cfg.label_noise_mode, cfg.seed)
 
 
 def _setup(cfg: Config, out: str | Path | None, fresh: bool = True):
@@ -706,7 +708,8 @@ def _write_results(out: Path | None, data: DataSplits, summary: dict[str, Any], 
     if out is None or not distributed.is_main():
         return
     write_json(out / "results.json", {"dataset": data.name, "runs": [summary], "input": dataclasses.asdict(inputs),
-                                      "class_names": data.train.class_names, "skipped_images": len(data.skipped)})
+                                      "class_names": data.train.class_names, "skipped_images": len(data.skipped),
+                                      "noisy_labels": data.noisy_labels})
     write_skipped(out, data)
 
 

@@ -25,16 +25,20 @@ from .core import (
     stratified_split,
     stratified_subset,
 )
+from .noise import NOISE_MODES, noisy_labels, with_label_noise
 
 __all__ = [
+    "NOISE_MODES",
     "DataSplits",
     "ImageDataset",
     "LoadOptions",
     "available_datasets",
     "describe",
     "load_dataset",
+    "noisy_labels",
     "register_loader",
     "resize_uint8",
     "stratified_split",
     "stratified_subset",
+    "with_label_noise",
 ]

@@ -44,6 +44,7 @@ class DataSplits:
     val: ImageDataset
     name: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    noisy_labels: int = 0  # training labels changed on purpose (supcon.data.noise); the val split is never noisy
 
     @property
     def num_classes(self) -> int:
@@ -166,6 +167,8 @@ def describe(splits: DataSplits) -> str:
     )
     if splits.skipped:
         text += f", {len(splits.skipped)} unreadable files skipped"
+    if splits.noisy_labels:
+        text += f", {splits.noisy_labels} of {len(splits.train)} training labels noisy"
     return text
 
 

@@ -1,1 +1,2 @@
-"""Evaluation of trained runs: embeddings pictured with t-SNE (more to come: kNN, robustness)."""
+"""Evaluation of trained models: kNN accuracy, t-SNE pictures, training curves, and robustness (corruptions,
+adversarial attacks, margins and calibration)."""
