@@ -1,1 +1,2 @@
-"""Evaluation of trained runs: embeddings pictured with t-SNE (more to come: kNN, robustness)."""
+"""Evaluation of trained runs: kNN accuracy, t-SNE pictures, training curves, and ``predict`` (a finished run
+classifying new images: ``supcon.load_run``)."""
