@@ -6,6 +6,7 @@ import torch
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA, then MPS, then the CPU; any other name is checked to exist here (a one-line ValueError)."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
