@@ -2,12 +2,16 @@ import struct
 import sys
 import time
 
+import numpy as np
 import pytest
+import torch
 
 from supcon import train
 from supcon.cli import main
 from supcon.config import Config
 from supcon.data import load_dataset
+from supcon.evaluate.tsne import tsne_subset
+from supcon.models import build_encoder
 from supcon.tracking import Tracker, open_tracker
 
 QUICK = dict(dataset="digits", max_train=300, max_val=150, epochs=2, batch_size=64, quiet=True, tsne=False,
@@ -44,6 +48,70 @@ def test_tensorboard_gets_config_metrics_and_pictures(digits, tmp_path):
     assert "curves" in tags["images"]
     assert "config/text_summary" in tags["tensors"]  # add_text
     assert "final/val_acc" in tags["scalars"]  # add_hparams' metrics
+    # the projector: the validation images' encoder embeddings, their classes and thumbnails, tagged by stage
+    entry = tmp_path / "tensorboard" / "00002" / "ce"
+    assert {p.name for p in entry.iterdir()} == {"tensors.tsv", "metadata.tsv", "sprite.png"}
+    assert 'tensor_path: "00002/ce/tensors.tsv"' in (tmp_path / "tensorboard" / "projector_config.pbtxt").read_text()
+
+
+def read_projector(logdir, step, tag, data):
+    """The projector files of one stage, checked against the validation split they came from."""
+    from PIL import Image
+
+    entry = logdir / f"{step:05d}" / tag
+    rows = [line.split("\t") for line in (entry / "tensors.tsv").read_text().splitlines()]
+    labels = (entry / "metadata.tsv").read_text().splitlines()
+    assert len(rows) == len(labels) == len(data.val)  # 150 images: below the cap, all of them
+    assert sorted(labels) == sorted(data.val.class_names[i] for i in data.val.labels.tolist())
+    side = int(np.ceil(np.sqrt(len(labels)))) * 8  # the 8 px digits, tiled in a square
+    assert Image.open(entry / "sprite.png").size == (side, side)
+    return np.array(rows, dtype=float)
+
+
+def test_tensorboard_projector_after_each_stage(digits, tmp_path):
+    result = train.pretrain(Config(**{**QUICK, "epochs": 1}, logger="tensorboard", knn_every="0", proj_hidden=64),
+                            digits, tmp_path)
+    logdir = tmp_path / "tensorboard"
+    features = read_projector(logdir, 1, "pretrain", digits)
+    idx = torch.from_numpy(tsne_subset(digits.val.labels, 5000))
+    expected = train.predict(result.encoder, digits.val.images[idx], result.inputs.plain(), torch.device("cpu"))
+    assert features.shape == (150, result.encoder.out_dim)
+    assert np.allclose(features, expected.numpy(), atol=1e-4)
+    # a later writer on the same directory (a probe added with linear --run, say) keeps the earlier entries
+    with open_tracker(Config(**QUICK, logger="tensorboard"), tmp_path) as tracker:
+        train.log_projector(tracker, result.encoder, digits, result.inputs, "linear", 4)
+    config = (logdir / "projector_config.pbtxt").read_text()
+    assert config.count("embeddings {") == 2 and "00001/pretrain/sprite.png" in config and "00004/linear" in config
+    read_projector(logdir, 4, "linear", digits)
+    with open_tracker(Config(**QUICK, logger="tensorboard"), tmp_path) as tracker:  # the same stage again: replaced
+        train.log_projector(tracker, result.encoder, digits, result.inputs, "linear", 4)
+    assert (logdir / "projector_config.pbtxt").read_text().count("embeddings {") == 2
+
+
+def test_projector_thumbnails_are_small_and_points_capped(shared_data):
+    splits = load_dataset(f"npz:{shared_data / 'imagenet5_64.npz'}", image_size=96, max_train=50)
+    seen = {}
+
+    class Recorder(Tracker):
+        embeddings = True
+
+        def log_embedding(self, tag, features, labels, images, step):
+            seen.update(tag=tag, features=features, labels=labels, images=images, step=step)
+
+    encoder = build_encoder("smallcnn", 3, 96)
+    train.log_projector(Recorder(), encoder, splits, train.Inputs.for_data(splits, False), "ce", 3, max_points=100)
+    assert seen["features"].shape == (100, encoder.out_dim) and len(seen["labels"]) == 100
+    assert seen["images"].dtype == torch.uint8 and seen["images"].shape == (100, 3, 64, 64)  # 96 px made 64
+    assert (seen["tag"], seen["step"]) == ("ce", 3)
+    assert sorted(set(seen["labels"])) == splits.val.class_names  # class-balanced: every class is there
+    calls = []
+
+    class Quiet(Tracker):  # a tracker that keeps no embeddings is not handed any (none are computed)
+        def log_embedding(self, *args):
+            calls.append(args)
+
+    train.log_projector(Quiet(), encoder, splits, train.Inputs.for_data(splits, False), "ce", 3)
+    assert calls == []
 
 
 def _wandb_records(path):

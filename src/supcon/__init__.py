@@ -2,6 +2,17 @@
 
 The building blocks are plain modules: ``supcon.losses``, ``supcon.augment``, ``supcon.models``,
 ``supcon.data`` and ``supcon.train``; the ``supcon`` command is a thin layer over them.
+``supcon.load_run(RUN_DIR)`` gives a finished run's classifier: ``.predict(images)``, ``.classes``.
 """
 
 __version__ = "0.1.0"
+__all__ = ["__version__", "load_run"]
+
+
+def __getattr__(name: str):
+    # Imported on first use, so that `import supcon` (and the command's --help) does not load torch.
+    if name == "load_run":
+        from supcon.evaluate.predict import load_run
+
+        return load_run
+    raise AttributeError(f"module 'supcon' has no attribute {name!r}")

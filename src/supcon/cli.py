@@ -50,6 +50,9 @@ TOOLS = {
                   "at 5 severities (accuracy, ImageNet-C's mCE and relative mCE against a baseline run), under "
                   "FGSM and PGD attacks, and their logit margins and calibration (ECE, reliability diagram). "
                   "Writes robustness.md/.json/.csv and pictures to --out; the runs are not changed.",
+    "predict": "Classify image files or folders (recursively) with a finished run's encoder and linear head: one "
+               "line per image (path, class, confidence); images are decoded and resized as in training. Where "
+               "images sit in folders named after the run's classes, the accuracy is reported too.",
     "report": "Gather run directories (single runs, compare directories, or folders holding many runs) into one "
               "Markdown report: results table, options changed from the defaults, and the pictures.",
 }
@@ -138,11 +141,61 @@ def _add_tools(commands) -> None:
     knn.add_argument("--weights", choices=("exp", "uniform"), default="exp",
                      help="exp(similarity / T) per neighbour, or 1 (uniform) (default: exp)")
     _add_robustness(sub("robustness"))
+    predict = sub("predict")
+    predict.add_argument("run_dir", metavar="RUN_DIR", help="a finished ce run, pretrain run with a linear probe, "
+                         "transfer run, or compare directory (its supcon/ run; give DIR/ce for the baseline)")
+    predict.add_argument("paths", nargs="+", metavar="PATH",
+                         help="image files, or folders searched recursively; unreadable files are skipped with the "
+                              "reason")
+    predict.add_argument("--top-k", type=int, default=1, metavar="K",
+                         help="also give the next K-1 classes and their probabilities (default: 1)")
+    predict.add_argument("--format", choices=("text", "json", "csv"), default="text",
+                         help="text: one tab-separated line per image; csv: a header and one row per image; json: "
+                              "one document with predictions, skipped files and the summary (default: text)")
+    predict.add_argument("--batch-size", type=int, default=256, metavar="N",
+                         help="images decoded and classified at a time (default: 256)")
+    predict.add_argument("--device", default="auto",
+                         help="auto (cuda, mps, then cpu), cpu, cuda, cuda:N or mps (default: auto)")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
     report = sub("report")
     report.add_argument("dirs", nargs="+", metavar="DIR",
                         help="run directories, compare directories or folders searched for runs (by results.json)")
     report.add_argument("--out", metavar="FILE", default="report.md",
                         help="the Markdown file to write; pictures are linked relative to it (default: report.md)")
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from supcon.evaluate.predict import PredictionWriter, classify_files, find_images, load_run, summarize, summary_line
+
+    if args.batch_size < 1 or args.top_k < 1:
+        raise ValueError(f"--batch-size and --top-k must be positive; got {args.batch_size} and {args.top_k}")
+    run = load_run(args.run_dir, args.device)
+    files = find_images(args.paths, run.classes)
+    # a bar for folders, on a terminal: in a log file its redraws between the lines would be noise
+    progress = not args.quiet and any(Path(p).is_dir() for p in args.paths) and sys.stderr.isatty()
+    writer = PredictionWriter(sys.stdout, args.format, run.classes, args.top_k)
+    results = []
+    for result in classify_files(run, files, args.batch_size, progress):
+        results.append(result)
+        line = writer.write(result)
+        if result.skipped:
+            line, stream = f"skipped {result.path}: {result.reason}", sys.stderr
+        else:
+            stream = sys.stdout
+        if line is not None and progress:
+            tqdm.write(line, file=stream)  # above the bar, which stays at the bottom
+        elif line is not None:
+            print(line, file=stream)
+    summary = summarize(results)
+    writer.close(summary)
+    if not summary["images"]:
+        raise ValueError(f"no readable images among the {len(files):,} file(s) given")
+    print(summary_line(summary, run.run_dir), file=sys.stdout if args.format == "text" else sys.stderr)
+    return 0
+
+
 
 
 def _csv(kind, name: str):
@@ -197,6 +250,8 @@ def _add_robustness(parser: argparse.ArgumentParser) -> None:
 
 
 def run_tool(args: argparse.Namespace) -> int:
+    if args.command == "predict":
+        return run_predict(args)
     if args.command == "robustness":
         from supcon.robustness_report import FILES, robustness_report, summary_table
 

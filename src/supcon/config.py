@@ -40,6 +40,8 @@ DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3}
 # How tables and picture titles name each stage-1 loss.
 LOSS_NAMES = {"supcon": "SupCon", "supcon_in": "SupCon (L_in)", "simclr": "SimCLR", "maxmargin": "max-margin",
               "npairs": "npairs"}
+# --encoder: these, or timm:NAME (supcon.models builds them; named here so that a typo fails before training)
+ENCODERS = ("auto", "smallcnn", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 TSNE_POINTS = 2000  # t-SNE is quadratic-ish in the points; a few thousand keep a picture under a minute on a CPU
 
 
@@ -77,12 +79,16 @@ class Config:
                                    "at random) or asym (class c becomes class c+1 mod K, a fixed confusion)",
                                    choices=("sym", "asym"))
     # model
-    encoder: str = option("auto", "encoder: resnet18/34/50/101/152, smallcnn, or auto (smallcnn below 32 px, "
-                          "else resnet18)", NEW_RUN,
-                          choices=("auto", "smallcnn", "resnet18", "resnet34", "resnet50", "resnet101",
-                                   "resnet152"))
+    encoder: str = option("auto", "encoder: resnet18/34/50/101/152, smallcnn, auto (smallcnn below 32 px, else "
+                          "resnet18), or timm:NAME, any model of the timm library without its classifier "
+                          "(pip install 'supcon[timm]'; randomly initialised unless --pretrained)", NEW_RUN,
+                          metavar="NAME")
+    pretrained: str | None = option(None, "start the encoder from the weights in this local .safetensors file "
+                                    "(timm's or torchvision's checkpoint of the same architecture, or a run's "
+                                    "encoder.safetensors; a classifier in it is ignored); nothing is downloaded",
+                                    NEW_RUN, metavar="FILE")
     stem: str = option("auto", "ResNet stem: imagenet (7x7/2 + max-pool), cifar (3x3/1, no pool), auto "
-                       "(cifar up to 32 px)", NEW_RUN, choices=("auto", "imagenet", "cifar"))
+                       "(cifar up to 32 px); torchvision ResNets only", NEW_RUN, choices=("auto", "imagenet", "cifar"))
     projection: str = option("mlp", "projection head: mlp (one hidden layer) or linear", STAGE1,
                              choices=("mlp", "linear"))
     proj_hidden: int = option(2048, "hidden width of the mlp projection head", STAGE1)
@@ -235,6 +241,9 @@ class Config:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise ValueError(f"{f.name} must be one of {', '.join(choices)}; got {value!r}")
+        if self.encoder not in ENCODERS and not (self.encoder.startswith("timm:") and len(self.encoder) > 5):
+            raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, or timm:NAME (a timm model); got "
+                             f"{self.encoder!r}")
         positive = ["epochs", "batch_size", "temperature", "views", "proj_dim", "proj_hidden",
                     "linear_epochs", "linear_lr", "eval_batch_size", "step_epochs", "margin", "knn_k",
                     "knn_temperature", "nproc"]

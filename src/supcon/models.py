@@ -6,9 +6,12 @@ maps it to the unit vectors the contrastive loss sees; stage 2 and the CE baseli
 >>> from supcon.models import build_encoder, SupConModel
 >>> encoder = build_encoder("resnet18", in_channels=3, image_size=64)
 >>> model = SupConModel(encoder)              # images -> unit vectors of size 128
+>>> build_encoder("timm:mobilenetv3_small_050", image_size=64)   # any timm model, with the timm extra
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -17,14 +20,15 @@ from torch import nn
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 ENCODERS = ("smallcnn",) + RESNETS
+TIMM = "timm:"  # --encoder timm:NAME: any model of the timm library, without its classifier
 
 
 def resolve_encoder(name: str, image_size: int) -> str:
     """``auto`` picks a small CNN for tiny images (a ResNet would pool them away) and ResNet-18 otherwise."""
     if name == "auto":
         return "smallcnn" if image_size < 32 else "resnet18"
-    if name not in ENCODERS:
-        raise ValueError(f"encoder must be one of auto, {', '.join(ENCODERS)}; got {name!r}")
+    if name not in ENCODERS and not (name.startswith(TIMM) and len(name) > len(TIMM)):
+        raise ValueError(f"encoder must be one of auto, {', '.join(ENCODERS)}, or timm:NAME; got {name!r}")
     return name
 
 
@@ -74,16 +78,31 @@ class Encoder(nn.Module):
 
 
 def build_encoder(name: str = "resnet18", in_channels: int = 3, image_size: int = 32, stem: str = "auto",
-                  normalize: bool = True) -> Encoder:
-    """Build an encoder from scratch (no weights are downloaded).
+                  normalize: bool = True, pretrained: str | Path | None = None) -> Encoder:
+    """Build an encoder from scratch (no weights are downloaded), or from a local file of weights.
 
-    ``name``: ``smallcnn``, ``resnet18/34/50/101/152`` or ``auto``; ``stem`` (ResNets only): ``imagenet``
-    (7x7 stride-2 convolution and max-pool), ``cifar`` (3x3 stride-1, no pool) or ``auto``.
+    ``name``: ``smallcnn``, ``resnet18/34/50/101/152``, ``auto``, or ``timm:NAME`` (any timm model, built with
+    ``num_classes=0`` so that it returns its pooled features; needs the ``timm`` extra); ``stem`` (torchvision
+    ResNets only): ``imagenet`` (7x7 stride-2 convolution and max-pool), ``cifar`` (3x3 stride-1, no pool) or
+    ``auto``. ``pretrained``: a ``.safetensors`` file loaded with :func:`load_pretrained`.
     """
     if in_channels < 1:
         raise ValueError(f"in_channels must be positive; got {in_channels}")
     name = resolve_encoder(name, image_size)
     stem = resolve_stem(stem, image_size)
+    encoder = _build(name, in_channels, image_size, stem, normalize)
+    if pretrained is not None:
+        load_pretrained(encoder, pretrained)
+    return encoder
+
+
+def _build(name: str, in_channels: int, image_size: int, stem: str, normalize: bool) -> Encoder:
+    if name.startswith(TIMM):
+        backbone = timm_backbone(name[len(TIMM):], in_channels, image_size)
+        # Models with a head convolution after the pooling (MobileNetV3, GhostNet) return head_hidden_size
+        # features, not the trunk's num_features.
+        out_dim = getattr(backbone, "head_hidden_size", None) or backbone.num_features
+        return Encoder(backbone, out_dim, name, normalize)
     if name == "smallcnn":
         backbone = SmallCNN(in_channels)
         return Encoder(backbone, backbone.out_dim, name, normalize)
@@ -96,6 +115,84 @@ def build_encoder(name: str = "resnet18", in_channels: int = 3, image_size: int 
     elif in_channels != 3:
         resnet.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     return Encoder(resnet, out_dim, name, normalize)
+
+
+def timm_backbone(name: str, in_channels: int = 3, image_size: int = 224) -> nn.Module:
+    """The timm model ``name`` without its classifier (``num_classes=0``: it returns its pooled features, of size
+    ``head_hidden_size``, which is ``num_features`` but for models with a head convolution after the pooling),
+    randomly initialised: nothing is downloaded."""
+    try:
+        import timm
+    except ImportError:
+        raise ImportError(f"--encoder timm:{name} needs the timm package: pip install 'supcon[timm]'") from None
+    if not timm.is_model(name):
+        near = timm.list_models(f"*{name}*")[:5]
+        raise ValueError(f"timm has no model {name!r}" + (f"; similar: {', '.join(near)}" if near else "")
+                         + " (timm.list_models() lists them)")
+    options = {"pretrained": False, "num_classes": 0, "in_chans": in_channels}
+    try:
+        try:
+            # Transformers size their position embeddings from img_size; convolutional models take any size and
+            # refuse the argument.
+            return timm.create_model(name, img_size=image_size, **options)
+        except TypeError as err:
+            if "img_size" not in str(err):
+                raise
+            return timm.create_model(name, **options)
+    except Exception as err:  # timm raises assertions and more for a size or channel count a model cannot take
+        lines = str(err).strip().splitlines()
+        raise ValueError(f"timm could not build {name} for {in_channels}-channel {image_size}x{image_size} images: "
+                         f"{type(err).__name__}: {lines[0] if lines else ''}") from None
+
+
+# Prefixes that a file of encoder weights may carry: a run's encoder.safetensors ("backbone."), a whole
+# SupConModel or Classifier ("encoder.backbone."), and DataParallel or DDP wrappers ("module.").
+_PREFIXES = ("module.", "encoder.", "backbone.")
+
+
+def load_pretrained(encoder: Encoder, path: str | Path) -> None:
+    """Load the weights in a local ``.safetensors`` file into ``encoder``'s backbone.
+
+    The file may hold the backbone alone (timm's or torchvision's own checkpoints), a run's
+    ``encoder.safetensors``, or a whole model; its classifier's weights (timm's ``pretrained_cfg["classifier"]``,
+    torchvision's ``fc``) are ignored, since the encoder has none. Any other missing, unexpected or misshapen key
+    is a one-line ``ValueError``.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"pretrained weights not found: {path}")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"cannot read {path} as safetensors: {str(err).splitlines()[0] if str(err) else err}"
+                         ) from None
+    backbone = encoder.backbone
+    target = backbone.state_dict()
+    for prefix in _PREFIXES:  # the part under the prefix; a whole model's other parts (its heads) are left out
+        if any(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in target):
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    classifier = (getattr(backbone, "pretrained_cfg", None) or {}).get("classifier") or "fc"
+    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    state = {k: v for k, v in state.items() if k in target or not k.startswith(tuple(h + "." for h in heads))}
+    # BatchNorm fills in a missing step counter itself; files written without one are common
+    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in target]
+    misshapen = [k for k in state if k in target and state[k].shape != target[k].shape]
+    if missing or unexpected or misshapen:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) (first: {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) (first: {unexpected[0]})")
+        if misshapen:
+            k = misshapen[0]
+            parts.append(f"{len(misshapen)} key(s) of another shape (first: {k}, {tuple(state[k].shape)} in the "
+                         f"file, {tuple(target[k].shape)} in the encoder)")
+        raise ValueError(f"{path} does not fit encoder {encoder.name}: {'; '.join(parts)}")
+    backbone.load_state_dict(state, strict=False)  # strict but for the step counters checked above
 
 
 class ProjectionHead(nn.Module):

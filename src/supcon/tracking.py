@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import numbers
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from supcon import distributed
 from supcon.config import Config
+
+if TYPE_CHECKING:
+    import torch
 
 LOGGERS = ("none", "tensorboard", "wandb")
 _NOT_METRICS = ("stage", "epoch")
@@ -38,6 +41,8 @@ def _scalars(record: dict[str, Any]) -> dict[str, float]:
 class Tracker:
     """The interface, and the tracker of ``--logger none``: every call does nothing."""
 
+    embeddings = False  # whether log_embedding keeps what it gets (the stages compute the features only then)
+
     def log_config(self, cfg: Config) -> None:
         pass
 
@@ -50,6 +55,11 @@ class Tracker:
     def log_summary(self, summary: dict[str, Any]) -> None:
         """The run's final numbers (a ``results.json`` run entry)."""
 
+    def log_embedding(self, tag: str, features: torch.Tensor, labels: list[str], images: torch.Tensor,
+                      step: int) -> None:
+        """Embeddings to look at interactively: ``features [N, D]``, each point's class name in ``labels``, and
+        its thumbnail in ``images`` (uint8 ``[N, C, H, W]``); ``tag`` names the stage, ``step`` its last epoch."""
+
     def close(self) -> None:
         pass
 
@@ -61,6 +71,8 @@ class Tracker:
 
 
 class TensorBoardTracker(Tracker):
+    embeddings = True
+
     def __init__(self, log_dir: str | Path | None):
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -100,6 +112,32 @@ class TensorBoardTracker(Tracker):
         hparams = {k: ("default" if v is None else v) for k, v in self.cfg.to_dict().items()
                    if k not in ("out", "quiet") and (v is None or isinstance(v, (bool, int, float, str)))}
         self.writer.add_hparams(hparams, metrics, run_name=".")
+        self.writer.flush()
+
+    def log_embedding(self, tag: str, features: torch.Tensor, labels: list[str], images: torch.Tensor,
+                      step: int) -> None:
+        """For TensorBoard's projector: ``STEP/TAG/`` (``tensors.tsv``, ``metadata.tsv``, ``sprite.png``) and
+        its entry in ``projector_config.pbtxt``."""
+        import shutil
+
+        logdir = Path(self.writer.get_logdir())
+        config = logdir / "projector_config.pbtxt"
+        if not hasattr(self.writer, "_projector_config") and config.is_file():
+            # The writer rewrites the whole file from the embeddings it was given itself; a writer opened later on
+            # the same directory (supcon linear --run DIR, a new run in an old run's directory) would drop the
+            # entries written before it.
+            from google.protobuf import text_format
+            from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+
+            self.writer._projector_config = text_format.Parse(config.read_text(), ProjectorConfig())
+        name = f"{tag}:{step:05d}"  # what add_embedding names the entry: one entry per stage and step
+        if hasattr(self.writer, "_projector_config"):
+            old = [e for e in self.writer._projector_config.embeddings if e.tensor_name == name]
+            for entry in old:
+                self.writer._projector_config.embeddings.remove(entry)
+        shutil.rmtree(logdir / f"{step:05d}" / tag, ignore_errors=True)  # an earlier run's copy of the same stage
+        self.writer.add_embedding(features.float(), metadata=list(labels), label_img=images.float() / 255,
+                                  global_step=step, tag=tag)
         self.writer.flush()
 
     def close(self) -> None:

@@ -40,7 +40,8 @@ from supcon import distributed
 from supcon.augment import BatchedMultiView, BatchedView, apply_batch, multiview_transform, view_transform
 from supcon.checkpoint import Checkpoints, rng_state, set_rng_state
 from supcon.config import LOSS_NAMES, TSNE_POINTS, Config
-from supcon.data import DataSplits, load_dataset, with_label_noise
+from supcon.data import DataSplits, load_dataset, resize_uint8, with_label_noise
+from supcon.device import resolve_device
 from supcon.evaluate.curves import plot_curves
 from supcon.evaluate.knn import KnnSchedule, chance_accuracy, knn_accuracy
 from supcon.evaluate.tsne import MIN_POINTS, draw_tsne, tsne_2d, tsne_subset
@@ -57,25 +58,12 @@ from supcon.losses import MaxMarginContrastiveLoss, NPairsLoss, SupConLoss
 from supcon.models import Classifier, Encoder, ProjectionHead, SupConModel, build_encoder
 from supcon.tracking import Tracker, open_tracker
 
+# TensorBoard's projector: points (a seeded, class-balanced subsample of larger validation splits) and the
+# thumbnail size; 71 x 64 px per side of the sprite stays within the 8192 px the projector reads.
+PROJECTOR_POINTS = 5000
+PROJECTOR_THUMBNAIL = 64
+
 # ---------------------------------------------------------------------------------------------- devices
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps; got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available here")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device 'mps' requested but MPS is not available here")
-    return device
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -637,7 +625,8 @@ def _optimizer_and_schedule(cfg: Config, params, steps_per_epoch: int, epochs: i
 
 
 def _make_encoder(cfg: Config, data: DataSplits, normalize: bool = True) -> Encoder:
-    return build_encoder(cfg.encoder, data.channels, data.image_size, cfg.stem, normalize=normalize)
+    return build_encoder(cfg.encoder, data.channels, data.image_size, cfg.stem, normalize=normalize,
+                         pretrained=cfg.pretrained)
 
 
 def _policy_options(cfg: Config) -> dict[str, Any]:
@@ -863,7 +852,8 @@ def pretrain(cfg: Config, data: DataSplits, out: str | Path | None = None, track
     summary["seconds"] = summary["pretrain_seconds"] = time.perf_counter() - started + result.earlier_seconds
     model, inputs = stage.model, stage.inputs
     _save_run(out, cfg, data, summary, inputs, {"encoder": model.encoder, "projection": model.head})
-    xy = _pictures(cfg, out, track, data, model.encoder, inputs, f"{LOSS_NAMES[cfg.loss]} encoder (stage 1)")
+    xy = _pictures(cfg, out, track, data, model.encoder, inputs, f"{LOSS_NAMES[cfg.loss]} encoder (stage 1)",
+                   stage="pretrain", step=len(result.history))
     _done(track, tracker, summary)
     if checkpoints is not None:
         checkpoints.clear()
@@ -1186,7 +1176,7 @@ def train_ce(cfg: Config, data: DataSplits, out: str | Path | None = None, track
         summary["knn_acc"] = encoder_knn(model.encoder, data, inputs, device, cfg, dtype)
     _save_run(out, cfg, data, summary, inputs, {"encoder": model.encoder, "linear": model.fc})
     xy = _pictures(cfg, out, track, data, model.encoder, inputs,
-                   f"cross-entropy encoder (val acc {summary['val_acc']:.3f})")
+                   f"cross-entropy encoder (val acc {summary['val_acc']:.3f})", stage="ce", step=len(result.history))
     _done(track, tracker, summary)
     if checkpoints is not None:
         checkpoints.clear()
@@ -1303,13 +1293,35 @@ def tsne_points(encoder: nn.Module, data: DataSplits, inputs: Inputs, seed: int 
     return tsne_2d(predict(encoder, data.val.images[idx], inputs.plain(), device, batch_size), seed)
 
 
+def log_projector(track: Tracker, encoder: nn.Module, data: DataSplits, inputs: Inputs, tag: str, step: int,
+                  seed: int = 0, batch_size: int = 512, max_points: int = PROJECTOR_POINTS) -> None:
+    """Hand the validation images' ``encoder`` embeddings, their class names and thumbnails (at most
+    ``PROJECTOR_THUMBNAIL`` px) to ``track.log_embedding`` (TensorBoard's projector), for trackers that keep them.
+
+    Larger splits are subsampled to ``max_points`` (seeded, class-balanced), which keeps the sprite of
+    thumbnails within the projector's 8192 x 8192 px."""
+    if not track.embeddings:
+        return
+    idx = torch.from_numpy(tsne_subset(data.val.labels, max_points, seed))
+    images = data.val.images[idx]
+    features = predict(encoder, images, inputs.plain(), next(encoder.parameters()).device, batch_size)
+    if images.shape[-1] > PROJECTOR_THUMBNAIL:
+        images = resize_uint8(images, PROJECTOR_THUMBNAIL)
+    labels = [data.val.class_names[i] for i in data.val.labels[idx].tolist()]
+    track.log_embedding(tag, features, labels, images, step)
+
+
 def _pictures(cfg: Config, out: Path | None, track: Tracker, data: DataSplits, encoder: Encoder | None = None,
-              inputs: Inputs | None = None, title: str = "", curves: bool = True) -> Any:
-    """The end of a stage: ``curves.png`` and, given an encoder and ``cfg.tsne``, ``tsne.png``; both tracked."""
+              inputs: Inputs | None = None, title: str = "", curves: bool = True, stage: str | None = None,
+              step: int = 0) -> Any:
+    """The end of a stage: ``curves.png`` and, given an encoder and ``cfg.tsne``, ``tsne.png``; both tracked.
+    Given a ``stage`` (the tag) and its last epoch (``step``), the tracker also gets the encoder's embeddings."""
     if out is None or not distributed.is_main():
         return None
     if curves and (path := plot_curves(out)) is not None:
         track.log_image("curves", path)
+    if encoder is not None and stage is not None:
+        log_projector(track, encoder, data, inputs, stage, step, cfg.seed, cfg.eval_batch_size)
     if encoder is None or not cfg.tsne:
         return None
     if len(data.val) < MIN_POINTS:  # a picture is not worth failing a finished run for

@@ -108,6 +108,9 @@ def linear_transfer(source: str | Path, cfg: Config, out: str | Path, data: Data
         # One writer of a run's files (config.yaml, weights, results.json) for every kind of run.
         train._save_run(out, cfg, data, summary, inputs, {"encoder": encoder})
         xy = None
+        if distributed.is_main():  # the encoder's embeddings of the new data, for TensorBoard's projector
+            train.log_projector(track, encoder, data, inputs, "linear", len(stage2.fit.history), cfg.seed,
+                                cfg.eval_batch_size)
         if cfg.tsne and distributed.is_main():
             title = f"{ENCODER_TITLES[previous['method']]} from {source.name} (val acc {summary['val_acc']:.3f})"
             xy = train.tsne_picture(encoder, data, inputs, out / "tsne.png", title, cfg.seed, cfg.eval_batch_size)

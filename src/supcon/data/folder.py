@@ -141,7 +141,7 @@ def _decode_all(
         warnings.simplefilter("always")
         pool = ThreadPoolExecutor(max_workers=DECODE_WORKERS)
         try:
-            results = pool.map(lambda p: _decode(p, size), paths)
+            results = pool.map(lambda p: decode_image(p, size), paths)
             bar = tqdm(results, total=len(paths), desc=f"decoding {root.name}", unit="img", disable=not progress)
             for i, (arr, why) in enumerate(bar):
                 if arr is None:
@@ -170,10 +170,12 @@ def _decode_all(
     return torch.from_numpy(buf[: len(ok)]), np.asarray(ok, dtype=np.int64), skipped
 
 
-def _decode(path: Path, size: int | None) -> tuple[np.ndarray | None, str]:
-    """One file to uint8 [H, W, 3], or (None, reason). Never raises: bad files are data, not bugs."""
-    from PIL import Image, ImageOps
+def decode_image(path: str | Path, size: int | None) -> tuple[np.ndarray | None, str]:
+    """One file to uint8 [H, W, 3] (resized to ``size`` x ``size`` unless None), or (None, the reason it cannot be
+    read). Never raises: bad files are data, not bugs. Training and ``supcon predict`` read files through this."""
+    from PIL import Image
 
+    path = Path(path)
     try:
         if path.stat().st_size == 0:
             return None, "empty file"
@@ -181,12 +183,20 @@ def _decode(path: Path, size: int | None) -> tuple[np.ndarray | None, str]:
             # Pillow's ImageFile.LOAD_TRUNCATED_IMAGES stays False, so that load() raises on a file that ends
             # early instead of padding the missing rows with grey; load() here forces the full decode now.
             im.load()
-            im = _to_rgb(ImageOps.exif_transpose(im))
-            if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BICUBIC)
-            return np.asarray(im, dtype=np.uint8), ""
+            return image_array(im, size), ""
     except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...)
         return None, _reason(path, e)
+
+
+def image_array(im, size: int | None) -> np.ndarray:  # im: PIL.Image.Image
+    """A decoded PIL image as training sees it: EXIF orientation applied, converted to RGB (16-bit and float
+    modes rescaled, alpha dropped), resized to ``size`` x ``size`` with Pillow's bicubic filter; uint8 [H, W, 3]."""
+    from PIL import Image, ImageOps
+
+    im = _to_rgb(ImageOps.exif_transpose(im))
+    if size is not None and im.size != (size, size):
+        im = im.resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(im, dtype=np.uint8)
 
 
 def _reason(path: Path, e: Exception) -> str:

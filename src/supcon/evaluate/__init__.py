@@ -1,2 +1,3 @@
-"""Evaluation of trained models: kNN accuracy, t-SNE pictures, training curves, and robustness (corruptions,
-adversarial attacks, margins and calibration)."""
+"""Evaluation of trained runs: kNN accuracy, t-SNE pictures, training curves, robustness (corruptions,
+adversarial attacks, margins and calibration), and ``predict`` (a finished run classifying new images:
+``supcon.load_run``)."""
