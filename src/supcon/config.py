@@ -41,6 +41,7 @@ DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3}
 LOSS_NAMES = {"supcon": "SupCon", "supcon_in": "SupCon (L_in)", "simclr": "SimCLR", "maxmargin": "max-margin",
               "npairs": "npairs"}
 TSNE_POINTS = 2000  # t-SNE is quadratic-ish in the points; a few thousand keep a picture under a minute on a CPU
+MAP_POINTS = 1000  # the HTML report's embedding maps: each point carries a thumbnail, and a page of a few MB opens fast
 
 
 def option(default: Any, help: str, commands=TRAINING, choices=None, metavar=None, runtime: bool = False,
