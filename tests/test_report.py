@@ -5,6 +5,7 @@ import re
 import shutil
 import sys
 
+import numpy as np
 import pytest
 from browser import find_chromium, load_page
 from threadpoolctl import threadpool_limits
@@ -172,6 +173,20 @@ def test_html_report_notes_a_run_whose_map_cannot_be_made_and_goes_on(runs, tmp_
     assert "| cross-entropy |" in markdown.read_text()
 
 
+def test_umap_is_asked_for_by_its_distribution_and_missing_it_is_an_import_error_naming_it(monkeypatch):
+    import importlib.metadata
+
+    from supcon.evaluate import tsne
+
+    def version(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert not tsne.umap_available()
+    with pytest.raises(ImportError, match=r"UMAP needs umap-learn: pip install umap-learn"):
+        tsne.umap_2d(np.zeros((10, 4)))
+
+
 def test_html_report_without_plotly_is_a_one_line_error_naming_the_extra(runs, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "plotly", None)  # import plotly now raises ImportError
     assert main(["report", str(runs / "sup"), "--html", str(tmp_path / "r.html")]) == 2
@@ -183,8 +198,11 @@ def test_html_report_without_plotly_is_a_one_line_error_naming_the_extra(runs, t
 @pytest.mark.slow
 def test_html_report_adds_umap_maps_where_umap_learn_is_installed(runs):
     pytest.importorskip("plotly", reason="the HTML report needs plotly (pip install 'supcon[report]')")
-    pytest.importorskip("umap", reason="UMAP maps need umap-learn (pip install umap-learn), an optional extra")
+    from supcon.evaluate.tsne import umap_available
     from supcon.report import Thumbnails, embedding_figure
+
+    if not umap_available():
+        pytest.skip("UMAP maps need umap-learn (pip install umap-learn), which no extra installs")
     from supcon.transfer import val_embeddings
 
     emb = val_embeddings(runs / "sup", max_points=60)
@@ -205,7 +223,6 @@ TAB10 = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103
 
 
 def _class_coloured_pixels(png) -> int:
-    import numpy as np
     from PIL import Image
 
     rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)

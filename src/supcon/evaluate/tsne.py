@@ -26,17 +26,22 @@ def tsne_2d(features: torch.Tensor | np.ndarray, seed: int = 0) -> np.ndarray:
 
 def umap_available() -> bool:
     """Whether ``umap-learn`` is installed (an optional extra: ``pip install umap-learn``)."""
-    import importlib.util
+    import importlib.metadata
 
-    return importlib.util.find_spec("umap") is not None
+    # the distribution, not the module name: PyPI's unrelated "umap" package, or a folder an uninstall left
+    # behind, also import as "umap"
+    try:
+        importlib.metadata.version("umap-learn")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def umap_2d(features: torch.Tensor | np.ndarray, seed: int = 0) -> np.ndarray:
     """2-D UMAP of ``[N, D]`` features (cosine distance, as :func:`tsne_2d`); needs ``umap-learn``."""
-    try:
-        import umap
-    except ImportError:
-        raise ImportError("UMAP needs umap-learn: pip install umap-learn") from None
+    if not umap_available():
+        raise ImportError("UMAP needs umap-learn: pip install umap-learn")
+    import umap
     x = np.asarray(features, dtype=np.float32)
     if len(x) < MIN_POINTS:
         raise ValueError(f"UMAP needs at least {MIN_POINTS} points; got {len(x)}")
