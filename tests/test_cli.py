@@ -35,9 +35,10 @@ def test_help_documents_every_option_with_its_default(command, capsys):
 @pytest.mark.parametrize("command, options", [
     ("tsne", ["RUN_DIR", "--projection"]),
     ("embed", ["RUN_DIR", "--dataset SPEC", "--split {train,val,both}", "--projection", "--out FILE"]),
-    ("report", ["DIR", "--out FILE", "(default: report.md)"]),
     ("predict", ["RUN_DIR", "PATH", "--top-k K", "--format {text,json,csv}", "--batch-size N", "--device DEVICE",
                  "--quiet", "(default: text)"]),
+    ("report", ["DIR", "--out FILE", "(default: report.md, unless --html is given)", "--html FILE", "--map-points N",
+                "(default: 1000)"]),
     ("knn", ["RUN_DIR", "--dataset SPEC", "--k K", "--temperature T", "--weights {exp,uniform}", "(default: exp)"]),
 ])
 def test_help_of_the_run_directory_commands(command, options, capsys):

@@ -288,14 +288,17 @@ def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
 
 
 def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
+    """Per-image ``adjust_contrast`` on a float batch ``[n, C, H, W]``, ``factor`` ``[n]``."""
     return _contrast_(x.clone(), factor)
 
 
 def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
+    """Per-image ``adjust_saturation`` on a float batch ``[n, C, H, W]``, ``factor`` ``[n]``."""
     return _saturation_(x.clone(), factor)
 
 
 def adjust_hue(x: Tensor, factor: Tensor) -> Tensor:
+    """Per-image ``adjust_hue`` on a float RGB batch ``[n, 3, H, W]``, ``factor`` ``[n]`` (in turns, -0.5 to 0.5)."""
     return _hue_(x.clone(), factor)
 
 
@@ -422,6 +425,7 @@ class BatchedView:
         return self.normalize_(out)
 
     def normalize_(self, x: Tensor) -> Tensor:
+        """``x`` normalised in place with the view's mean and std (unchanged without them); returns ``x``."""
         if self.mean is not None:
             x.sub_(self.mean.to(x.device).view(-1, 1, 1)).div_(self.std.to(x.device).view(-1, 1, 1))
         return x

@@ -17,6 +17,7 @@ from supcon.config import (
     COMMANDS,
     DISTRIBUTED,
     LOSS_NAMES,
+    MAP_POINTS,
     NO_DISTRIBUTED_RESUME,
     TSNE_POINTS,
     Config,
@@ -54,7 +55,8 @@ TOOLS = {
                "line per image (path, class, confidence); images are decoded and resized as in training. Where "
                "images sit in folders named after the run's classes, the accuracy is reported too.",
     "report": "Gather run directories (single runs, compare directories, or folders holding many runs) into one "
-              "Markdown report: results table, options changed from the defaults, and the pictures.",
+              "Markdown report (results table, options changed from the defaults, the pictures) or, with --html, one "
+              "self-contained HTML page with interactive curves and embedding maps.",
 }
 _HINTS = typing.get_type_hints(Config)
 
@@ -160,8 +162,17 @@ def _add_tools(commands) -> None:
     report = sub("report")
     report.add_argument("dirs", nargs="+", metavar="DIR",
                         help="run directories, compare directories or folders searched for runs (by results.json)")
-    report.add_argument("--out", metavar="FILE", default="report.md",
-                        help="the Markdown file to write; pictures are linked relative to it (default: report.md)")
+    report.add_argument("--out", metavar="FILE",
+                        help="the Markdown file to write; pictures are linked relative to it (default: report.md, "
+                             "unless --html is given)")
+    report.add_argument("--html", metavar="FILE",
+                        help="also (or, without --out, only) write one self-contained HTML page: the tables, "
+                             "interactive training curves and embedding maps (t-SNE, and UMAP with umap-learn) "
+                             "whose points show their image and classes on hover; needs plotly "
+                             "(pip install 'supcon[report]')")
+    report.add_argument("--map-points", type=int, metavar="N", default=MAP_POINTS,
+                        help="points in each embedding map of the HTML page, a class-balanced subset of the "
+                             f"validation images; 0 for no maps (default: {MAP_POINTS})")
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -265,9 +276,13 @@ def run_tool(args: argparse.Namespace) -> int:
         print(f"robustness finished: outputs ({', '.join(f for f in FILES if (out / f).is_file())}) in {out}")
         return 0
     if args.command == "report":
-        from supcon.report import write_report
+        from supcon.report import write_html_report, write_report
 
-        print(f"report written to {write_report(args.dirs, args.out)}")
+        if args.html is not None:
+            log = lambda line: print(line, file=sys.stderr)  # noqa: E731
+            print(f"HTML report written to {write_html_report(args.dirs, args.html, args.map_points, log)}")
+        if args.out is not None or args.html is None:
+            print(f"report written to {write_report(args.dirs, args.out or 'report.md')}")
         return 0
     from supcon import transfer
 

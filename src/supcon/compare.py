@@ -23,23 +23,30 @@ TRANSFERRED = {"supcon": "SupCon encoder + linear", "simclr": "SimCLR encoder + 
                "ce": "cross-entropy encoder + linear"}
 
 
-def results_table(runs: list[dict[str, Any]], names: list[str] | None = None) -> str:
-    """The comparison as a Markdown table (one row per run; ``names`` adds a first column naming each run)."""
+def results_rows(runs: list[dict[str, Any]], names: list[str] | None = None) -> tuple[tuple[str, ...], list[list[str]]]:
+    """The comparison's column names and one row of formatted cells per run (``names`` adds a first column)."""
 
     def num(value, digits=4):
         return "–" if value is None else f"{value:.{digits}f}"
 
     columns = (("run",) if names is not None else ()) + COLUMNS
-    rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    rows = []
     for i, run in enumerate(runs):
         # a transfer run probes an encoder trained elsewhere, whatever its method was
         name = (TRANSFERRED if run.get("encoder_from") else METHODS)[run["method"]]
         if run["method"] == "supcon" and run.get("loss") not in (None, "supcon"):
             name = name.replace("SupCon", LOSS_NAMES.get(run["loss"], run["loss"]), 1)
-        first = f"| {names[i]} " if names is not None else ""
-        rows.append(f"{first}| {name} | {num(run['supcon_loss'])} | {num(run.get('knn_acc'))} | "
-                    f"{num(run['train_acc'])} | {num(run['val_acc'])} | {run['seconds']:.0f} s |")
-    return "\n".join(rows)
+        rows.append(([names[i]] if names is not None else []) + [
+            name, num(run["supcon_loss"]), num(run.get("knn_acc")), num(run["train_acc"]), num(run["val_acc"]),
+            f"{run['seconds']:.0f} s"])
+    return columns, rows
+
+
+def results_table(runs: list[dict[str, Any]], names: list[str] | None = None) -> str:
+    """The comparison as a Markdown table (one row per run; ``names`` adds a first column naming each run)."""
+    columns, rows = results_rows(runs, names)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 # What the kNN monitor must show before compare speaks. "No gain" is less than FLAT (5 images of a 250-image

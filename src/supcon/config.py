@@ -43,6 +43,7 @@ LOSS_NAMES = {"supcon": "SupCon", "supcon_in": "SupCon (L_in)", "simclr": "SimCL
 # --encoder: these, or timm:NAME (supcon.models builds them; named here so that a typo fails before training)
 ENCODERS = ("auto", "smallcnn", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 TSNE_POINTS = 2000  # t-SNE is quadratic-ish in the points; a few thousand keep a picture under a minute on a CPU
+MAP_POINTS = 1000  # the HTML report's embedding maps: each point carries a thumbnail, and a page of a few MB opens fast
 
 
 def option(default: Any, help: str, commands=TRAINING, choices=None, metavar=None, runtime: bool = False,

@@ -89,6 +89,8 @@ class Inputs:
 
     @classmethod
     def for_data(cls, data: DataSplits, normalize: bool) -> Inputs:
+        """The inputs of ``data``: its size and channels and, with ``normalize``, its training images' per-channel
+        mean and std."""
         mean = std = None
         if normalize:
             x = data.train.images.float() / 255
@@ -135,6 +137,7 @@ def predicted_class(logits: torch.Tensor) -> torch.Tensor:
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The fraction of ``labels`` that :func:`predicted_class` gets right."""
     return (predicted_class(logits) == labels).float().mean().item()
 
 
@@ -146,6 +149,7 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 
 
 def output_size(head: str, num_classes: int) -> int:
+    """The classifier's outputs: one logit for ``head="binary"`` (two classes only), else one per class."""
     if head == "binary":
         if num_classes != 2:
             raise ValueError(f"--head binary needs a two-class data set; this one has {num_classes} classes")
@@ -154,10 +158,12 @@ def output_size(head: str, num_classes: int) -> int:
 
 
 def validation_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """``val_acc`` and ``val_loss`` of validation logits: what :func:`fit`'s ``evaluate`` returns for a classifier."""
     return {"val_acc": accuracy(logits, labels), "val_loss": classification_loss(logits, labels).item()}
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype`` on ``device``, or a context that does nothing when ``dtype`` is None."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
@@ -166,6 +172,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 def build_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
                     nesterov: bool = False) -> torch.optim.Optimizer:
+    """SGD (with ``momentum``, optionally Nesterov), Adam, AdamW or RMSprop on the parameters that need gradients."""
     params = [p for p in params if p.requires_grad]
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
@@ -201,6 +208,9 @@ def build_schedule(optimizer: torch.optim.Optimizer, schedule: str, total_steps:
 
 @dataclass
 class FitResult:
+    """What :func:`fit` did: one record per epoch, the best epoch by validation accuracy (whose weights it
+    restored), whether it stopped early, its time, and the checkpoint it resumed from."""
+
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
     best_val_acc: float | None = None
@@ -680,9 +690,11 @@ class EpochBatches:
         self._epoch_start = None
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The shuffle's state, for a checkpoint: the generator as it was when the epoch in progress began."""
         return {"generator": self._epoch_start if self._epoch_start is not None else self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore a :meth:`state_dict`: the next epoch drawn is the one that was in progress."""
         self.generator.set_state(state["generator"])
         self._epoch_start = None
 
@@ -757,6 +769,8 @@ class Stage1:
     def fit(self, cfg: Config, out: Path | None = None, epoch_batches=None, on_epoch=None,
             evaluate=None, checkpoints: Checkpoints | None = None, extra_state: dict[str, Any] | None = None
             ) -> FitResult:
+        """Train for ``cfg.epochs`` with :func:`fit` (``epoch_batches`` replaces the built batches, as the kNN
+        monitor's wrapper does)."""
         return fit(self.model, self.step, epoch_batches or self.batches, self.steps, epochs=cfg.epochs,
                    optimizer=self.optimizer, scheduler=self.scheduler, grad_clip=cfg.grad_clip, scaler=self.scaler,
                    stage="pretrain", metrics_path=out / "metrics.jsonl" if out else None, progress=not cfg.quiet,
@@ -917,9 +931,11 @@ class KnnMonitor:
 
     @property
     def curve(self) -> list[list[float]]:
+        """``[epoch, kNN accuracy]`` pairs so far; epoch 0 is the untrained encoder."""
         return self.state["knn_curve"]
 
     def measure(self) -> tuple[float, float]:
+        """The encoder's kNN accuracy now, and the seconds it took; the random state is left as it was."""
         t0 = time.perf_counter()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             acc = encoder_knn(self.encoder, self.data, self.inputs, self.device, self.cfg, self.dtype)
@@ -933,6 +949,7 @@ class KnnMonitor:
         self.epoch, self.started = epoch, time.perf_counter()
 
     def batches(self, epoch_batches: Callable[[int], Iterator[list[torch.Tensor]]]):
+        """``epoch_batches`` that also tell the monitor when each epoch starts."""
         if isinstance(epoch_batches, EpochBatches):  # kept as it is, so that checkpoints hold its shuffle state
             epoch_batches.on_epoch_start = self._epoch_started
             return epoch_batches
@@ -943,6 +960,7 @@ class KnnMonitor:
         return wrapped
 
     def evaluate(self) -> dict[str, float]:
+        """:func:`fit`'s end-of-epoch hook: ``knn_acc`` and ``knn_seconds`` when a measurement is due, else ``{}``."""
         train_seconds = time.perf_counter() - self.started
         self.schedule.resolved = self.state["knn_every"]
         if not self.schedule.due(self.epoch):
@@ -954,6 +972,7 @@ class KnnMonitor:
         return {"knn_acc": acc, "knn_seconds": seconds}
 
     def summary(self) -> dict[str, Any]:
+        """The run summary's kNN entries: the last accuracy, the curve, chance and the period (``{}`` when off)."""
         if not self.on:
             return {}
         return {"knn_acc": self.curve[-1][1] if len(self.curve) > 1 else None, "knn_curve": self.curve,
@@ -988,6 +1007,7 @@ class GradCache:
         self._pending: tuple | None = None
 
     def step(self, batch: list[torch.Tensor]) -> tuple[torch.Tensor, None]:
+        """The loss of a ``[B, V, C, H, W]`` batch, embedded chunk by chunk without gradients."""
         x, y = batch  # x: [B, V, C, H, W]
         b, v = x.shape[:2]
         chunks = _as_model_input(x.flatten(0, 1), self.device).split(self.chunk_size)
@@ -1004,6 +1024,7 @@ class GradCache:
         return self.criterion(z.view(b, v, -1), y if self.use_labels else None), None
 
     def backward(self, loss: torch.Tensor) -> None:
+        """The parameter gradients of the last :meth:`step`'s loss, by a second pass over its chunks."""
         chunks, states, after, z = self._pending
         self._pending = None
         loss.backward()

@@ -3,7 +3,6 @@
 These read a run directory and never change it (except :func:`tsne_run`, which adds its pictures there).
 
 >>> from supcon.config import Config
-from supcon.evaluate.knn import WEIGHTS, knn_accuracy
 >>> from supcon import transfer
 >>> transfer.linear_transfer("runs/imagenet5", Config(dataset="npz:flowers5_64.npz"), "runs/to-flowers")
 >>> transfer.embed_run("runs/imagenet5", "emb.npz")          # train_x, train_y, val_x, val_y, class_names
@@ -13,6 +12,7 @@ from supcon.evaluate.knn import WEIGHTS, knn_accuracy
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from supcon import distributed, train
-from supcon.config import Config
+from supcon.config import TSNE_POINTS, Config
 from supcon.data import DataSplits
 from supcon.evaluate.knn import WEIGHTS, knn_accuracy
+from supcon.evaluate.tsne import tsne_subset
 from supcon.io import load_weights, read_json, require_run_dir
 from supcon.models import Encoder, ProjectionHead, SupConModel
 from supcon.tracking import open_tracker
@@ -46,17 +47,24 @@ def check_inputs(data: DataSplits, inputs: train.Inputs, run_dir: str | Path) ->
                          f"{data.name} gives {data.image_size}x{data.image_size}")
 
 
-def data_for_run(run_dir: str | Path, cfg: Config, inputs: train.Inputs, dataset: str | None = None
-                 ) -> DataSplits:
+def data_for_run(run_dir: str | Path, cfg: Config, inputs: train.Inputs, dataset: str | None = None,
+                 cache: dict[tuple, DataSplits] | None = None) -> DataSplits:
     """The run's own split (same seed and subsampling) or, given another ``dataset``, all of that one.
 
-    Images are resized to the encoder's input size in either case.
+    Images are resized to the encoder's input size in either case. Given a ``cache``, runs that load the same
+    data (a comparison's two methods) load it once.
     """
     if dataset is None or dataset == cfg.dataset:
         load = cfg.replace(image_size=inputs.image_size)
     else:
         load = Config(dataset=dataset, image_size=inputs.image_size, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    data = train.load_data(load.replace(quiet=True))
+    key = (load.dataset, load.image_size, load.val_fraction, load.seed, load.max_train, load.max_val, load.data_dir)
+    if cache is not None and key in cache:
+        data = cache[key]
+    else:
+        data = train.load_data(load.replace(quiet=True))
+        if cache is not None:
+            cache[key] = data
     check_inputs(data, inputs, run_dir)
     return data
 
@@ -126,6 +134,49 @@ def _embedding_models(run_dir: Path, projection: bool, device: torch.device
     if projection:
         models["proj"] = load_projection(run_dir, encoder, cfg)
     return models, cfg, inputs
+
+
+def load_linear(run_dir: str | Path, encoder: Encoder, cfg: Config, num_classes: int) -> nn.Linear | None:
+    """The run's linear classifier on ``encoder``'s features (``linear.safetensors``); None before stage 2."""
+    path = Path(run_dir) / "linear.safetensors"
+    if not path.is_file():
+        return None
+    fc = nn.Linear(encoder.out_dim, train.output_size(cfg.head, num_classes))
+    load_weights(path, fc)
+    return fc.to(next(encoder.parameters()).device).eval()
+
+
+@dataclass
+class ValEmbeddings:
+    """A run's validation images (a class-balanced subset), their encoder embeddings and predicted classes."""
+
+    indices: np.ndarray  # positions in the validation split
+    images: torch.Tensor  # uint8 [N, C, H, W], as the encoder saw them (resized to its input)
+    labels: np.ndarray
+    features: np.ndarray  # float32 [N, D]
+    predicted: np.ndarray | None  # by the run's linear classifier; None for a run without one (stage 1 only)
+    class_names: list[str]
+    seed: int
+
+
+def val_embeddings(run_dir: str | Path, max_points: int = TSNE_POINTS, batch_size: int = 512,
+                   cache: dict[tuple, DataSplits] | None = None) -> ValEmbeddings:
+    """The encoder embeddings of at most ``max_points`` validation images of a run (chosen as ``tsne.png``'s are:
+    seeded and class-balanced) with the classes its linear classifier predicts for them."""
+    run_dir = require_run_dir(run_dir)
+    device = train.resolve_device("auto")
+    encoder, cfg, inputs = train.load_encoder(run_dir, device)
+    data = data_for_run(run_dir, cfg, inputs, cache=cache)
+    idx = tsne_subset(data.val.labels, max_points, cfg.seed)
+    images = data.val.images[torch.from_numpy(idx)]
+    features = train.predict(encoder, images, inputs.plain(), device, batch_size)
+    fc = load_linear(run_dir, encoder, cfg, data.num_classes)
+    predicted = None
+    if fc is not None:
+        with torch.no_grad():
+            predicted = train.predicted_class(fc(features.to(device)).float()).cpu().numpy()
+    return ValEmbeddings(idx, images, data.val.labels.numpy()[idx], features.numpy(), predicted,
+                         list(data.val.class_names), cfg.seed)
 
 
 def embed_run(run_dir: str | Path, out: str | Path, dataset: str | None = None, split: str = "both",

@@ -48,14 +48,17 @@ class DataSplits:
 
     @property
     def num_classes(self) -> int:
+        """The number of classes (of the training split's class names)."""
         return len(self.train.class_names)
 
     @property
     def channels(self) -> int:
+        """1 (grayscale) or 3 (RGB)."""
         return int(self.train.images.shape[1])
 
     @property
     def image_size(self) -> int:
+        """The images' side in pixels (they are square)."""
         return int(self.train.images.shape[2])
 
 

@@ -1,4 +1,4 @@
-"""t-SNE pictures of learned embeddings, one panel per method, side by side."""
+"""t-SNE pictures of learned embeddings, one panel per method, side by side (and UMAP's 2-D map, for the report)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from supcon.io import save_figure
 
 MIN_POINTS = 5  # below this the perplexity t-SNE needs is not defined
 
+
 def tsne_2d(features: torch.Tensor | np.ndarray, seed: int = 0) -> np.ndarray:
     """2-D t-SNE of ``[N, D]`` features (cosine distance, since the representations live on the sphere)."""
     from sklearn.manifold import TSNE
@@ -21,6 +22,33 @@ def tsne_2d(features: torch.Tensor | np.ndarray, seed: int = 0) -> np.ndarray:
         raise ValueError(f"t-SNE needs at least {MIN_POINTS} points; got {len(x)}")
     perplexity = float(min(30.0, (len(x) - 1) / 3))
     return TSNE(2, perplexity=perplexity, metric="cosine", init="pca", random_state=seed).fit_transform(x)
+
+
+def umap_available() -> bool:
+    """Whether ``umap-learn`` is installed (an optional extra: ``pip install umap-learn``)."""
+    import importlib.metadata
+
+    # the distribution, not the module name: PyPI's unrelated "umap" package, or a folder an uninstall left
+    # behind, also import as "umap"
+    try:
+        importlib.metadata.version("umap-learn")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def umap_2d(features: torch.Tensor | np.ndarray, seed: int = 0) -> np.ndarray:
+    """2-D UMAP of ``[N, D]`` features (cosine distance, as :func:`tsne_2d`); needs ``umap-learn``."""
+    if not umap_available():
+        raise ImportError("UMAP needs umap-learn: pip install umap-learn")
+    import umap
+    x = np.asarray(features, dtype=np.float32)
+    if len(x) < MIN_POINTS:
+        raise ValueError(f"UMAP needs at least {MIN_POINTS} points; got {len(x)}")
+    neighbours = min(15, len(x) - 1)
+    # n_jobs=1: a seeded UMAP runs on one thread anyway, and says so in a warning unless asked for one
+    return umap.UMAP(n_components=2, n_neighbors=neighbours, metric="cosine", random_state=seed, n_jobs=1
+                     ).fit_transform(x).astype(np.float32)
 
 
 def tsne_subset(labels: torch.Tensor | np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
