@@ -36,7 +36,7 @@ def test_dashes_are_accepted_in_yaml_keys(tmp_path):
 
 @pytest.mark.parametrize("changes, message", [
     ({"temperature": 0}, "temperature must be positive"),
-    ({"optimizer": "lbfgs"}, "optimizer must be one of sgd, adam, adamw, rmsprop"),
+    ({"optimizer": "lbfgs"}, "optimizer must be one of auto, sgd, adam, adamw, rmsprop"),
     ({"val_fraction": 1.5}, "val_fraction must be between 0 and 1"),
     ({"crop_scale": 0}, r"crop_scale must be in \(0, 1\]"),
     ({"image_size": -3}, "image_size must be positive"),
@@ -58,3 +58,15 @@ def test_bad_yaml_is_reported(tmp_path):
         Config.from_yaml(path)
     with pytest.raises(ValueError, match="config file not found"):
         Config.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_optimizer_auto_trains_each_method_with_its_own_optimizer_and_rate():
+    cfg = Config()
+    assert cfg.optimizer == "auto"
+    assert (cfg.resolved_optimizer("supcon"), cfg.resolved_lr("supcon")) == ("sgd", 0.1)
+    assert (cfg.resolved_optimizer("ce"), cfg.resolved_lr("ce")) == ("adamw", 1e-3)
+    # a named optimizer (the study's same-optimizer comparison) trains both, and --lr sets both rates
+    same = Config(optimizer="rmsprop", lr=0.01)
+    assert {same.resolved_optimizer(m) for m in ("supcon", "ce")} == {"rmsprop"}
+    assert same.resolved_lr("ce") == same.resolved_lr("supcon") == 0.01
+    assert Config(lr_scale="linear", batch_size=512).resolved_lr("supcon") == 0.1 * 512 / 256

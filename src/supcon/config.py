@@ -37,6 +37,9 @@ NO_DISTRIBUTED_RESUME = ("--resume does not work with several processes yet: ran
 # The usual starting points: SGD with momentum at 0.1 for batch 128-256 (He et al. 2016, and the SupCon reference
 # code's CE and contrastive recipes scaled to that batch); the adaptive methods at their libraries' default.
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3}
+# What --optimizer auto trains each method with: the optimizer under which that method did best across the three
+# shared photo data sets in the study's grid (docs/results.md), each at its usual rate.
+AUTO_OPTIMIZER = {"supcon": "sgd", "ce": "adamw"}
 # How tables and picture titles name each stage-1 loss.
 LOSS_NAMES = {"supcon": "SupCon", "supcon_in": "SupCon (L_in)", "simclr": "SimCLR", "maxmargin": "max-margin",
               "npairs": "npairs"}
@@ -98,8 +101,9 @@ class Config:
     epochs: int = option(30, "epochs of stage 1 (SupCon) and of the CE baseline", STAGE1 + ("ce",))
     batch_size: int = option(128, "images per batch (each gives --views views in stage 1); in a distributed run the "
                              "global batch, split over the processes")
-    optimizer: str = option("adamw", "optimizer for stage 1 and CE", STAGE1 + ("ce",),
-                            choices=("sgd", "adam", "adamw", "rmsprop"))
+    optimizer: str = option("auto", "optimizer for stage 1 and CE; auto: SGD (momentum 0.9) for stage 1, AdamW for "
+                            "CE, the optimizer each method did best with on the shared data sets",
+                            STAGE1 + ("ce",), choices=("auto", "sgd", "adam", "adamw", "rmsprop"))
     lr: float | None = option(None, "learning rate for stage 1 and CE (default: by optimizer, sgd 0.1, adam, adamw "
                               "and rmsprop 0.001)", STAGE1 + ("ce",), metavar="LR")
     momentum: float = option(0.9, "momentum (sgd, rmsprop)", STAGE1 + ("ce",))
@@ -286,10 +290,16 @@ class Config:
         ratio = self.batch_size / LR_REFERENCE_BATCH
         return {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}[self.lr_scale]
 
-    def resolved_lr(self) -> float:
-        """The stage-1 and CE learning rate: ``lr`` when set, else the optimizer's usual default; scaled by
-        ``lr_scale``."""
-        return (self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]) * self.lr_factor()
+    def resolved_optimizer(self, method: str = "supcon") -> str:
+        """The optimizer that trains ``method`` (``supcon``: stage 1, ``ce``: the baseline): ``optimizer``, or
+        with ``auto`` the one in :data:`AUTO_OPTIMIZER`."""
+        return AUTO_OPTIMIZER["ce" if method == "ce" else "supcon"] if self.optimizer == "auto" else self.optimizer
+
+    def resolved_lr(self, method: str = "supcon") -> float:
+        """The learning rate of stage 1 (or of CE, ``method="ce"``): ``lr`` when set, else the usual rate of the
+        optimizer that trains it; scaled by ``lr_scale``."""
+        lr = self.lr if self.lr is not None else DEFAULT_LR[self.resolved_optimizer(method)]
+        return lr * self.lr_factor()
 
     def resolved_linear_lr(self) -> float:
         """The linear probe's learning rate: ``linear_lr`` scaled by ``lr_scale``."""

@@ -309,7 +309,7 @@ def describe_cell(method: str, cfg: Config, axes: list[str], variant: dict[str, 
     for key in axes:
         value = getattr(cfg, key)
         if key == "optimizer":
-            parts.append(LABELS.get(value, value))
+            parts.append(LABELS.get(cfg.resolved_optimizer(method), value))
         elif key == "schedule":
             parts.append({"fixed": "fixed lr", "cosine": "lr decayed (cosine)", "step": "lr decayed (step)"}[value])
         elif key == "augment":
@@ -333,8 +333,9 @@ def table_rows(sweep: Sweep, summaries: dict[str, dict[str, Any]]) -> list[dict[
         axes = list(sweep.grid if method == "supcon" else sweep.ce_grid)
         variant = next(variants) if method == "supcon" else None
         rows.append({"cell": name, "method": method, "setting": describe_cell(method, cfg, axes, variant),
-                     "loss": cfg.loss if method == "supcon" else "ce", "optimizer": cfg.optimizer,
-                     "lr": cfg.resolved_lr(), "schedule": cfg.schedule, "augment": cfg.augment, "epochs": cfg.epochs,
+                     "loss": cfg.loss if method == "supcon" else "ce", "optimizer": cfg.resolved_optimizer(method),
+                     "lr": cfg.resolved_lr(method), "schedule": cfg.schedule, "augment": cfg.augment,
+                     "epochs": cfg.epochs,
                      "supcon_loss": run.get("supcon_loss"), "stage1_progress": run.get("stage1_progress"),
                      "knn_acc": run.get("knn_acc"), "train_acc": run.get("train_acc"), "val_acc": run.get("val_acc"),
                      "seconds": run.get("seconds"), "error": run.get("error")})

@@ -807,8 +807,9 @@ def build_stage1(cfg: Config, data: DataSplits, device: torch.device, dtype: tor
     views = multiview_transform(cfg.augment, data.image_size, cfg.views, first_view=cfg.first_view,
                                 mean=inputs.mean, std=inputs.std, **_policy_options(cfg))
     batches, steps = _epoch_batches(data.train.images, data.train.labels, cfg, views, device)
-    optimizer, scheduler = _optimizer_and_schedule(cfg, model.parameters(), steps, cfg.epochs, cfg.optimizer,
-                                                   cfg.resolved_lr(), cfg.weight_decay)
+    optimizer, scheduler = _optimizer_and_schedule(cfg, model.parameters(), steps, cfg.epochs,
+                                                   cfg.resolved_optimizer("supcon"), cfg.resolved_lr("supcon"),
+                                                   cfg.weight_decay)
     use_labels = cfg.loss != "simclr"
     backward = None
     if cfg.chunk_size is not None:
@@ -1171,8 +1172,9 @@ def train_ce(cfg: Config, data: DataSplits, out: str | Path | None = None, track
                                **_policy_options(cfg))
     plain = inputs.plain()
     batches, steps = _epoch_batches(data.train.images, data.train.labels, cfg, transform, device)
-    optimizer, scheduler = _optimizer_and_schedule(cfg, model.parameters(), steps, cfg.epochs, cfg.optimizer,
-                                                   cfg.resolved_lr(), cfg.weight_decay)
+    optimizer, scheduler = _optimizer_and_schedule(cfg, model.parameters(), steps, cfg.epochs,
+                                                   cfg.resolved_optimizer("ce"), cfg.resolved_lr("ce"),
+                                                   cfg.weight_decay)
     forward = _compiled(distributed.wrap(model, device, cfg.sync_bn), cfg)
 
     def evaluate():
