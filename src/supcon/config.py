@@ -99,7 +99,7 @@ class Config:
     proj_dim: int = option(128, "output size of the projection head", STAGE1)
     # stage 1 / CE optimisation
     epochs: int = option(30, "epochs of stage 1 (SupCon) and of the CE baseline", STAGE1 + ("ce",))
-    batch_size: int = option(128, "images per batch (each gives --views views in stage 1); in a distributed run the "
+    batch_size: int = option(64, "images per batch (each gives --views views in stage 1); in a distributed run the "
                              "global batch, split over the processes")
     optimizer: str = option("auto", "optimizer for stage 1 and CE; auto: SGD (momentum 0.9) for stage 1, AdamW for "
                             "CE, the optimizer each method did best with on the shared data sets",
