@@ -103,13 +103,16 @@ def convergence_note(run: dict[str, Any], threshold: float = 0.5) -> str | None:
     """
     notes = []
     progress = run.get("stage1_progress")
+    knn = knn_note(run)
     if run.get("method") != "ce" and progress is not None and progress < threshold:
         name = LOSS_NAMES.get(run.get("loss"), "SupCon")
+        # when the kNN monitor says the features stopped improving, more epochs is the wrong advice
+        advice = ("" if knn and "stopped improving" in knn else
+                  f", so this budget was too short for {name}; give it more --epochs (or a larger --lr) before "
+                  "reading its accuracy against cross-entropy's")
         notes.append(f"Stage 1 did not converge: its loss went from {run['supcon_loss_start']:.3f} to "
                      f"{run['supcon_loss']:.3f}, only {progress:.0%} of the way to its floor of "
-                     f"{run['supcon_loss_floor']:.3f}, so this budget was too short for {name}; give it more "
-                     "--epochs (or a larger --lr) before reading its accuracy against cross-entropy's.")
-    knn = knn_note(run)
+                     f"{run['supcon_loss_floor']:.3f}{advice}.")
     if knn:
         notes.append(knn)
     return " ".join(notes) or None
