@@ -152,16 +152,21 @@ def _rows(run: Run, base: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return entries, names
 
 
-def write_report(dirs: Iterable[str | Path], out: str | Path = "report.md") -> Path:
-    """Write one Markdown report of the runs in ``dirs``; pictures are linked relative to the report."""
-    out = Path(out)
-    runs = find_runs(dirs)
-    base = out.resolve().parent
+def _all_rows(runs, base: Path) -> tuple[list, list[str]]:
     entries, names = [], []
     for run in runs:
         more, labels = _rows(run, base)
         entries += more
         names += labels
+    return entries, names
+
+
+def write_report(dirs: Iterable[str | Path], out: str | Path = "report.md") -> Path:
+    """Write one Markdown report of the runs in ``dirs``; pictures are linked relative to the report."""
+    out = Path(out)
+    runs = find_runs(dirs)
+    base = out.resolve().parent
+    entries, names = _all_rows(runs, base)
     lines = ["# supcon report", "",
              f"{len(runs)} run director{'y' if len(runs) == 1 else 'ies'}, written {time.strftime('%Y-%m-%d %H:%M')}.",
              "", "## Results", "", results_table(entries, names), "",
@@ -324,16 +329,9 @@ def curves_figure(run_dir: str | Path):
     each stage); None for a run without ``metrics.jsonl``."""
     from plotly.subplots import make_subplots
 
-    from supcon.evaluate.curves import ACCURACIES, read_metrics
+    from supcon.evaluate.curves import ACCURACIES, curve_panels, read_metrics
 
-    stages: dict[str, list[dict[str, Any]]] = {}
-    for record in read_metrics(run_dir):
-        stages.setdefault(record.get("stage", "train"), []).append(record)
-    panels = []
-    for stage, rows in stages.items():
-        panels.append((stage, "loss", rows))
-        if any(key in row for row in rows for key, _ in ACCURACIES):
-            panels.append((stage, "accuracy", rows))
+    panels = curve_panels(read_metrics(run_dir))
     if not panels:
         return None
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[f"{s}: {k}" for s, k, _ in panels])
@@ -416,11 +414,7 @@ def write_html_report(dirs: Iterable[str | Path], out: str | Path = "report.html
     out = Path(out)
     runs = find_runs(dirs)
     base = out.resolve().parent
-    entries, names = [], []
-    for run in runs:
-        more, labels = _rows(run, base)
-        entries += more
-        names += labels
+    entries, names = _all_rows(runs, base)
     thumbnails, cache = Thumbnails(), {}
     sections = []
     for number, run in enumerate(runs, 1):

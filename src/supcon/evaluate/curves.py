@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,20 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def curve_panels(records: Iterable[dict[str, Any]]) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """``(stage, "loss" | "accuracy", rows)`` for each panel of the curves: a loss panel per stage, and an
+    accuracy panel for each stage that logged one."""
+    stages: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        stages.setdefault(record.get("stage", "train"), []).append(record)
+    panels = []
+    for stage, rows in stages.items():
+        panels.append((stage, "loss", rows))
+        if any(key in row for row in rows for key, _ in ACCURACIES):
+            panels.append((stage, "accuracy", rows))
+    return panels
+
+
 def plot_curves(run_dir: str | Path, path: str | Path | None = None) -> Path | None:
     """Loss per epoch of every stage, and its train/val (or kNN) accuracy where it has them; ``None`` without
     metrics.
@@ -45,14 +60,7 @@ def plot_curves(run_dir: str | Path, path: str | Path | None = None) -> Path | N
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    stages: dict[str, list[dict[str, Any]]] = {}
-    for record in records:
-        stages.setdefault(record.get("stage", "train"), []).append(record)
-    panels = []
-    for stage, rows in stages.items():
-        panels.append((stage, "loss", rows))
-        if any(key in row for row in rows for key, _ in ACCURACIES):
-            panels.append((stage, "accuracy", rows))
+    panels = curve_panels(records)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, (stage, kind, rows) in zip(axes[0], panels, strict=True):
         epochs = [row["epoch"] for row in rows]
