@@ -400,7 +400,7 @@ def test_unknown_config_key_lists_the_valid_ones(tmp_path):
     ("hflip: 3\n", ["hflip must be true or false; got 3 (int)"]),
     ("dataset: 5\n", ["dataset must be a string; got 5 (int)"]),
     ("augment: {policy: simclr}\n", ["augment must be a string"]),
-    ("optimizer: lbfgs\n", ["optimizer must be one of sgd, adam, adamw, rmsprop; got 'lbfgs'"]),
+    ("optimizer: lbfgs\n", ["optimizer must be one of auto, sgd, adam, adamw, rmsprop; got 'lbfgs'"]),
     ("1: 2\n", ["option names must be words, got 1"]),
     ("- epochs\n", ["must hold a mapping of option: value; got list"]),
     ("epochs: [1,\n", ["is not valid YAML"]),
