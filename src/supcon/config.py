@@ -45,6 +45,13 @@ LOSS_NAMES = {"supcon": "SupCon", "supcon_in": "SupCon (L_in)", "simclr": "SimCL
               "npairs": "npairs"}
 # --encoder: these, or timm:NAME (supcon.models builds them; named here so that a typo fails before training)
 ENCODERS = ("auto", "smallcnn", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+TIMM = "timm:"  # --encoder timm:NAME: any model of the timm library, without its classifier
+
+
+def check_encoder_name(name: str) -> None:
+    """A one-line ValueError unless ``name`` is one of :data:`ENCODERS` or ``timm:NAME``."""
+    if name not in ENCODERS and not (name.startswith(TIMM) and len(name) > len(TIMM)):
+        raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, or timm:NAME (a timm model); got {name!r}")
 TSNE_POINTS = 2000  # t-SNE is quadratic-ish in the points; a few thousand keep a picture under a minute on a CPU
 MAP_POINTS = 1000  # the HTML report's embedding maps: each point carries a thumbnail, and a page of a few MB opens fast
 
@@ -246,9 +253,7 @@ class Config:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise ValueError(f"{f.name} must be one of {', '.join(choices)}; got {value!r}")
-        if self.encoder not in ENCODERS and not (self.encoder.startswith("timm:") and len(self.encoder) > 5):
-            raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, or timm:NAME (a timm model); got "
-                             f"{self.encoder!r}")
+        check_encoder_name(self.encoder)
         positive = ["epochs", "batch_size", "temperature", "views", "proj_dim", "proj_hidden",
                     "linear_epochs", "linear_lr", "eval_batch_size", "step_epochs", "margin", "knn_k",
                     "knn_temperature", "nproc"]

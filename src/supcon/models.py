@@ -18,17 +18,18 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+from supcon.config import ENCODERS as ENCODER_NAMES
+from supcon.config import TIMM, check_encoder_name
+
+RESNETS = tuple(name for name in ENCODER_NAMES if name.startswith("resnet"))
 ENCODERS = ("smallcnn",) + RESNETS
-TIMM = "timm:"  # --encoder timm:NAME: any model of the timm library, without its classifier
 
 
 def resolve_encoder(name: str, image_size: int) -> str:
     """``auto`` picks a small CNN for tiny images (a ResNet would pool them away) and ResNet-18 otherwise."""
     if name == "auto":
         return "smallcnn" if image_size < 32 else "resnet18"
-    if name not in ENCODERS and not (name.startswith(TIMM) and len(name) > len(TIMM)):
-        raise ValueError(f"encoder must be one of auto, {', '.join(ENCODERS)}, or timm:NAME; got {name!r}")
+    check_encoder_name(name)
     return name
 
 
