@@ -70,6 +70,10 @@ class Sweep:
 
     def cells(self) -> list[tuple[str, str, Config]]:
         """``(name, method, config)`` for every cell, SupCon cells first, in grid order."""
+        return [(name, method, cfg) for name, method, cfg, _ in self.cells_with_variants()]
+
+    def cells_with_variants(self) -> list[tuple[str, str, Config, dict[str, Any] | None]]:
+        """:meth:`cells`, each with the variant it applied (None where the sweep has no variants, and for CE)."""
         cells = []
         for method, axes in (("supcon", self.grid), ("ce", self.ce_grid)):
             keys = list(axes)
@@ -81,7 +85,8 @@ class Sweep:
                 for variant in variants:
                     cfg = self.base.replace(**{**changes, **variant})
                     slugs = [_slug(changes[k]) for k in keys] + ([variant_slug(variant)] if variants != [{}] else [])
-                    cells.append(("-".join([method, *slugs]), method, cfg))
+                    cells.append(("-".join([method, *slugs]), method, cfg,
+                                  variant if method == "supcon" and self.variants else None))
         names = [c[0] for c in cells]
         if len(set(names)) != len(names):
             raise ValueError("two sweep cells have the same name; make the axes' values distinct")
@@ -327,11 +332,9 @@ def describe_cell(method: str, cfg: Config, axes: list[str], variant: dict[str, 
 def table_rows(sweep: Sweep, summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per cell, in grid order; cells not run yet have empty results."""
     rows = []
-    variants = itertools.cycle(sweep.variants or [None])
-    for name, method, cfg in sweep.cells():
+    for name, method, cfg, variant in sweep.cells_with_variants():
         run = summaries.get(name) or {}
         axes = list(sweep.grid if method == "supcon" else sweep.ce_grid)
-        variant = next(variants) if method == "supcon" else None
         rows.append({"cell": name, "method": method, "setting": describe_cell(method, cfg, axes, variant),
                      "loss": cfg.loss if method == "supcon" else "ce", "optimizer": cfg.resolved_optimizer(method),
                      "lr": cfg.resolved_lr(method), "schedule": cfg.schedule, "augment": cfg.augment,
