@@ -131,7 +131,7 @@ def make_messy_folder(shared_data, root):
     (root / "misc" / "noise.jpg").write_bytes(bytes(range(256)) * 4)  # not a JPEG at all
     (root / "misc" / "notes.txt").write_text("not a picture\n")
     (root / "misc" / "empty.png").write_bytes(b"")
-    # a 16-bit PNG of a photo: decoded as training decodes it (65535 -> 255), not skipped
+    # a 16-bit PNG of a photo: skipped by default, read as training reads it (65535 -> 255) when converted
     photo = np.asarray(Image.open(source[0]).convert("L"), dtype=np.uint16) * 257
     Image.fromarray(photo).save(root / "dog" / "deep16.png")
     Image.open(source[0]).convert("L").save(root / "dog" / "deep8.png")
@@ -147,6 +147,8 @@ def test_cli_skips_unreadable_files_with_one_line_each(folder_run, shared_data, 
     skipped = [line for line in captured.err.splitlines() if line.startswith("skipped ")]
     assert sorted(skipped) == sorted([
         f"skipped {root / 'dog' / 'bad.jpg'}: " + next(s.split(": ", 1)[1] for s in skipped if "bad.jpg" in s),
+        f"skipped {root / 'dog' / 'deep16.png'}: 16-bit image (predict takes 8-bit images; --high-bit-depth "
+        "convert classifies it scaled to 8 bits, as training reads it)",
         f"skipped {root / 'misc' / 'empty.png'}: empty file",
         f"skipped {root / 'misc' / 'noise.jpg'}: not a recognised image format (corrupt header or unsupported type)",
         f"skipped {root / 'misc' / 'notes.txt'}: not an image (.txt file)",
@@ -154,14 +156,60 @@ def test_cli_skips_unreadable_files_with_one_line_each(folder_run, shared_data, 
     assert any("bad.jpg: truncated file" in s for s in skipped)
     lines = [line.split("\t") for line in captured.out.splitlines() if "\t" in line]
     by_name = {row[0].rsplit("/", 1)[1]: row for row in lines}
-    assert set(by_name) == {p.name for p in source[:3]} | {"deep16.png", "deep8.png"}
-    assert by_name["deep16.png"][1:] == by_name["deep8.png"][1:]  # the 16-bit copy reads as the 8-bit one
+    assert set(by_name) == {p.name for p in source[:3]} | {"deep8.png"}
     row = by_name["deep8.png"]
     assert row[1] in load_run(out).classes and 0 < float(row[2]) <= 1 and len(row[3].split("  ")) == 2
     summary = captured.out.splitlines()[-1]
-    assert summary.startswith(f"classified 5 images with {out} (4 skipped: 1 empty file, 1 not a recognised image "
-                              "format, 1 not an image, 1 truncated file); accuracy ")
-    assert "of the 5 in folders named after a class" in summary  # misc/ names no class: its files are unlabelled
+    assert summary.startswith(f"classified 4 images with {out} (5 skipped: 1 16-bit image, 1 empty file, 1 not a "
+                              "recognised image format, 1 not an image, 1 truncated file); accuracy ")
+    assert "of the 4 in folders named after a class" in summary  # misc/ names no class: its files are unlabelled
+
+
+def test_cli_converts_high_bit_depth_images_when_told(folder_run, shared_data, tmp_path, capsys):
+    out, _ = folder_run
+    root = tmp_path / "messy"
+    make_messy_folder(shared_data, root)
+    assert main(["predict", str(out), str(root / "dog"), "--high-bit-depth", "convert", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    by_name = {row[0].rsplit("/", 1)[1]: row for row in (line.split("\t") for line in captured.out.splitlines())
+               if len(row) > 1}
+    assert by_name["deep16.png"][1:] == by_name["deep8.png"][1:]  # the 16-bit copy reads as the 8-bit one
+    assert "deep16.png" not in captured.err
+
+
+def _png16_rgb(path, pixels):
+    """A 16-bit RGB PNG written by hand: Pillow opens such a file in 8-bit RGB mode, so only its header tells."""
+    import struct
+    import zlib
+
+    h, w, _ = pixels.shape
+    raw = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_high_bit_depth_is_read_from_the_file(tmp_path):
+    from supcon.evaluate.predict import decode_for_prediction, high_bit_depth
+
+    rgb16 = np.arange(4 * 5 * 3, dtype=np.uint16).reshape(4, 5, 3) * 1000
+    _png16_rgb(tmp_path / "rgb16.png", rgb16)
+    assert Image.open(tmp_path / "rgb16.png").mode == "RGB"  # what makes the header check necessary
+    Image.fromarray(rgb16[..., 0]).save(tmp_path / "gray16.png")
+    Image.fromarray(rgb16[..., 0].astype(np.float32) / 65535).save(tmp_path / "float.tif")
+    Image.fromarray((rgb16 // 257).astype(np.uint8)).save(tmp_path / "rgb8.png")
+    (tmp_path / "notes.txt").write_text("not a picture\n")
+    assert [high_bit_depth(tmp_path / n) for n in ("rgb16.png", "gray16.png", "float.tif", "rgb8.png", "notes.txt")] \
+        == [16, 16, 32, None, None]
+    array, reason = decode_for_prediction(tmp_path / "rgb16.png", 8)
+    assert array is None and reason.startswith("16-bit image (")
+    array, reason = decode_for_prediction(tmp_path / "rgb16.png", None, "convert")
+    assert reason == "" and array.shape == (4, 5, 3) and array.dtype == np.uint8
+    with pytest.raises(ValueError, match="one of skip, convert; got 'keep'"):
+        decode_for_prediction(tmp_path / "rgb8.png", 8, "keep")
 
 
 def test_cli_json_and_csv(folder_run, shared_data, tmp_path, capsys):
@@ -171,16 +219,16 @@ def test_cli_json_and_csv(folder_run, shared_data, tmp_path, capsys):
     assert main(["predict", str(out), str(root), "--format", "json", "--top-k", "2", "--quiet"]) == 0
     captured = capsys.readouterr()
     document = json.loads(captured.out)
-    assert len(document["predictions"]) == 5 and len(document["skipped"]) == 4
+    assert len(document["predictions"]) == 4 and len(document["skipped"]) == 5
     first = document["predictions"][0]
     assert first["folder_class"] == "dog" and [t["class"] for t in first["top_k"]][0] == first["class"]
     assert first["top_k"][0]["probability"] >= first["top_k"][1]["probability"]
-    assert document["summary"]["labelled"] == 5 and 0 <= document["summary"]["accuracy"] <= 1
-    assert "classified 5 images" in captured.err
+    assert document["summary"]["labelled"] == 4 and 0 <= document["summary"]["accuracy"] <= 1
+    assert "classified 4 images" in captured.err
     assert main(["predict", str(out), str(root / "dog"), "--format", "csv", "--top-k", "2"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [r["path"].rsplit("/", 1)[1] for r in rows] == sorted(p.name for p in (root / "dog").iterdir()
-                                                                  if p.name != "bad.jpg")
+                                                                  if p.name not in ("bad.jpg", "deep16.png"))
     assert set(rows[0]) == {"path", "class", "confidence", "class_2", "confidence_2", "folder_class"}
     assert all(r["folder_class"] == "dog" for r in rows)  # the folder given is itself named after a class
 

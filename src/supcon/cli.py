@@ -156,6 +156,10 @@ def _add_tools(commands) -> None:
                               "one document with predictions, skipped files and the summary (default: text)")
     predict.add_argument("--batch-size", type=int, default=256, metavar="N",
                          help="images decoded and classified at a time (default: 256)")
+    predict.add_argument("--high-bit-depth", choices=("skip", "convert"), default="skip",
+                         help="images of more than 8 bits per sample (16-bit PNG or TIFF, float): skip them with "
+                              "the reason, since the runs learned from 8-bit photos, or convert them to 8 bits as "
+                              "the training loader does and classify them (default: skip)")
     predict.add_argument("--device", default="auto",
                          help="auto (cuda, mps, then cpu), cpu, cuda, cuda:N or mps (default: auto)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -188,7 +192,7 @@ def run_predict(args: argparse.Namespace) -> int:
     progress = not args.quiet and any(Path(p).is_dir() for p in args.paths) and sys.stderr.isatty()
     writer = PredictionWriter(sys.stdout, args.format, run.classes, args.top_k)
     results = []
-    for result in classify_files(run, files, args.batch_size, progress):
+    for result in classify_files(run, files, args.batch_size, progress, args.high_bit_depth):
         results.append(result)
         line = writer.write(result)
         if result.skipped:

@@ -3,7 +3,8 @@
 A run that classifies is a ``ce`` run, a ``pretrain`` run with a linear probe (``supcon linear --run``), a transfer
 run, or a ``compare`` directory (its ``supcon/`` run). Files are decoded by the training loader's own
 :func:`~supcon.data.folder.decode_image` (any size; gray, palette, RGBA, CMYK, 16-bit and float images converted
-to RGB as in training) and resized with Pillow's bicubic filter to the run's input size, the route that the
+to RGB as in training; :func:`classify_files`, what ``supcon predict`` runs, skips images of more than 8 bits
+unless told to convert them) and resized with Pillow's bicubic filter to the run's input size, the route that the
 ``folder:`` and named data sets take, and the one that made the ``npz`` copies in ``../shared/data``.
 
 >>> import supcon
@@ -257,11 +258,54 @@ def find_images(paths: Iterable[str | Path], classes: Sequence[str] = ()) -> lis
     return found
 
 
+HIGH_BIT_DEPTH = ("skip", "convert")
+
+
+def high_bit_depth(path: Path) -> int | None:
+    """The bits per sample of an image file with more than 8 (a 16-bit PNG or TIFF, a 32-bit integer or float
+    image), else None; None too for a file that cannot be opened, which the decoder then reports."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(25)
+        # A 16-bit RGB(A) PNG opens in an 8-bit mode (Pillow reduces it), so its header is read instead.
+        if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[24] > 8:
+            return head[24]
+        with Image.open(path) as im:
+            if im.mode.startswith("I;16"):
+                return 16
+            if im.mode in ("I", "F"):
+                return 32
+    except Exception:  # any file Pillow cannot open; decode_image gives the reason
+        return None
+    return None
+
+
+def decode_for_prediction(path: Path, size: int | None, deep: str = "skip") -> tuple[np.ndarray | None, str]:
+    """:func:`~supcon.data.folder.decode_image`, except that an image of more than 8 bits per sample is skipped
+    with its reason when ``deep`` is ``"skip"``: the runs are trained on 8-bit photos, and a 16-bit or float image
+    (a scan, a depth map, a microscope frame) is seldom one, so it is reported rather than silently answered.
+    ``"convert"`` classifies it scaled to 8 bits, as the training loader reads it."""
+    if deep not in HIGH_BIT_DEPTH:
+        raise ValueError(f"high-bit-depth handling must be one of {', '.join(HIGH_BIT_DEPTH)}; got {deep!r}")
+    if deep == "skip":
+        bits = high_bit_depth(path)
+        if bits is not None:
+            return None, (f"{bits}-bit image (predict takes 8-bit images; --high-bit-depth convert classifies it "
+                          "scaled to 8 bits, as training reads it)")
+    return decode_image(path, size)
+
+
 def classify_files(run: RunClassifier, files: Sequence[tuple[Path, int | None]], batch_size: int = 256,
-                   progress: bool = False) -> Iterator[FileResult]:
+                   progress: bool = False, high_bit_depth: str = "skip") -> Iterator[FileResult]:
     """Classify ``files`` (what :func:`find_images` returns) ``batch_size`` at a time, in order, decoding with a
-    few threads; a file that cannot be read comes back with ``reason`` set instead of probabilities."""
+    few threads; a file that cannot be read, and with ``high_bit_depth="skip"`` an image of more than 8 bits per
+    sample (see :func:`decode_for_prediction`), comes back with ``reason`` set instead of probabilities."""
     from tqdm.auto import tqdm
+
+    if high_bit_depth not in HIGH_BIT_DEPTH:
+        raise ValueError(f"high_bit_depth must be one of {', '.join(HIGH_BIT_DEPTH)}; got {high_bit_depth!r}")
 
     bar = tqdm(total=len(files), desc="predicting", unit="img", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
@@ -269,7 +313,8 @@ def classify_files(run: RunClassifier, files: Sequence[tuple[Path, int | None]],
         try:
             for start in range(0, len(files), batch_size):
                 chunk = files[start:start + batch_size]
-                decoded = list(pool.map(lambda f: decode_image(f[0], run.image_size), chunk))
+                decoded = list(pool.map(lambda f: decode_for_prediction(f[0], run.image_size, high_bit_depth),
+                                            chunk))
                 good = [array for array, _ in decoded if array is not None]
                 probs = iter(run.probabilities(run._from_arrays(good), batch_size)) if good else iter(())
                 for (path, label), (array, reason) in zip(chunk, decoded, strict=True):
