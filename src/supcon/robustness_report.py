@@ -377,8 +377,8 @@ def csv_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def plot_heatmap(report: dict[str, Any], path: str | Path) -> Path | None:
-    """Accuracy per corruption (rows) and severity (columns), one panel per run, and each run's difference from
-    the baseline where it has one; None without corruptions."""
+    """Accuracy per corruption (rows) and severity (columns): one row of panels per run, its accuracy and,
+    where it has one, its difference from the baseline; None without corruptions."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -393,28 +393,34 @@ def plot_heatmap(report: dict[str, Any], path: str | Path) -> Path | None:
     def grid(run):
         return [[run["corruptions"][c][str(s)] for s in severities] for c in corruptions]
 
-    panels = [(r["name"], grid(r), False) for r in runs]
-    panels += [(f"{r['name']} − {base['name']}",
-                [[a - b for a, b in zip(ra, rb, strict=True)] for ra, rb in zip(grid(r), grid(base), strict=True)],
-                True) for r in runs if r is not base and r["comparable_to_baseline"]]
-    width = 0.55 * len(severities) + 2.6
-    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 0.42 * len(corruptions) + 1.6),
-                             squeeze=False)
-    for ax, (title, values, difference) in zip(axes[0], panels, strict=True):
-        if difference:
-            reach = max(0.05, max(abs(v) for row in values for v in row))
-            image = ax.imshow(values, cmap="RdBu", vmin=-reach, vmax=reach, aspect="auto")
-        else:
-            image = ax.imshow(values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
-        for i, row in enumerate(values):
-            for j, v in enumerate(row):
-                ax.text(j, i, f"{v:+.2f}" if difference else f"{v:.2f}", ha="center", va="center", fontsize=7,
-                        color="black" if difference or v > 0.5 else "white")
-        ax.set_xticks(range(len(severities)), [str(s) for s in severities])
-        ax.set_yticks(range(len(corruptions)), corruptions if ax is axes[0][0] else [""] * len(corruptions))
-        ax.set_xlabel("severity")
-        ax.set_title(title, fontsize=9)
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    differences = [r is not base and r["comparable_to_baseline"] for r in runs]
+    columns = 2 if any(differences) else 1
+    width, height = 0.55 * len(severities) + 3.4, 0.36 * len(corruptions) + 1.2
+    # One run per row keeps the picture readable at any number of runs; a single row grew too wide to read.
+    fig, axes = plt.subplots(len(runs), columns, figsize=(width * columns, height * len(runs)), squeeze=False)
+    for row, (run, has_difference) in enumerate(zip(runs, differences, strict=True)):
+        panels = [(run["name"], grid(run), False)]
+        if has_difference:
+            panels.append((f"{run['name']} − {base['name']}",
+                           [[a - b for a, b in zip(ra, rb, strict=True)]
+                            for ra, rb in zip(grid(run), grid(base), strict=True)], True))
+        for col in range(len(panels), columns):
+            axes[row][col].axis("off")
+        for ax, (title, values, difference) in zip(axes[row], panels, strict=False):
+            if difference:
+                reach = max(0.05, max(abs(v) for line in values for v in line))
+                image = ax.imshow(values, cmap="RdBu", vmin=-reach, vmax=reach, aspect="auto")
+            else:
+                image = ax.imshow(values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+            for i, line in enumerate(values):
+                for j, v in enumerate(line):
+                    ax.text(j, i, f"{v:+.2f}" if difference else f"{v:.2f}", ha="center", va="center", fontsize=7,
+                            color="black" if difference or v > 0.5 else "white")
+            ax.set_xticks(range(len(severities)), [str(s) for s in severities])
+            ax.set_yticks(range(len(corruptions)), corruptions)
+            ax.set_xlabel("severity")
+            ax.set_title(title, fontsize=9)
+            fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     return save_figure(fig, path)
 
