@@ -193,7 +193,7 @@ def _png16_rgb(path, pixels):
 
 
 def test_high_bit_depth_is_read_from_the_file(tmp_path):
-    from supcon.evaluate.predict import decode_for_prediction, high_bit_depth
+    from supcon.evaluate.predict import bits_per_sample, decode_for_prediction
 
     rgb16 = np.arange(4 * 5 * 3, dtype=np.uint16).reshape(4, 5, 3) * 1000
     _png16_rgb(tmp_path / "rgb16.png", rgb16)
@@ -202,7 +202,7 @@ def test_high_bit_depth_is_read_from_the_file(tmp_path):
     Image.fromarray(rgb16[..., 0].astype(np.float32) / 65535).save(tmp_path / "float.tif")
     Image.fromarray((rgb16 // 257).astype(np.uint8)).save(tmp_path / "rgb8.png")
     (tmp_path / "notes.txt").write_text("not a picture\n")
-    assert [high_bit_depth(tmp_path / n) for n in ("rgb16.png", "gray16.png", "float.tif", "rgb8.png", "notes.txt")] \
+    assert [bits_per_sample(tmp_path / n) for n in ("rgb16.png", "gray16.png", "float.tif", "rgb8.png", "notes.txt")] \
         == [16, 16, 32, None, None]
     array, reason = decode_for_prediction(tmp_path / "rgb16.png", 8)
     assert array is None and reason.startswith("16-bit image (")

@@ -261,7 +261,7 @@ def find_images(paths: Iterable[str | Path], classes: Sequence[str] = ()) -> lis
 HIGH_BIT_DEPTH = ("skip", "convert")
 
 
-def high_bit_depth(path: Path) -> int | None:
+def bits_per_sample(path: Path) -> int | None:
     """The bits per sample of an image file with more than 8 (a 16-bit PNG or TIFF, a 32-bit integer or float
     image), else None; None too for a file that cannot be opened, which the decoder then reports."""
     from PIL import Image
@@ -282,19 +282,24 @@ def high_bit_depth(path: Path) -> int | None:
     return None
 
 
-def decode_for_prediction(path: Path, size: int | None, deep: str = "skip") -> tuple[np.ndarray | None, str]:
+def decode_for_prediction(path: Path, size: int | None, high_bit_depth: str = "skip"
+                          ) -> tuple[np.ndarray | None, str]:
     """:func:`~supcon.data.folder.decode_image`, except that an image of more than 8 bits per sample is skipped
-    with its reason when ``deep`` is ``"skip"``: the runs are trained on 8-bit photos, and a 16-bit or float image
-    (a scan, a depth map, a microscope frame) is seldom one, so it is reported rather than silently answered.
-    ``"convert"`` classifies it scaled to 8 bits, as the training loader reads it."""
-    if deep not in HIGH_BIT_DEPTH:
-        raise ValueError(f"high-bit-depth handling must be one of {', '.join(HIGH_BIT_DEPTH)}; got {deep!r}")
-    if deep == "skip":
-        bits = high_bit_depth(path)
+    with its reason when ``high_bit_depth`` is ``"skip"``: the runs are trained on 8-bit photos, and a 16-bit or
+    float image (a scan, a depth map, a microscope frame) is seldom one, so it is reported rather than silently
+    answered. ``"convert"`` classifies it scaled to 8 bits, as the training loader reads it."""
+    _check_high_bit_depth(high_bit_depth)
+    if high_bit_depth == "skip":
+        bits = bits_per_sample(path)
         if bits is not None:
             return None, (f"{bits}-bit image (predict takes 8-bit images; --high-bit-depth convert classifies it "
                           "scaled to 8 bits, as training reads it)")
     return decode_image(path, size)
+
+
+def _check_high_bit_depth(value: str) -> None:
+    if value not in HIGH_BIT_DEPTH:
+        raise ValueError(f"high_bit_depth must be one of {', '.join(HIGH_BIT_DEPTH)}; got {value!r}")
 
 
 def classify_files(run: RunClassifier, files: Sequence[tuple[Path, int | None]], batch_size: int = 256,
@@ -304,9 +309,7 @@ def classify_files(run: RunClassifier, files: Sequence[tuple[Path, int | None]],
     sample (see :func:`decode_for_prediction`), comes back with ``reason`` set instead of probabilities."""
     from tqdm.auto import tqdm
 
-    if high_bit_depth not in HIGH_BIT_DEPTH:
-        raise ValueError(f"high_bit_depth must be one of {', '.join(HIGH_BIT_DEPTH)}; got {high_bit_depth!r}")
-
+    _check_high_bit_depth(high_bit_depth)
     bar = tqdm(total=len(files), desc="predicting", unit="img", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
     with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as pool:
