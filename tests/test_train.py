@@ -236,6 +236,24 @@ def test_loss_floor_and_stage1_progress(digits):
     assert summary["stage1_progress"] < 1
 
 
+def test_ce_that_never_trained_is_called_out(tmp_path, capsys):
+    """A CE baseline at chance (the study's, at 0.25 on five classes) gets a note; a trained one does not."""
+    from supcon.cli import main
+    from supcon.compare import ce_note
+
+    # digits, SGD at 1e-9: the network never moves, so it scores what one guessed class scores
+    assert main(["ce", "--epochs", "1", "--optimizer", "sgd", "--lr", "1e-9", "--max-train", "200", "--quiet",
+                 "--out", str(tmp_path / "ce")]) == 0
+    summary = read_json(tmp_path / "ce" / "results.json")["runs"][0]
+    assert summary["val_chance"] == pytest.approx(0.104, abs=0.001)  # the largest of the 10 digit classes
+    out = capsys.readouterr().out
+    assert f"Cross-entropy never trained: its validation accuracy ({summary['val_acc']:.3f}) stayed at chance" in out
+    trained = {"method": "ce", "val_acc": 0.75, "val_chance": 0.2}
+    assert ce_note(trained) is None and ce_note({**trained, "val_acc": 0.248}).startswith("Cross-entropy never")
+    assert ce_note({"method": "supcon", "val_acc": 0.2, "val_chance": 0.2}) is None
+    assert ce_note({"method": "ce", "val_acc": 0.2}) is None  # results written before val_chance existed
+
+
 def test_convergence_note_speaks_only_when_stage1_stalled():
     from supcon.compare import convergence_note
 

@@ -485,7 +485,7 @@ def run_command(command: str, cfg: Config, args: argparse.Namespace | None = Non
 
 def _run(command: str, cfg: Config, args: argparse.Namespace | None, say, show) -> int:
     from supcon import train
-    from supcon.compare import compare, convergence_note, results_table
+    from supcon.compare import ce_note, compare, compare_notes, results_table
     from supcon.data import describe
 
     if command == "linear" and cfg.run is None:  # by --run: a transfer run's own config.yaml names encoder_from
@@ -516,7 +516,7 @@ def _run(command: str, cfg: Config, args: argparse.Namespace | None, say, show) 
     if command == "compare":
         results = compare(cfg, out, log=say)
         show(results_table(results["runs"]))
-        note = convergence_note(results["runs"][0])
+        note = compare_notes(results["runs"])
         if note:
             show(note)
         show(f"compare finished: outputs (results.json, results.md, tsne.png, ce/, supcon/) in {out}")
@@ -532,6 +532,9 @@ def _run(command: str, cfg: Config, args: argparse.Namespace | None, say, show) 
     else:
         result = train.train_ce(cfg, data, out)
         show(results_table([result.summary]))
+        note = ce_note(result.summary)
+        if note:
+            show(note)
         show(f"cross-entropy finished: val acc {result.summary['val_acc']:.4f}; outputs in {out}")
     return 0
 

@@ -92,6 +92,24 @@ def knn_note(run: dict[str, Any]) -> str | None:
     return None
 
 
+def ce_note(run: dict[str, Any]) -> str | None:
+    """A plain sentence when the cross-entropy baseline never trained: its validation accuracy stayed at chance
+    (``val_chance``, what always guessing the largest class scores), as the study's CE baseline did."""
+    chance, acc = run.get("val_chance"), run.get("val_acc")
+    if run.get("method") != "ce" or chance is None or acc is None or acc >= chance + AT_CHANCE * (1 - chance):
+        return None
+    return (f"Cross-entropy never trained: its validation accuracy ({acc:.3f}) stayed at chance (always guessing "
+            f"the largest class scores {chance:.3f}), so it is no baseline to compare with; check --lr (too high "
+            "diverges in the first epoch, as SGD at 0.1 can on a deep encoder trained from scratch; too low never "
+            "moves), add --warmup-epochs, or leave --optimizer at auto, which trains CE with AdamW.")
+
+
+def compare_notes(runs: list[dict[str, Any]]) -> str | None:
+    """The notes of a comparison's runs (:func:`convergence_note` for SupCon, :func:`ce_note` for CE), or None."""
+    notes = [convergence_note(run) if run.get("method") != "ce" else ce_note(run) for run in runs]
+    return " ".join(n for n in notes if n) or None
+
+
 def convergence_note(run: dict[str, Any], threshold: float = 0.5) -> str | None:
     """Plain sentences when stage 1 stopped far from converged, never started or stopped improving early, else
     None.
@@ -150,7 +168,7 @@ def compare(cfg: Config, out: str | Path, data: DataSplits | None = None,
     write_json(out / "results.json", results)
     train.write_skipped(out, data)
     table = results_table(runs)
-    note = convergence_note(sup.summary)
+    note = compare_notes(runs)
     if note:
         table += "\n\n" + note
     atomic_write_text(out / "results.md", table + "\n")

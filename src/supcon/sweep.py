@@ -353,10 +353,11 @@ def write_tables(sweep: Sweep, summaries: dict[str, dict[str, Any]], out: Path) 
     if stalled:
         text += ("\n\nStage 1 did not converge (its loss covered less than half the way from its start to its floor) "
                  "in: " + "; ".join(stalled) + ". Their accuracies say more about the budget than about SupCon.")
-    from supcon.compare import knn_note
+    from supcon.compare import ce_note, knn_note
 
     for row in rows:
-        note = knn_note(summaries.get(row["cell"]) or {})
+        run = summaries.get(row["cell"]) or {}
+        note = knn_note(run) or ce_note(run)
         if note:
             text += f"\n\n{row['setting']}: {note}"
     atomic_write_text(out / "sweep.md", text + "\n")

@@ -1193,7 +1193,7 @@ def train_ce(cfg: Config, data: DataSplits, out: str | Path | None = None, track
     summary = {"method": "ce", "loss": "ce", "supcon_loss": None, "train_acc": accuracy(train_logits,
                data.train.labels), "val_acc": accuracy(val_logits, data.val.labels),
                "epochs": len(result.history), "best_epoch": result.best_epoch,
-               "stopped_early": result.stopped_early,
+               "stopped_early": result.stopped_early, "val_chance": chance_accuracy(data.val.labels),
                "seconds": time.perf_counter() - started + result.earlier_seconds}
     if cfg.knn_every != "0":  # the same kNN as stage 1's monitor, so that the tables compare the two encoders
         summary["knn_acc"] = encoder_knn(model.encoder, data, inputs, device, cfg, dtype)
