@@ -82,11 +82,24 @@ def save_weights(path: str | Path, module: torch.nn.Module) -> None:
 
 
 def load_weights(path: str | Path, module: torch.nn.Module) -> None:
+    """Load a safetensors file into ``module``; a missing, corrupt or misfitting file is a one-line ValueError."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"weights not found: {path}")
     try:
         state = load_file(str(path))
     except Exception as err:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"cannot read {path}: {err}") from None
-    module.load_state_dict(state)
+        raise ValueError(f"cannot read {path}: {_first_line(err)}") from None
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:  # another architecture: torch lists every mismatch over many lines
+        details = [line.strip().rstrip(".") for line in str(err).splitlines()[1:] if line.strip()]
+        first = details[0] if details else _first_line(err)
+        more = f"; {len(details) - 1} more" if len(details) > 1 else ""
+        raise ValueError(f"cannot read {path}: it does not fit the {type(module).__name__} it was loaded into "
+                         f"({first}{more})") from None
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
