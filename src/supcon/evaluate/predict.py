@@ -30,16 +30,17 @@ from typing import IO, Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from supcon.augment import apply_batch, view_transform
-from supcon.config import Config
 from supcon.data import resize_uint8
 from supcon.data.folder import DECODE_WORKERS, decode_image, image_array
 from supcon.device import resolve_device
-from supcon.io import load_weights, read_json
-from supcon.models import Encoder, build_encoder
+from supcon.evaluate.calibration import probabilities
+from supcon.io import read_json
+from supcon.models import Encoder
+from supcon.train import load_encoder
+from supcon.transfer import load_linear
 
 FORMATS = ("text", "json", "csv")
 
@@ -93,10 +94,7 @@ class RunClassifier:
         out = []
         for start in range(0, len(images), batch_size):
             x = apply_batch(self.plain, images[start:start + batch_size].to(self.device))
-            logits = self.head(self.encoder(x)).float()
-            if logits.shape[1] == 1:  # --head binary: one logit, sigmoid(l) = softmax([0, l])
-                logits = torch.cat([torch.zeros_like(logits), logits], 1)
-            out.append(F.softmax(logits, 1).cpu())
+            out.append(probabilities(self.head(self.encoder(x))).cpu())
         if not out:
             return torch.empty(0, len(self.classes))
         return torch.cat(out)
@@ -203,7 +201,6 @@ def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> RunCla
     device = device if isinstance(device, torch.device) else resolve_device(device)
     if not (run_dir / "config.yaml").is_file():
         raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = Config.from_yaml(run_dir / "config.yaml")
     results = read_json(run_dir / "results.json")
     runs = results.get("runs") or [{}]
     if len(runs) > 1:
@@ -214,14 +211,10 @@ def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> RunCla
     if not (run_dir / "linear.safetensors").is_file():
         raise ValueError(f"{run_dir} has no linear head (linear.safetensors); a pretrain run needs one first: "
                          f"supcon linear --run {run_dir}")
-    # the encoder as training built it: a CE encoder's features are not normalised (see train.train_ce)
-    encoder = build_encoder(cfg.encoder, inputs["channels"], inputs["image_size"], cfg.stem,
-                            normalize=method != "ce")
-    load_weights(run_dir / "encoder.safetensors", encoder)
-    head = nn.Linear(encoder.out_dim, 1 if cfg.head == "binary" else len(classes))
-    load_weights(run_dir / "linear.safetensors", head)
-    return RunClassifier(run_dir, encoder.to(device).eval(), head.to(device).eval(), classes, inputs["image_size"],
-                         inputs["channels"], inputs.get("mean"), inputs.get("std"), method, device)
+    encoder, cfg, _ = load_encoder(run_dir, device)
+    head = load_linear(run_dir, encoder, cfg, len(classes))
+    return RunClassifier(run_dir, encoder, head, classes, inputs["image_size"], inputs["channels"],
+                         inputs.get("mean"), inputs.get("std"), method, device)
 
 
 def _hidden(name: str) -> bool:
