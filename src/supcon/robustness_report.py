@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from supcon.config import Config
-from supcon.data import DataSplits, stratified_subset
+from supcon.data import stratified_subset
 from supcon.evaluate.attacks import ATTACKS, PGD_STEPS
 from supcon.evaluate.calibration import BINS, calibration_summary, margins, plot_margins, plot_reliability
 from supcon.evaluate.robustness import (
@@ -99,45 +99,20 @@ def expand_runs(dirs: Sequence[str | Path]) -> list[RunRef]:
 def load_classifier(run_dir: str | Path, device: torch.device | str = "cpu"
                     ) -> tuple[ImageClassifier, Config, Any, dict[str, Any]]:
     """A finished run's classifier on [0, 1] images, with the run's config, ``Inputs`` and summary."""
-    from safetensors.torch import load_file
-
-    from supcon import train
+    from supcon import train, transfer
 
     run_dir = Path(run_dir)
     results = read_json(run_dir / "results.json")
     if len(results.get("runs", [])) != 1:
         raise ValueError(f"{run_dir} holds a comparison; give the directory itself (both runs are read) or one "
                          f"of its runs: {run_dir / 'supcon'} or {run_dir / 'ce'}")
-    linear = run_dir / "linear.safetensors"
-    if not linear.is_file():
+    if not (run_dir / "linear.safetensors").is_file():
         raise ValueError(f"{run_dir} has no classifier (linear.safetensors): a pretrain run needs its linear probe "
                          f"first (supcon linear --run {run_dir})")
-    try:
-        encoder, cfg, inputs = train.load_encoder(run_dir, device)
-    except RuntimeError as err:  # weights of another architecture than config.yaml says
-        raise ValueError(f"cannot read the encoder of {run_dir}: {str(err).splitlines()[0]}") from None
-    try:
-        state = load_file(str(linear))
-        fc = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
-        fc.load_state_dict(state)
-    except Exception as err:  # safetensors' own error types, a file without the weights, or of another shape
-        raise ValueError(f"cannot read {linear}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
-                         ) from None
-    if fc.in_features != encoder.out_dim:
-        raise ValueError(f"{linear} takes {fc.in_features} features; the encoder of {run_dir} gives {encoder.out_dim}")
+    encoder, cfg, inputs = train.load_encoder(run_dir, device)
+    fc = transfer.load_linear(run_dir, encoder, cfg, len(results.get("class_names") or []))
     model = ImageClassifier(encoder, fc, inputs.mean, inputs.std).to(device).eval()
     return model, cfg, inputs, results["runs"][0]
-
-
-def _validation(run_dir: Path, cfg: Config, inputs, cache: dict) -> DataSplits:
-    """The run's own split (cached: a comparison's two runs share it)."""
-    from supcon import transfer
-
-    key = (cfg.dataset, inputs.image_size, cfg.val_fraction, cfg.seed, cfg.max_val, cfg.max_train, cfg.data_dir,
-           cfg.label_noise, cfg.label_noise_mode)
-    if key not in cache:
-        cache[key] = transfer.data_for_run(run_dir, cfg, inputs)
-    return cache[key]
 
 
 def _eps_key(eps_255: float) -> str:
@@ -158,7 +133,7 @@ def robustness_report(run_dirs: Sequence[str | Path], out: str | Path, *, baseli
     """
     from tqdm.auto import tqdm
 
-    from supcon import train
+    from supcon import train, transfer
 
     _check_options(corruptions, severities, attacks, epsilons, pgd_steps, bins, max_images, batch_size)
     refs = expand_runs(run_dirs)
@@ -180,7 +155,7 @@ def robustness_report(run_dirs: Sequence[str | Path], out: str | Path, *, baseli
     cache: dict = {}
     splits = {}
     for ref, _, cfg, inputs, _ in loaded:
-        data = _validation(ref.path, cfg, inputs, cache)
+        data = transfer.data_for_run(ref.path, cfg, inputs, cache=cache)  # a comparison's runs share it
         keep = torch.from_numpy(stratified_subset(data.val.labels.numpy(), max_images, seed, f"{data.name} val"))
         splits[ref.name] = (data, data.val.images[keep], data.val.labels[keep])
 

@@ -58,7 +58,8 @@ def data_for_run(run_dir: str | Path, cfg: Config, inputs: train.Inputs, dataset
         load = cfg.replace(image_size=inputs.image_size)
     else:
         load = Config(dataset=dataset, image_size=inputs.image_size, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    key = (load.dataset, load.image_size, load.val_fraction, load.seed, load.max_train, load.max_val, load.data_dir)
+    key = (load.dataset, load.image_size, load.val_fraction, load.seed, load.max_train, load.max_val, load.data_dir,
+           load.label_noise, load.label_noise_mode)
     if cache is not None and key in cache:
         data = cache[key]
     else:
