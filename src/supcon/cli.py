@@ -211,8 +211,6 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
 def _csv(kind, name: str):
     """An argparse type: comma-separated values of ``kind``; ``none`` (or nothing) is the empty list."""
     def parse(text: str) -> list:
