@@ -1,4 +1,6 @@
-"""Shared fixtures and helpers: the offline copies of the study's data sets in ../shared/data (never copied here)."""
+"""Shared fixtures and helpers. The tests mirror the package (tests/losses for supcon/losses, ...); real data is
+scikit-learn's bundled digits and the offline copies of the study's data sets in ../shared/data (never copied
+here; tests that need them skip, with the reason, where they are absent)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,31 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from supcon.cli import main
+from supcon.data import load_dataset
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# A run of a few seconds on digits: the options most tests start from (and override what they test).
+QUICK = dict(dataset="digits", max_train=300, max_val=150, epochs=2, linear_epochs=4, batch_size=64, quiet=True,
+             tsne=False)
+
+
+def flags(options: dict) -> list[str]:
+    """``options`` as command-line flags: ``{"max_train": 300, "tsne": False}`` -> ``--max-train 300 --no-tsne``."""
+    out = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            out.append(flag)
+        elif value is False:
+            out.append("--no-" + key.replace("_", "-"))
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+QUICK_FLAGS = flags({k: v for k, v in QUICK.items() if k != "dataset"})
 
 
 @pytest.fixture(autouse=True)
@@ -18,10 +44,23 @@ def _two_threads():
 
 
 @pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's digits, 300 training and 150 validation images (as QUICK loads them)."""
+    return load_dataset("digits", max_train=300, max_val=150)
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "imagenet5_64.npz").is_file():
         pytest.skip(f"the shared data sets are not at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """``supcon ARGS`` in this process: its exit status, stdout and stderr."""
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 class LargestTensor(TorchDispatchMode):

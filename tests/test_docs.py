@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-API = ("supcon.losses", "supcon.models", "supcon.augment", "supcon.data", "supcon.train")
+API = ("supcon.losses", "supcon.models", "supcon.augment", "supcon.data", "supcon.evaluate.inference",
+       "supcon.engine.loop", "supcon.runs", "supcon.runs.load", "supcon.stages", "supcon.experiments.compare")
 
 
 def _public(module) -> list[tuple[str, object]]:
@@ -75,13 +76,13 @@ def test_the_documentation_site_builds_strictly_with_the_readme_and_the_api_refe
     assert (site / "images" / "tsne-digits.png").is_file() and (site / "tutorial.ipynb").is_file()
     losses = (site / "api" / "losses" / "index.html").read_text()
     assert 'id="supcon.losses.SupConLoss"' in losses and "base_temperature" in losses
-    for page in ("losses", "models", "augment", "data", "train"):
+    for page in ("losses", "models", "augment", "data", "evaluate", "engine", "runs", "stages", "experiments"):
         html = (site / "api" / page / "index.html").read_text()
         assert 'class="doc doc-object' in html, page
         # doctests are code, Sphinx roles plain code: no quoted ">>>" and no ":func:" left
         assert "<blockquote>" not in html and not re.search(r":(func|class|meth|mod):", html), page
     assert 'id="supcon.data.load_dataset"' in (site / "api" / "data" / "index.html").read_text()
-    assert 'id="supcon.train.pretrain"' in (site / "api" / "train" / "index.html").read_text()
+    assert 'id="supcon.stages.train_run"' in (site / "api" / "stages" / "index.html").read_text()
 
 
 def test_the_tutorial_notebook_trains_pictures_and_predicts(tmp_path):

@@ -7,10 +7,12 @@ import torch
 from safetensors.torch import save_file
 
 import supcon
-from supcon import train
 from supcon.cli import main
 from supcon.config import Config
+from supcon.evaluate.inference import outputs
 from supcon.models import build_encoder, load_pretrained
+from supcon.runs.load import load_encoder
+from supcon.stages import load_data, train_run
 
 # Two families with different heads: MobileNetV3 has a convolution after its pooling (1024 features out of a
 # 288-channel trunk); timm's test_vit is a transformer, whose position embeddings are sized from img_size.
@@ -43,19 +45,19 @@ def test_one_training_step_through_the_training_code(timm, shared_data, tmp_path
     cfg = Config(dataset=f"npz:{shared_data / 'imagenet5_64.npz'}", image_size=32, max_train=10, max_val=10,
                  batch_size=10, epochs=1, encoder=f"timm:{arch}", knn_every="0", tsne=False, quiet=True,
                  proj_hidden=64, proj_dim=16)
-    data = train.load_data(cfg)
+    data = load_data(cfg)
     torch.manual_seed(cfg.seed)  # as the stage seeds before it builds the encoder: its starting weights
     start = build_encoder(cfg.encoder, 3, 32, normalize=stage != "ce").state_dict()
-    result = (train.train_ce if stage == "ce" else train.pretrain)(cfg, data, tmp_path)
+    result = train_run(stage, cfg, data, tmp_path)
     assert len(result.fit.history) == 1 and result.fit.history[0]["loss"] > 0
     trained = result.encoder.state_dict()
     changed = [k for k, v in start.items() if v.is_floating_point() and not torch.equal(v, trained[k].cpu())]
     assert len(changed) > len(start) // 3, "one optimizer step moves most weights"
     # the run directory rebuilds the same timm encoder from config.yaml and its weights
-    encoder, _, inputs = train.load_encoder(tmp_path)
+    encoder, _, inputs = load_encoder(tmp_path)
     x = data.val.images[:4]
-    assert torch.allclose(train.predict(encoder, x, inputs.plain(), torch.device("cpu")),
-                          train.predict(result.encoder, x, inputs.plain(), torch.device("cpu")), atol=1e-5)
+    assert torch.allclose(outputs(encoder, x, transform=inputs.plain()),
+                          outputs(result.encoder, x, transform=inputs.plain()), atol=1e-5)
     if stage == "ce":
         assert supcon.load_run(tmp_path).predict(x).probabilities.shape == (4, 5)
 

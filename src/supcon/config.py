@@ -40,9 +40,11 @@ DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3}
 # What --optimizer auto trains each method with: the optimizer under which that method did best across the three
 # shared photo data sets in the study's grid (docs/results.md), each at its usual rate.
 AUTO_OPTIMIZER = {"supcon": "sgd", "ce": "adamw"}
-# How tables and picture titles name each stage-1 loss.
+# How tables and picture titles name each stage-1 loss, each method (a run summary's "method") and its encoder.
 LOSS_NAMES = {"supcon": "SupCon", "supcon_in": "SupCon (L_in)", "simclr": "SimCLR", "maxmargin": "max-margin",
               "npairs": "npairs"}
+METHOD_NAMES = {"supcon": "SupCon + linear", "simclr": "SimCLR + linear", "ce": "cross-entropy"}
+ENCODER_TITLES = {"supcon": "SupCon encoder", "simclr": "SimCLR encoder", "ce": "cross-entropy encoder"}
 # --encoder: these, or timm:NAME (supcon.models builds them; named here so that a typo fails before training)
 ENCODERS = ("auto", "smallcnn", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 TIMM = "timm:"  # --encoder timm:NAME: any model of the timm library, without its classifier
@@ -411,8 +413,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 _UNSAVED = {f.name for f in dataclasses.fields(Config) if not f.metadata["saved"]}
 
 
-def runtime_options() -> set[str]:
-    """Options that do not change what a run computes (see :func:`option`)."""
+def result_neutral_options() -> set[str]:
+    """The options that do not change what a run computes (``runtime`` in :func:`option`): where it runs, what it
+    prints or draws, how it is checkpointed. The one list that resuming, the sweep's finished cells, checkpoints
+    and reports consult."""
     return {f.name for f in dataclasses.fields(Config) if f.metadata["runtime"]}
 
 

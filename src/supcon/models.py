@@ -227,12 +227,39 @@ class SupConModel(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Encoder and a linear layer: the CE baseline (trained end to end) and stage 2 (encoder frozen)."""
+    """An encoder and a linear layer: the one classifier of the library.
 
-    def __init__(self, encoder: Encoder, num_classes: int):
+    The CE baseline trains both end to end; the linear probe (``frozen=True``) trains the layer alone, the encoder
+    kept in eval mode (its BatchNorm statistics stay put) and run without gradients. ``outputs`` is the number of
+    logits or a ready ``nn.Linear`` (a run's ``linear.safetensors``, loaded). Given ``mean`` and ``std`` (a run
+    trained with ``--normalize``), the classifier standardises its input itself and so takes float pixels in
+    [0, 1]: what corruptions and adversarial attacks perturb.
+    """
+
+    def __init__(self, encoder: Encoder, outputs: int | nn.Linear, *, frozen: bool = False,
+                 mean: list[float] | None = None, std: list[float] | None = None):
         super().__init__()
-        self.encoder = encoder
-        self.fc = nn.Linear(encoder.out_dim, num_classes)
+        self.encoder = encoder.requires_grad_(False) if frozen else encoder
+        self.fc = outputs if isinstance(outputs, nn.Linear) else nn.Linear(encoder.out_dim, outputs)
+        self.frozen = frozen
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std, or neither")
+        self.standardized = mean is not None
+        if self.standardized:  # buffers only when used: the trained classifiers' state dicts stay as they were
+            self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+            self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.standardized:
+            x = (x - self.mean) / self.std
+        if self.frozen:
+            with torch.no_grad():
+                h = self.encoder(x)
+            return self.fc(h)
         return self.fc(self.encoder(x))

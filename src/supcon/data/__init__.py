@@ -27,6 +27,15 @@ from .core import (
 )
 from .noise import NOISE_MODES, noisy_labels, with_label_noise
 
+
+def load_data(cfg, progress: bool = False) -> DataSplits:
+    """The data set a :class:`~supcon.config.Config` names, with its size, split and subsampling options and its
+    label noise on the training labels: every command that trains or evaluates a run reads its data here, so
+    the split and the noise are the same in each."""
+    data = load_dataset(cfg.dataset, image_size=cfg.image_size, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                        max_train=cfg.max_train, max_val=cfg.max_val, data_dir=cfg.data_dir, progress=progress)
+    return with_label_noise(data, cfg.label_noise, cfg.label_noise_mode, cfg.seed)
+
 __all__ = [
     "NOISE_MODES",
     "DataSplits",
@@ -34,6 +43,7 @@ __all__ = [
     "LoadOptions",
     "available_datasets",
     "describe",
+    "load_data",
     "load_dataset",
     "noisy_labels",
     "register_loader",

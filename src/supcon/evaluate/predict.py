@@ -1,11 +1,11 @@
-"""Classify new images with a finished run: its encoder and linear head, fed the images as its training fed them.
+"""Classify new images with a finished run's classifier, fed the images as its training fed them.
 
-A run that classifies is a ``ce`` run, a ``pretrain`` run with a linear probe (``supcon linear --run``), a transfer
-run, or a ``compare`` directory (its ``supcon/`` run). Files are decoded by the training loader's own
-:func:`~supcon.data.folder.decode_image` (any size; gray, palette, RGBA, CMYK, 16-bit and float images converted
-to RGB as in training; :func:`classify_files`, what ``supcon predict`` runs, skips images of more than 8 bits
-unless told to convert them) and resized with Pillow's bicubic filter to the run's input size, the route that the
-``folder:`` and named data sets take, and the one that made the ``npz`` copies in ``../shared/data``.
+:func:`supcon.runs.load_run` gives a :class:`RunClassifier` for a ``ce`` run, a ``pretrain`` run with a linear probe
+(``supcon linear --run``), a transfer run, or a ``compare`` directory (its ``supcon/`` run). Files are decoded by
+the training loader's own :func:`~supcon.data.folder.decode_image` (any size; gray, palette, RGBA, CMYK, 16-bit and
+float images converted to RGB as in training; :func:`classify_files`, what ``supcon predict`` runs, skips images of
+more than 8 bits unless told to convert them) and resized with Pillow's bicubic filter to the run's input size, the
+route that the ``folder:`` and named data sets take, and the one that made the ``npz`` copies in ``../shared/data``.
 
 >>> import supcon
 >>> run = supcon.load_run("runs/compare-imagenet5")          # uses its supcon/ run
@@ -32,15 +32,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from supcon.augment import apply_batch, view_transform
 from supcon.data import resize_uint8
 from supcon.data.folder import DECODE_WORKERS, decode_image, image_array
-from supcon.device import resolve_device
 from supcon.evaluate.calibration import probabilities
-from supcon.io import read_json
-from supcon.models import Encoder
-from supcon.train import load_encoder
-from supcon.transfer import load_linear
+from supcon.evaluate.inference import outputs
 
 FORMATS = ("text", "json", "csv")
 
@@ -69,21 +64,18 @@ class FileResult:
 
 
 class RunClassifier:
-    """A finished run's encoder and linear head, ready to classify images (see :func:`load_run`)."""
+    """A finished run's classifier (``model``: float pixels in [0, 1] to logits) with its classes and input size,
+    ready to classify images (see :func:`supcon.runs.load_run`)."""
 
-    def __init__(self, run_dir: Path, encoder: Encoder, head: nn.Linear, classes: list[str], image_size: int,
-                 channels: int, mean: list[float] | None, std: list[float] | None, method: str,
-                 device: torch.device):
-        self.run_dir, self.encoder, self.head, self.classes = run_dir, encoder, head, list(classes)
+    def __init__(self, run_dir: Path, model: nn.Module, classes: list[str], image_size: int, channels: int,
+                 method: str, device: torch.device):
+        self.run_dir, self.model, self.classes = run_dir, model, list(classes)
         self.image_size, self.channels, self.method, self.device = image_size, channels, method, device
-        # the run's own input scaling (pixels to [0, 1], then its --normalize statistics if it had them)
-        self.plain = view_transform("none", image_size, mean=mean, std=std, batched=True)
 
     def __repr__(self) -> str:
         return (f"RunClassifier({str(self.run_dir)!r}, method={self.method!r}, classes={self.classes}, "
                 f"input={self.channels}x{self.image_size}x{self.image_size})")
 
-    @torch.no_grad()
     def probabilities(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Class probabilities (float32 ``[N, C]``, on the CPU) of uint8 images already at the run's size and
         channels (``[N, C, S, S]``, what :meth:`prepare` returns)."""
@@ -91,13 +83,9 @@ class RunClassifier:
         if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != expected:
             raise ValueError(f"expected uint8 images shaped [N, {', '.join(map(str, expected))}]; got "
                              f"{images.dtype} {tuple(images.shape)} (RunClassifier.prepare converts them)")
-        out = []
-        for start in range(0, len(images), batch_size):
-            x = apply_batch(self.plain, images[start:start + batch_size].to(self.device))
-            out.append(probabilities(self.head(self.encoder(x))).cpu())
-        if not out:
+        if not len(images):
             return torch.empty(0, len(self.classes))
-        return torch.cat(out)
+        return probabilities(outputs(self.model, images, device=self.device, batch_size=batch_size))
 
     def predict(self, images: Any, batch_size: int = 256) -> Predictions:
         """Classify ``images``: image file paths, PIL images, or a uint8 (0-255) or float (0-1) tensor batch
@@ -176,45 +164,6 @@ def _is_pil(x: Any) -> bool:
     from PIL import Image
 
     return isinstance(x, Image.Image)
-
-
-def classifying_run(run_dir: str | Path) -> Path:
-    """The run directory whose encoder and head classify: ``run_dir`` itself, or a compare's ``supcon/`` run."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ValueError(f"run directory not found: {run_dir}")
-    if (run_dir / "supcon" / "results.json").is_file() and (run_dir / "ce").is_dir():
-        return run_dir / "supcon"
-    if not (run_dir / "results.json").is_file():
-        raise ValueError(f"{run_dir} is not a finished run directory (no results.json)")
-    return run_dir
-
-
-def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> RunClassifier:
-    """A finished run's classifier: its encoder, its linear head, its classes and its input size.
-
-    ``run_dir``: a ``ce`` run, a ``pretrain`` run with a linear probe, a transfer run, or a ``compare``
-    directory (its ``supcon/`` run; pass ``DIR/ce`` for the baseline). ``device``: ``auto`` (CUDA, MPS, then the
-    CPU), or a torch device name.
-    """
-    run_dir = classifying_run(run_dir)
-    device = device if isinstance(device, torch.device) else resolve_device(device)
-    if not (run_dir / "config.yaml").is_file():
-        raise ValueError(f"{run_dir} is not a run directory (no config.yaml)")
-    results = read_json(run_dir / "results.json")
-    runs = results.get("runs") or [{}]
-    if len(runs) > 1:
-        raise ValueError(f"{run_dir} holds {len(runs)} runs; give one of their directories")
-    method, classes, inputs = runs[0].get("method"), results.get("class_names"), results.get("input")
-    if not classes or not inputs:
-        raise ValueError(f"{run_dir / 'results.json'} lacks class_names or input (written by an older supcon?)")
-    if not (run_dir / "linear.safetensors").is_file():
-        raise ValueError(f"{run_dir} has no linear head (linear.safetensors); a pretrain run needs one first: "
-                         f"supcon linear --run {run_dir}")
-    encoder, cfg, _ = load_encoder(run_dir, device)
-    head = load_linear(run_dir, encoder, cfg, len(classes))
-    return RunClassifier(run_dir, encoder, head, classes, inputs["image_size"], inputs["channels"],
-                         inputs.get("mean"), inputs.get("std"), method, device)
 
 
 def _hidden(name: str) -> bool:

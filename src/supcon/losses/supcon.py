@@ -436,7 +436,7 @@ class SupConLoss(nn.Module):
     loss (their losses summed, divided by the number of anchors with a positive in the whole batch), so the
     shares of disjoint subsets covering the batch add up to the batch's loss, gradients included: a
     data-parallel process takes its own samples as anchors against the gathered batch
-    (:mod:`supcon.distributed`). With ``"none"`` the output has one row per given anchor, in their order.
+    (:mod:`supcon.engine.distributed`). With ``"none"`` the output has one row per given anchor, in their order.
 
     Shapes:
         * ``features``: ``[B, V, D]`` float, used as given: L2-normalise beforehand, as the paper does.

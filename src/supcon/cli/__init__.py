@@ -1,0 +1,48 @@
+"""The ``supcon`` command: flags and YAML become a :class:`~supcon.config.Config`, then one library call."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+from supcon.cli.commands import config_from_args, run_command, run_tool
+from supcon.cli.parser import TOOLS, build_parser
+from supcon.config import DISTRIBUTED
+from supcon.engine import distributed
+
+__all__ = ["build_parser", "main"]
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"supcon: warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _one_line_warning
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--"]:  # `torchrun ... -m supcon -- COMMAND ...` keeps torchrun's parser off our options
+        argv = argv[1:]
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in TOOLS:
+            return run_tool(args)
+        cfg = config_from_args(args)
+        if cfg.nproc > 1 and args.command in DISTRIBUTED and not distributed.launched():
+            from supcon.device import resolve_device
+
+            distributed.check_launch(cfg.nproc, resolve_device(cfg.device), cfg.batch_size, cfg.sync_bn)
+            return distributed.launch(cfg.nproc, argv)
+        return run_command(args.command, cfg, args)
+    except (ValueError, FloatingPointError, OSError, ImportError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"supcon {args.command}{_rank_note()}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"supcon {args.command}{_rank_note()}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        distributed.shutdown()
+
+
+def _rank_note() -> str:
+    return f" (rank {distributed.rank()})" if distributed.launched() else ""

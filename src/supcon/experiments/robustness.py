@@ -1,0 +1,168 @@
+"""``robustness``: finished runs under corrupted inputs, adversarial examples, and their margins and calibration.
+
+Reads run directories (``compare`` directories are expanded into their ``supcon/`` and ``ce/`` runs; a
+``pretrain`` run needs its linear probe, a ``ce`` or transfer run has its classifier), evaluates each run's
+classifier on its own validation split (the split its training held out, always with clean labels), and writes
+``robustness.md``, ``robustness.json``, ``robustness.csv``, ``robustness.png`` (accuracy per corruption and
+severity as a heat map), ``reliability.png`` and ``margins.png`` into ``out``. The run directories are not
+changed. The protocol is in ``docs/robustness.md``.
+
+>>> from supcon.experiments.robustness import robustness_report
+>>> report = robustness_report(["runs/compare-imagenet5"], "runs/robustness")   # supcon/ against ce/
+>>> report["runs"][0]["mce"]                       # ImageNet-C's mCE of SupCon, with the CE run as baseline
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from supcon.data import stratified_subset
+from supcon.device import resolve_device
+from supcon.evaluate.attacks import ATTACKS, PGD_STEPS
+from supcon.evaluate.calibration import BINS, calibration_summary, margins
+from supcon.evaluate.corruptions import (
+    CORRUPTIONS,
+    PARAMETERS,
+    SEVERITIES,
+    adversarial_accuracy,
+    corruption_accuracy,
+    corruption_errors,
+)
+from supcon.evaluate.inference import outputs
+from supcon.reporting.robustness import eps_key, write_robustness
+from supcon.runs import expand_runs
+from supcon.runs.load import data_for_run, load_classifier
+
+EPSILONS_255 = (1.0, 2.0, 4.0, 8.0)  # the attacks' eps in 1/255 steps of a pixel value
+
+
+def robustness_report(run_dirs: Sequence[str | Path], out: str | Path, *, baseline: str | Path | None = None,
+                      corruptions: Sequence[str] = CORRUPTIONS, severities: Sequence[int] = SEVERITIES,
+                      attacks: Sequence[str] = ATTACKS, epsilons: Sequence[float] = EPSILONS_255,
+                      pgd_steps: int = PGD_STEPS, bins: int = BINS, max_images: int | None = None, seed: int = 0,
+                      batch_size: int = 256, device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Evaluate the classifiers of ``run_dirs`` and write the tables and pictures into ``out``; returns what
+    ``robustness.json`` holds.
+
+    ``baseline`` is the run the corruption errors are relative to (default: the first cross-entropy run, else
+    the first run; evaluated as well if it is not among ``run_dirs``). ``epsilons`` are in 1/255 units.
+    ``max_images`` evaluates a seeded, class-balanced subsample of each validation split.
+    """
+    from tqdm.auto import tqdm
+
+    _check_options(corruptions, severities, attacks, epsilons, pgd_steps, bins, max_images, batch_size)
+    named, base_name = _runs_and_baseline(run_dirs, baseline)
+    torch_device = resolve_device(device)
+    # every run is read before any is evaluated, so that a bad directory fails in a second, not after an hour
+    loaded = [(name, load_classifier(run.path, torch_device)) for name, run in named]
+    if base_name is None:
+        base_name = next((name for name, run in loaded if run.summary.get("method") == "ce"), loaded[0][0])
+    cache: dict = {}
+    per_run = 1 + len(corruptions) * len(severities) + len(attacks) * len(epsilons)
+    bar = tqdm(total=per_run * len(loaded), desc="robustness", unit="pass", disable=not progress, file=sys.stderr)
+    runs, margin_panels = [], []
+    try:
+        for name, run in loaded:
+            data = data_for_run(run.run.path, run.cfg, run.inputs, cache=cache)  # a comparison's runs share it
+            keep = torch.from_numpy(stratified_subset(data.val.labels.numpy(), max_images, seed, f"{data.name} val"))
+            bar.set_postfix_str(name)
+            record, margin = _evaluate(name, run, data.name, data.val.images[keep], data.val.labels[keep],
+                                       corruptions, severities, attacks, epsilons, pgd_steps, bins, seed,
+                                       torch_device, batch_size, bar.update)
+            runs.append(record)
+            margin_panels.append((name, margin))
+    finally:
+        bar.close()
+    _add_corruption_errors(runs, next(r for r in runs if r["name"] == base_name))
+    report = {"baseline": base_name, "corruptions": list(corruptions), "severities": list(severities),
+              "attacks": list(attacks), "eps_255": list(epsilons), "pgd_steps": pgd_steps,
+              "pgd_step_size": "2.5 eps / steps", "bins": bins, "max_images": max_images, "seed": seed,
+              "parameters": {c: PARAMETERS[c] for c in corruptions}, "runs": runs}
+    write_robustness(report, margin_panels, Path(out))
+    return report
+
+
+def _runs_and_baseline(run_dirs, baseline) -> tuple[list, str | None]:
+    """The runs to evaluate, by name, and the baseline's name (None: chosen once the runs are read); a baseline
+    that is not among the runs is evaluated too."""
+    named = expand_runs(run_dirs)
+    if baseline is None:
+        return named, None
+    base = expand_runs([baseline])
+    if len(base) != 1:
+        raise ValueError(f"--baseline must be one run; {baseline} holds {len(base)}: give one of "
+                         f"{', '.join(str(run.path) for _, run in base)}")
+    found = next((name for name, run in named if run == base[0][1]), None)
+    if found is None:
+        named.append(base[0])
+        found = base[0][0]
+    return named, found
+
+
+def _evaluate(name, run, dataset, images, labels, corruptions, severities, attacks, epsilons, pgd_steps, bins,
+              seed, device, batch_size, advance) -> tuple[dict[str, Any], torch.Tensor]:
+    """One run's record of ``robustness.json`` (with the raw accuracies the corruption errors need, as ``_``
+    keys) and its logit margins."""
+    model, cfg, summary = run.model, run.cfg, run.summary
+    logits = outputs(model, images, device=device, batch_size=batch_size)
+    advance()
+    calibration = calibration_summary(logits, labels, bins)
+    accuracy = corruption_accuracy(model, images, labels, corruptions, severities, seed=seed, device=device,
+                                   batch_size=batch_size, advance=advance)
+    adversarial = {}
+    for attack in attacks:
+        acc = adversarial_accuracy(model, images, labels, attack, [e / 255 for e in epsilons], steps=pgd_steps,
+                                   seed=seed, device=device, batch_size=batch_size, advance=advance)
+        adversarial[attack] = {eps_key(e): a for e, a in zip(epsilons, acc.values(), strict=True)}
+    corrupted = [a for by_severity in accuracy.values() for a in by_severity.values()]
+    record = {"name": name, "run_dir": str(run.run.path), "method": summary.get("method"),
+              "loss": summary.get("loss"), "dataset": dataset, "val_images": len(labels),
+              "label_noise": cfg.label_noise, "label_noise_mode": cfg.label_noise_mode,
+              "clean_acc": calibration["accuracy"],
+              "corrupted_acc": sum(corrupted) / len(corrupted) if corrupted else None,
+              "corruptions": {c: {str(s): a for s, a in by.items()} for c, by in accuracy.items()},
+              "adversarial": adversarial, "calibration": calibration, "_labels": labels, "_accuracy": accuracy}
+    return record, margins(logits, labels)
+
+
+def _add_corruption_errors(runs: list[dict[str, Any]], base: dict[str, Any]) -> None:
+    """Each run's corruption errors against the baseline's, where both were evaluated on the same images."""
+    for run in runs:
+        comparable = (run["dataset"] == base["dataset"] and torch.equal(run["_labels"], base["_labels"]))
+        errors = (corruption_errors(run["_accuracy"], run["clean_acc"], base["_accuracy"], base["clean_acc"])
+                  if comparable and run["_accuracy"] else
+                  {"ce": None, "relative_ce": None, "mce": None, "relative_mce": None, "mce_over": [],
+                   "relative_mce_over": []})
+        run.update(errors, comparable_to_baseline=comparable)
+    for run in runs:
+        del run["_labels"], run["_accuracy"]
+
+
+def _check_options(corruptions, severities, attacks, epsilons, pgd_steps, bins, max_images, batch_size) -> None:
+    unknown = [c for c in corruptions if c not in CORRUPTIONS]
+    if unknown:
+        raise ValueError(f"unknown corruption {unknown[0]!r}; expected some of {', '.join(CORRUPTIONS)}")
+    bad = [s for s in severities if s not in SEVERITIES]
+    if bad:
+        raise ValueError(f"severities must be among {', '.join(map(str, SEVERITIES))}; got {bad[0]!r}")
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown:
+        raise ValueError(f"unknown attack {unknown[0]!r}; expected some of {', '.join(ATTACKS)}")
+    if attacks and not epsilons:
+        raise ValueError("attacks need at least one eps")
+    if any(not 0 < e <= 255 for e in epsilons):
+        raise ValueError(f"eps are in 1/255 units and must lie in (0, 255]; got {list(epsilons)}")
+    for name, value in (("pgd_steps", pgd_steps), ("bins", bins), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"max_images must be positive; got {max_images}")
+    for what, values in (("corruption", corruptions), ("severity", severities), ("attack", attacks),
+                         ("eps", epsilons)):
+        if len(set(values)) < len(values):
+            raise ValueError(f"each {what} may be given once; got {list(values)}")

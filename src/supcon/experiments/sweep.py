@@ -1,0 +1,315 @@
+"""``sweep``: a grid of runs, the reference study's table and a bar chart; resumable cell by cell.
+
+A grid is a base :class:`~supcon.config.Config` and two sets of axes: the SupCon cells are the product of
+``grid`` (by default the study's optimizer x learning-rate strategy x augmentation), the cross-entropy cells the
+product of ``ce_grid`` (by default each optimizer). ``variants`` (optional) is a list of option sets, each
+applied on top of every SupCon combination: a one-factor-at-a-time study, where a full product would waste cells.
+Every cell is a complete run directory under
+``OUT/cells/``; a cell counts as finished when its ``results.json`` holds a validation accuracy and its
+``config.yaml`` matches the cell's configuration, so a sweep killed at any point and started again redoes only
+unfinished cells. ``OUT/sweep.md``, ``sweep.csv`` and ``sweep.png`` are rewritten after every cell.
+
+>>> from supcon.experiments.sweep import Sweep, run_sweep
+>>> sweep = Sweep(Config(dataset="digits", epochs=5))      # the study's grid on digits
+>>> rows = run_sweep(sweep, "runs/sweep-digits", jobs=1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import typing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from supcon.config import Config, load_yaml, result_neutral_options
+from supcon.io import atomic_write_text
+from supcon.reporting.sweep import table_rows, write_tables
+from supcon.runs import RunDir
+
+STUDY_GRID = {"optimizer": ["sgd", "adam", "rmsprop"], "schedule": ["fixed", "cosine"], "augment": ["none", None]}
+STUDY_CE_GRID = {"optimizer": ["sgd", "adam", "rmsprop"]}
+
+
+@dataclass
+class Sweep:
+    """The base configuration and the axes of the SupCon and cross-entropy cells.
+
+    An axis value ``None`` in the default grid stands for the base configuration's value (the study's
+    "with augmentation" is the base ``augment`` policy).
+    """
+
+    base: Config
+    grid: dict[str, list[Any]] = field(default_factory=lambda: dict(STUDY_GRID))
+    ce_grid: dict[str, list[Any]] = field(default_factory=lambda: dict(STUDY_CE_GRID))
+    variants: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        names = {f.name for f in dataclasses.fields(Config)}
+        for variant in self.variants:
+            if not isinstance(variant, dict):
+                raise ValueError(f"a sweep variant is a mapping of option: value; got {variant!r}")
+            unknown = sorted(set(variant) - names)
+            if unknown:
+                raise ValueError(f"unknown option {unknown[0]!r} in sweep variant {variant!r}")
+            self.base.replace(**variant)  # validates the values now rather than when the cell starts
+        for axes in (self.grid, self.ce_grid):
+            for key, values in axes.items():
+                if key not in names:
+                    raise ValueError(f"unknown sweep axis {key!r}; axes are Config options: {', '.join(sorted(names))}")
+                if not isinstance(values, list) or not values:
+                    raise ValueError(f"sweep axis {key!r} needs a non-empty list of values; got {values!r}")
+
+    @classmethod
+    def from_options(cls, base: Config, config_file: str | Path | None = None, grid: list[str] | None = None,
+                     ce_grid: list[str] | None = None, variants: list[str] | None = None, no_ce: bool = False
+                     ) -> Sweep:
+        """The sweep a command line describes: the sweep file's ``grid``, ``ce_grid`` and ``variants`` (else the
+        study's grid), each replaced by its flags (``KEY=V1,V2`` axes, ``KEY=V,KEY=V`` variants); ``no_ce``
+        drops the cross-entropy cells."""
+        axes, ce_axes, chosen = dict(STUDY_GRID), dict(STUDY_CE_GRID), []
+        if config_file:
+            values = load_yaml(config_file)
+            for key in ("grid", "ce_grid"):
+                if key in values and not isinstance(values[key], dict):
+                    raise ValueError(f"{config_file}: {key} must be a mapping of option: [values]")
+            if "variants" in values and not isinstance(values["variants"], list):
+                raise ValueError(f"{config_file}: variants must be a list of option mappings")
+            axes, ce_axes = values.get("grid", axes), values.get("ce_grid", ce_axes)
+            chosen = [{k.replace("-", "_"): v for k, v in (variant or {}).items()} if isinstance(variant, dict)
+                      else variant for variant in values.get("variants", [])]
+        if variants:
+            chosen = [parse_variant(text) for text in variants]
+        if grid:
+            axes = dict(parse_axis(text) for text in grid)
+        if ce_grid:
+            ce_axes = dict(parse_axis(text) for text in ce_grid)
+        return cls(base, axes, {} if no_ce else ce_axes, chosen)
+
+    def cells(self) -> list[tuple[str, str, Config]]:
+        """``(name, method, config)`` for every cell, SupCon cells first, in grid order."""
+        return [(name, method, cfg) for name, method, cfg, _ in self.cells_with_variants()]
+
+    def cells_with_variants(self) -> list[tuple[str, str, Config, dict[str, Any] | None]]:
+        """:meth:`cells`, each with the variant it applied (None where the sweep has no variants, and for CE)."""
+        cells = []
+        for method, axes in (("supcon", self.grid), ("ce", self.ce_grid)):
+            keys = list(axes)
+            variants = self.variants if method == "supcon" and self.variants else [{}]
+            if not keys and variants == [{}]:
+                continue
+            for combo in itertools.product(*(axes[k] for k in keys)):
+                changes = {k: (getattr(self.base, k) if v is None else v) for k, v in zip(keys, combo, strict=True)}
+                for variant in variants:
+                    cfg = self.base.replace(**{**changes, **variant})
+                    slugs = [_slug(changes[k]) for k in keys] + ([variant_slug(variant)] if variants != [{}] else [])
+                    cells.append(("-".join([method, *slugs]), method, cfg,
+                                  variant if method == "supcon" and self.variants else None))
+        names = [c[0] for c in cells]
+        if len(set(names)) != len(names):
+            raise ValueError("two sweep cells have the same name; make the axes' values distinct")
+        return cells
+
+
+def variant_slug(variant: dict[str, Any]) -> str:
+    """A variant's part of a cell name: ``base`` for no change, else ``temperature_0.2_lr_0.3``."""
+    return "_".join(f"{k}_{_slug(v)}" for k, v in variant.items()) if variant else "base"
+
+
+def _slug(value: Any) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return "".join(c if c.isalnum() or c == "." else "_" for c in text)
+
+
+def parse_axis(text: str) -> tuple[str, list[Any]]:
+    """``KEY=V1,V2,...`` from the command line, each value converted to the Config option's type."""
+    key, sep, values = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not values:
+        raise ValueError(f"a sweep axis is written KEY=VALUE1,VALUE2,...; got {text!r}")
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    if key not in fields:
+        raise ValueError(f"unknown sweep axis {key!r}; axes are Config options")
+    hint = typing.get_type_hints(Config)[key]
+    kinds = [k for k in typing.get_args(hint) if k is not type(None)] or [hint]
+    kind = kinds[0]
+
+    def convert(v: str):
+        v = v.strip()
+        if v.lower() in ("none", "null") and type(None) in typing.get_args(hint):
+            return None
+        if kind is bool:
+            if v.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                raise ValueError(f"sweep axis {key!r} takes true/false; got {v!r}")
+            return v.lower() in ("true", "yes", "1")
+        try:
+            return kind(v)
+        except ValueError:
+            raise ValueError(f"sweep axis {key!r} takes {kind.__name__} values; got {v!r}") from None
+
+    return key, [convert(v) for v in values.split(",")]
+
+
+def parse_variant(text: str) -> dict[str, Any]:
+    """``KEY=V,KEY=V`` (or ``base``, no change) from the command line, each value of its option's type."""
+    if text.strip() == "base":
+        return {}
+    variant = {}
+    for pair in text.split(","):
+        key, values = parse_axis(pair)
+        variant[key] = values[0]
+    return variant
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def _comparable(cfg: Config) -> dict[str, Any]:
+    neutral = result_neutral_options()
+    return {k: v for k, v in cfg.to_dict().items() if k not in neutral}
+
+
+def cell_finished(run: RunDir, cfg: Config) -> dict[str, Any] | None:
+    """The finished cell's run summary (or its recorded failure), or None when it must be (re)done."""
+    try:
+        saved = run.config()
+        done = run.failure() or run.summary()
+    except (ValueError, OSError, KeyError, AttributeError):
+        return None
+    if _comparable(saved) != _comparable(cfg) or (done.get("val_acc") is None and "error" not in done):
+        return None
+    return done
+
+
+def stale_options(run: RunDir, cfg: Config) -> list[str]:
+    """The options (``name: saved -> wanted``) in which a finished cell differs from ``cfg``; empty when the cell
+    is unfinished or the same. Redoing such a cell would throw its result away."""
+    try:
+        saved = run.config()
+        done = run.failure() or run.summary()
+    except (ValueError, OSError, KeyError, AttributeError):
+        return []
+    if done.get("val_acc") is None and "error" not in done:
+        return []
+    old, new = _comparable(saved), _comparable(cfg)
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def run_cell(method: str, cfg: Config, run_dir: str | Path, threads: int | None = None) -> dict[str, Any]:
+    """Train one cell into ``run_dir`` (from scratch) and return its run summary.
+
+    A cell that fails the way training can fail (a diverging loss, for instance SGD at a fixed large rate) is a
+    result, not a crash: its error is recorded in ``failed.json`` and the sweep goes on.
+    """
+    import torch
+
+    from supcon.stages import load_data, train_run
+
+    if threads:
+        torch.set_num_threads(threads)
+    run = RunDir(run_dir)
+    data = load_data(cfg)
+    try:
+        return train_run("ce" if method == "ce" else "supcon", cfg, data, run.path).summary
+    except FloatingPointError as err:
+        failure = {"method": method, "loss": "ce" if method == "ce" else cfg.loss, "error": str(err),
+                   "val_acc": None, "train_acc": None, "stage1_loss": None, "seconds": None}
+        run.record_failure(cfg, failure)
+        return failure
+
+
+def run_sweep(sweep: Sweep, out: str | Path, jobs: int = 1, log: Callable[[str], None] = print,
+              redo: bool = False) -> list[dict[str, Any]]:
+    """Run every unfinished cell (``jobs`` at a time, each in its own process when ``jobs > 1``), then write
+    ``sweep.md``, ``sweep.csv`` and ``sweep.png``; return one row per cell.
+
+    A cell that finished under other options (the sweep was started again with a changed flag, say) is an error
+    rather than silently redone, since redoing it deletes its result; ``redo=True`` redoes such cells.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1; got {jobs}")
+    out = Path(out)
+    if not redo:
+        for name, _, cfg in sweep.cells():
+            changed = stale_options(RunDir(out / "cells" / name), cfg.replace(out=str(out / "cells" / name)))
+            if changed:
+                raise ValueError(f"cell {name} in {out} finished with other options ({'; '.join(changed[:3])}); "
+                                 "keep them, choose another --out, or pass --redo to redo such cells")
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    _save_sweep(sweep, out / "sweep.yaml")
+    cells = sweep.cells()
+    summaries: dict[str, dict[str, Any]] = {}
+    todo = []
+    for name, method, cfg in cells:
+        run_dir = out / "cells" / name
+        cfg = cfg.replace(out=str(run_dir), quiet=cfg.quiet or jobs > 1)
+        done = cell_finished(RunDir(run_dir), cfg)
+        if done is not None:
+            summaries[name] = done
+        else:
+            todo.append((name, method, cfg, run_dir))
+    log(f"sweep: {len(cells)} cells, {len(summaries)} already finished, {len(todo)} to run")
+
+    def finished(name: str, summary: dict[str, Any]) -> None:
+        summaries[name] = summary
+        write_tables(sweep, summaries, out)
+        outcome = (f"failed: {summary['error']}" if "error" in summary
+                   else f"val acc {summary['val_acc']:.4f} ({summary['seconds']:.0f} s)")
+        log(f"  {len(summaries)}/{len(cells)} {name}: {outcome}")
+
+    if jobs == 1:
+        for name, method, cfg, run_dir in todo:
+            log(f"  running {name}")
+            finished(name, run_cell(method, cfg, run_dir))
+    elif todo:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        import multiprocessing
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(run_cell, method, cfg, run_dir, threads): name
+                       for name, method, cfg, run_dir in todo}
+            for future in as_completed(futures):
+                finished(futures[future], future.result())
+    write_tables(sweep, summaries, out)
+    if sweep.base.tsne:
+        plot_best_tsne(sweep, summaries, out / "tsne.png")
+    return table_rows(sweep, summaries)
+
+
+def plot_best_tsne(sweep: Sweep, summaries: dict[str, dict[str, Any]], path: Path) -> Path | None:
+    """``tsne.png``: the best SupCon cell's encoder beside the best cross-entropy cell's, on the same points."""
+    import torch
+
+    from supcon.config import TSNE_POINTS
+    from supcon.evaluate.inference import outputs
+    from supcon.evaluate.tsne import draw_tsne, tsne_subset
+    from supcon.runs.load import data_for_run, load_encoder
+
+    best = {}
+    for name, method, _ in sweep.cells():
+        acc = (summaries.get(name) or {}).get("val_acc")
+        if acc is not None and (method not in best or acc > best[method][1]):
+            best[method] = (name, acc)
+    if len(best) < 2:
+        return None
+    panels, data = [], None
+    for method, title in (("supcon", "best SupCon cell"), ("ce", "best cross-entropy cell")):
+        name, acc = best[method]
+        encoder, cfg, inputs = load_encoder(path.parent / "cells" / name)
+        data = data or data_for_run(path.parent / "cells" / name, cfg, inputs)
+        idx = torch.from_numpy(tsne_subset(data.val.labels, TSNE_POINTS, cfg.seed))
+        panels.append((f"{title}: {name} (val acc {acc:.3f})",
+                       outputs(encoder, data.val.images[idx], transform=inputs.plain())))
+    drawn, _ = draw_tsne(panels, data.val.labels[idx], data.val.class_names, path, sweep.base.seed)
+    return drawn
+
+
+def _save_sweep(sweep: Sweep, path: Path) -> None:
+    import yaml
+
+    values = {**sweep.base.to_dict(), "grid": sweep.grid, "ce_grid": sweep.ce_grid, "variants": sweep.variants}
+    atomic_write_text(path, yaml.safe_dump(values, sort_keys=False))

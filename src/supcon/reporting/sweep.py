@@ -1,0 +1,120 @@
+"""A sweep's tables and picture: ``sweep.md`` (the study's table), ``sweep.csv`` and ``sweep.png``."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from supcon.config import LOSS_NAMES, Config
+from supcon.io import atomic_write_text, save_figure
+from supcon.reporting.format import num
+from supcon.reporting.notes import ce_note, knn_note
+
+if TYPE_CHECKING:
+    from supcon.experiments.sweep import Sweep
+
+LABELS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}
+
+
+def describe_cell(method: str, cfg: Config, axes: list[str], variant: dict[str, Any] | None = None) -> str:
+    """The study's row label, e.g. ``RMSprop + lr decayed + without augmentation``; other axes as ``key=value``,
+    and a variant's changes as ``key=value, ...`` (``base`` for the empty variant)."""
+    parts = []
+    for key in axes:
+        value = getattr(cfg, key)
+        if key == "optimizer":
+            parts.append(LABELS.get(cfg.resolved_optimizer(method), value))
+        elif key == "schedule":
+            parts.append({"fixed": "fixed lr", "cosine": "lr decayed (cosine)", "step": "lr decayed (step)"}[value])
+        elif key == "augment":
+            parts.append("without augmentation" if value == "none" else f"with augmentation ({value})")
+        elif key == "loss":
+            parts.append(LOSS_NAMES.get(value, value))
+        else:
+            parts.append(f"{key}={value}")
+    if variant is not None:
+        parts.append(", ".join(f"{k}={v}" for k, v in variant.items()) if variant else "base")
+    prefix = "CE: " if method == "ce" else ""
+    return prefix + (" + ".join(parts) if parts else ("cross-entropy" if method == "ce" else "SupCon"))
+
+
+def table_rows(sweep: Sweep, summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per cell, in grid order; cells not run yet have empty results."""
+    rows = []
+    for name, method, cfg, variant in sweep.cells_with_variants():
+        run = summaries.get(name) or {}
+        axes = list(sweep.grid if method == "supcon" else sweep.ce_grid)
+        rows.append({"cell": name, "method": method, "setting": describe_cell(method, cfg, axes, variant),
+                     "loss": cfg.loss if method == "supcon" else "ce", "optimizer": cfg.resolved_optimizer(method),
+                     "lr": cfg.resolved_lr(method), "schedule": cfg.schedule, "augment": cfg.augment,
+                     "epochs": cfg.epochs,
+                     "stage1_loss": run.get("stage1_loss"), "stage1_progress": run.get("stage1_progress"),
+                     "knn_acc": run.get("knn_acc"), "train_acc": run.get("train_acc"), "val_acc": run.get("val_acc"),
+                     "seconds": run.get("seconds"), "error": run.get("error")})
+    return rows
+
+
+def write_tables(sweep: Sweep, summaries: dict[str, dict[str, Any]], out: Path) -> None:
+    rows = table_rows(sweep, summaries)
+    text = sweep_markdown(rows)
+    stalled = [f"{r['setting']} ({r['stage1_progress']:.0%})" for r in rows
+               if r["stage1_progress"] is not None and r["stage1_progress"] < 0.5]
+    if stalled:
+        text += ("\n\nStage 1 did not converge (its loss covered less than half the way from its start to its floor) "
+                 "in: " + "; ".join(stalled) + ". Their accuracies say more about the budget than about SupCon.")
+    for row in rows:
+        run = summaries.get(row["cell"]) or {}
+        note = knn_note(run) or ce_note(run)
+        if note:
+            text += f"\n\n{row['setting']}: {note}"
+    atomic_write_text(out / "sweep.md", text + "\n")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "sweep.csv", buffer.getvalue())
+    if any(r["val_acc"] is not None for r in rows):
+        plot_sweep(rows, out / "sweep.png")
+
+
+def sweep_markdown(rows: list[dict[str, Any]]) -> str:
+    """The study's table, ``Optimizer + lr strategy + augmentation | stage-1 loss | train acc | val acc`` (the
+    study's "Supervised Contrastive Loss" column holds whichever loss stage 1 trained with), plus the kNN
+    accuracy of the encoder's features and the time."""
+
+    lines = ["| Optimizer + lr strategy + augmentation | stage-1 loss | kNN acc | train acc | val acc | time |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        seconds = "not run yet" if r["seconds"] is None else f"{r['seconds']:.0f} s"
+        if r["error"]:
+            seconds = "failed: " + r["error"].split(";")[0]
+        lines.append(f"| {r['setting']} | {num(r['stage1_loss'])} | {num(r.get('knn_acc'))} | {num(r['train_acc'])} "
+                     f"| {num(r['val_acc'])} | {seconds} |")
+    return "\n".join(lines)
+
+
+def plot_sweep(rows: list[dict[str, Any]], path: Path) -> None:
+    """Validation accuracy per cell as horizontal bars, SupCon and cross-entropy in two colours."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["val_acc"] is not None]
+    fig, ax = plt.subplots(figsize=(8, 0.38 * len(rows) + 1.2))
+    colours = ["tab:blue" if r["method"] == "supcon" else "tab:orange" for r in rows]
+    ax.barh(range(len(rows)), [r["val_acc"] for r in rows], color=colours)
+    for i, r in enumerate(rows):
+        ax.text(r["val_acc"] + 0.005, i, f"{r['val_acc']:.3f}", va="center", fontsize=8)
+    ax.set_yticks(range(len(rows)), [r["setting"] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.08)
+    ax.set_xlabel("validation accuracy")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in ("tab:blue", "tab:orange")]
+    # above the axes: inside them it would hide the value of a long bar
+    ax.legend(handles, ["SupCon + linear probe", "cross-entropy"], loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=120)

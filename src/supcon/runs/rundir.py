@@ -1,0 +1,316 @@
+"""``RunDir``: the one place that knows what a run directory holds, what kind of run it is and how far it got.
+
+A run directory holds ``config.yaml`` (every option, resolved; written when the run starts, so that
+``--resume`` can read it), ``metrics.jsonl`` (one line per epoch and stage), ``results.json`` (written once, when
+the run finishes: the data set, the run summaries, the input scaling, the class names), the weights as
+``encoder``/``projection``/``linear.safetensors``, ``curves.png``, ``tsne.png``, ``skipped_images.txt`` and,
+while a stage trains, ``checkpoints/``. A ``compare`` directory holds the same top-level files and one run
+directory per method (``supcon/``, ``ce/``); a sweep cell that failed holds ``failed.json`` instead of results.
+
+>>> run = RunDir("runs/compare-digits")
+>>> run.kind(), [part.path.name for part in run.parts()]
+('compare', ['supcon', 'ce'])
+>>> run.parts()[0].summary()["val_acc"]
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from supcon.config import Config
+from supcon.engine.checkpoint import DIRNAME, Checkpoints
+from supcon.io import atomic_write_text, read_json, save_weights, write_json
+
+CONFIG, RESULTS, METRICS, SKIPPED, FAILED = "config.yaml", "results.json", "metrics.jsonl", "skipped_images.txt", \
+    "failed.json"
+PARTS = ("supcon", "ce")  # a comparison's runs, in the order its tables show them
+STAGES = ("pretrain", "linear", "ce")
+# Summary keys renamed since: a run written before still reads as one written now.
+RENAMED = {"supcon_loss": "stage1_loss", "supcon_loss_start": "stage1_loss_start",
+           "supcon_loss_floor": "stage1_loss_floor"}
+FINISHED_SUFFIX = "-finished.json"  # a finished stage's summary, kept until the run's results.json is written
+
+
+def upgrade_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """A run summary with the keys of older versions renamed to today's."""
+    return {RENAMED.get(k, k): v for k, v in summary.items() if not (k in RENAMED and RENAMED[k] in summary)}
+
+
+class RunDir:
+    """A run directory: its files, its kind, its finished stages and its checkpoints."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunDir) and self.path.resolve() == other.path.resolve()
+
+    def __hash__(self) -> int:
+        return hash(self.path.resolve())
+
+    def file(self, name: str) -> Path:
+        """The path of one of the run's files (``results.md``, ``tsne.png``, ...)."""
+        return self.path / name
+
+    def weights(self, name: str) -> Path:
+        """``encoder``, ``projection`` or ``linear``: the path of that module's safetensors."""
+        return self.path / f"{name}.safetensors"
+
+    @property
+    def metrics_path(self) -> Path:
+        """``metrics.jsonl``: one line per epoch and stage."""
+        return self.path / METRICS
+
+    # ------------------------------------------------------------------------------------------ reading
+    def is_run(self) -> bool:
+        """Whether the run finished: its ``results.json`` is there."""
+        return (self.path / RESULTS).is_file()
+
+    def require(self) -> RunDir:
+        """This run directory, or a one-line ValueError when it holds no finished run."""
+        if not self.is_run():
+            raise ValueError(f"{self.path} is not a run directory (no results.json)")
+        return self
+
+    def results(self) -> dict[str, Any]:
+        """``results.json``, its summaries in today's keys."""
+        results = read_json(self.path / RESULTS)
+        if isinstance(results, dict) and isinstance(results.get("runs"), list):
+            results["runs"] = [upgrade_summary(r) if isinstance(r, dict) else r for r in results["runs"]]
+        return results
+
+    def summary(self) -> dict[str, Any]:
+        """The summary of the run (a comparison holds several: read its parts)."""
+        runs = self.results().get("runs") or []
+        if len(runs) != 1:
+            raise ValueError(f"{self.path} holds a comparison, not one run; give one of its runs: "
+                             f"{', '.join(str(p.path) for p in self.parts())}")
+        return runs[0]
+
+    def config(self) -> Config:
+        """The run's options (``config.yaml``)."""
+        if not (self.path / CONFIG).is_file():
+            raise ValueError(f"{self.path} is not a run directory (no config.yaml)")
+        return Config.from_yaml(self.path / CONFIG)
+
+    def config_values(self) -> dict[str, Any]:
+        """``config.yaml`` read as plain YAML, so that a file of another version still reads (unknown keys too)."""
+        path = self.path / CONFIG
+        return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+    def parts(self) -> list[RunDir]:
+        """A comparison's runs (``supcon/``, ``ce/``) that have results; empty for a single run."""
+        return [RunDir(self.path / name) for name in PARTS if (self.path / name / RESULTS).is_file()]
+
+    def is_compare(self) -> bool:
+        """Whether this is a comparison's directory (it has a ``supcon/`` or ``ce/`` run)."""
+        return any((self.path / name).is_dir() for name in PARTS)
+
+    def checkpoint_stages(self) -> set[str]:
+        """The stages that have checkpoints here."""
+        return {p.name.split("-epoch")[0] for p in (self.path / DIRNAME).glob("*-epoch*.pt")}
+
+    def kind(self) -> str | None:
+        """``compare``, ``transfer`` (a probe on another run's encoder), ``ce`` or ``pretrain`` (stage 1, with or
+        without its probe): the command that made the run; None before anything was written."""
+        if self.is_compare():
+            return "compare"
+        values = self.config_values()
+        if values.get("encoder_from"):
+            return "transfer"
+        try:
+            method = self.summary().get("method") if self.is_run() else None
+        except (ValueError, AttributeError):
+            method = None
+        stages = self.checkpoint_stages()
+        if "ce" in stages or method == "ce":
+            return "ce"
+        if stages or method is not None or (self.path / DIRNAME / f"pretrain{FINISHED_SUFFIX}").is_file():
+            return "pretrain"
+        return None
+
+    def classifying(self) -> RunDir:
+        """The run whose encoder and linear head classify: this one, or a comparison's ``supcon/`` run."""
+        if not self.path.is_dir():
+            raise ValueError(f"run directory not found: {self.path}")
+        if (self.path / "supcon" / RESULTS).is_file() and (self.path / "ce").is_dir():
+            return RunDir(self.path / "supcon")
+        return self.require()
+
+    def failure(self) -> dict[str, Any] | None:
+        """The failure a sweep recorded for this cell (``failed.json``), or None."""
+        return read_json(self.path / FAILED) if (self.path / FAILED).is_file() else None
+
+    # ------------------------------------------------------------------------------------------ stages
+    def checkpoints(self, stage: str, keep: int = 2, every: int = 0, config: dict[str, Any] | None = None
+                    ) -> Checkpoints:
+        """``stage``'s checkpoints in this run (see :class:`~supcon.engine.checkpoint.Checkpoints`)."""
+        return Checkpoints(self.path, stage, keep, every, config)
+
+    def stage_finished(self, stage: str) -> dict[str, Any] | None:
+        """The run summary if ``stage`` (``pretrain``, ``linear`` or ``ce``) finished here, else None.
+
+        A stage has finished when its weights and summary are written and its checkpoints are gone: a stage
+        deletes them as its very last act, so one killed while writing its outputs still has them and is resumed
+        instead. A first stage followed by another in the same run keeps its summary in ``checkpoints/`` until
+        the run writes ``results.json``.
+        """
+        if Checkpoints(self.path, stage).has_any():
+            return None
+        marker = self.path / DIRNAME / f"{stage}{FINISHED_SUFFIX}"
+        if marker.is_file():
+            return upgrade_summary(read_json(marker)["runs"][0])
+        try:
+            run = self.summary()
+        except (ValueError, KeyError, IndexError, TypeError, OSError, AttributeError):
+            return None
+        if stage == "ce":
+            done = run.get("method") == "ce" and not run.get("encoder_from")
+        elif stage == "pretrain":
+            done = run.get("method") in ("supcon", "simclr") and self.weights("encoder").is_file()
+        else:
+            done = (run.get("val_acc") is not None and self.weights("linear").is_file()
+                    and (run.get("method") != "ce" or bool(run.get("encoder_from"))))
+        return run if done else None
+
+    def mark_stage_finished(self, stage: str, record: dict[str, Any]) -> None:
+        """Keep a finished first stage's record (``results.json``'s form: its summary in ``runs``, its ``input``)
+        until the run's own ``results.json`` is written."""
+        write_json(self.path / DIRNAME / f"{stage}{FINISHED_SUFFIX}", record)
+
+    def record(self) -> dict[str, Any]:
+        """``results.json`` or, in a run whose first stage alone has finished, that stage's record."""
+        if self.is_run():
+            return self.results()
+        for stage in STAGES:
+            marker = self.path / DIRNAME / f"{stage}{FINISHED_SUFFIX}"
+            if marker.is_file():
+                record = read_json(marker)
+                record["runs"] = [upgrade_summary(r) for r in record["runs"]]
+                return record
+        raise ValueError(f"{self.path} is not a run directory (no results.json)")
+
+    def refuse_finished(self, stage: str) -> None:
+        """A one-line error: ``--resume`` of a stage that has finished has nothing to do."""
+        if self.stage_finished(stage) is not None:
+            raise ValueError(f"nothing to resume: the {stage} stage in {self.path} has finished (results.json)")
+
+    # ------------------------------------------------------------------------------------------ writing
+    def start(self, cfg: Config, fresh: bool = True) -> None:
+        """Create the directory and write ``config.yaml`` (what ``--resume`` reads back). A fresh run deletes an
+        earlier run's metrics and results: a results.json beside a new config would make a run killed now look
+        finished."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            for name in (METRICS, RESULTS, FAILED):
+                (self.path / name).unlink(missing_ok=True)
+            for marker in (self.path / DIRNAME).glob(f"*{FINISHED_SUFFIX}"):
+                marker.unlink()
+        cfg.save(self.path / CONFIG)
+
+    def drop_stage_metrics(self, stage: str) -> None:
+        """``metrics.jsonl`` without ``stage``'s lines (a repeated probe replaces the last one)."""
+        path = self.path / METRICS
+        if path.is_file():
+            lines = path.read_text().splitlines(keepends=True)
+            kept = [line for line in lines if line.strip() and json.loads(line).get("stage") != stage]
+            if len(kept) != len(lines):
+                atomic_write_text(path, "".join(kept))
+
+    def save_weights(self, modules: dict[str, Any]) -> None:
+        """Each module's weights as ``NAME.safetensors`` (``encoder``, ``projection``, ``linear``), atomically."""
+        for name, module in modules.items():
+            save_weights(self.weights(name), module)
+
+    def write_results(self, results: dict[str, Any], skipped: list[tuple[str, str]] = ()) -> None:
+        """``results.json`` and, where images were skipped, ``skipped_images.txt`` (``path<TAB>reason``)."""
+        write_json(self.path / RESULTS, results)
+        if skipped:
+            atomic_write_text(self.path / SKIPPED, "".join(f"{p}\t{why}\n" for p, why in skipped))
+
+    def record_failure(self, cfg: Config, failure: dict[str, Any]) -> None:
+        """A sweep cell that failed the way training can fail: its options and error; never resumed."""
+        import shutil
+
+        cfg.save(self.path / CONFIG)
+        write_json(self.path / FAILED, failure)
+        shutil.rmtree(self.path / DIRNAME, ignore_errors=True)
+
+    def finish(self) -> None:
+        """The run's last act: its checkpoints and finished-stage summaries go."""
+        directory = self.path / DIRNAME
+        if directory.is_dir():
+            for p in directory.iterdir():
+                if p.is_file() and (p.name.endswith(FINISHED_SUFFIX) or "-epoch" in p.name):
+                    p.unlink(missing_ok=True)
+            try:
+                directory.rmdir()
+            except OSError:  # something else in it: leave it
+                pass
+
+
+@dataclass
+class FoundRun:
+    """A run found by :func:`find_runs`, with a comparison's own runs as its ``parts``."""
+
+    run: RunDir
+    results: dict[str, Any]
+    parts: list[FoundRun] = field(default_factory=list)
+
+    @property
+    def path(self) -> Path:
+        """The run's directory."""
+        return self.run.path
+
+
+def find_runs(dirs: Iterable[str | Path]) -> list[FoundRun]:
+    """The runs in ``dirs``, in the order given (runs found below a directory sorted by path); a run inside
+    another (a comparison's ``ce/`` and ``supcon/``) is a part of the outer one."""
+    runs: list[FoundRun] = []
+    seen: set[Path] = set()
+    for d in map(Path, dirs):
+        if not d.is_dir():
+            raise ValueError(f"{d} is not a run directory (no results.json)")
+        tops = sorted({p.parent for p in d.rglob(RESULTS)})
+        if not tops:
+            raise ValueError(f"{d} is not a run directory (no results.json), and none is below it")
+        outer = [p for p in tops if not any(q in p.parents for q in tops)]
+        for path in outer:
+            if path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
+            parts = [FoundRun(RunDir(p), RunDir(p).results()) for p in tops if path in p.parents]
+            runs.append(FoundRun(RunDir(path), RunDir(path).results(), parts))
+    return runs
+
+
+def expand_runs(dirs: Iterable[str | Path]) -> list[tuple[str, RunDir]]:
+    """``(name, run)`` for each run to evaluate, in the order given, a comparison as its ``supcon/`` then ``ce/``
+    run; each run once; a one-line ValueError for a directory that is not a run."""
+    named: list[tuple[str, RunDir]] = []
+    for given in map(Path, dirs):
+        parts = RunDir(given).parts()
+        if parts:
+            named += [(f"{given.name}/{p.path.name}", p) for p in parts]
+        elif RunDir(given).is_run():
+            named.append((given.name, RunDir(given)))
+        else:
+            raise ValueError(f"{given} is not a run directory (no results.json, and no supcon/ or ce/ run in it)")
+    names = [name for name, _ in named]
+    if len(set(names)) < len(names):  # same-named directories in different places: name them by path
+        named = [(str(run.path), run) for _, run in named]
+    unique, seen = [], set()
+    for name, run in named:
+        if run not in seen:
+            seen.add(run)
+            unique.append((name, run))
+    return unique

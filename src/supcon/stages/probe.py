@@ -1,0 +1,76 @@
+"""Stage 2: the linear probe, a linear classifier trained with cross-entropy on a frozen encoder's features."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from supcon.augment import Inputs, view_transform
+from supcon.data import DataSplits
+from supcon.device import place
+from supcon.engine import distributed
+from supcon.engine.batches import EpochBatches
+from supcon.engine.loop import Trainable, fit
+from supcon.evaluate.inference import accuracy, outputs
+from supcon.models import Classifier, Encoder
+from supcon.runs.load import output_size
+from supcon.stages.common import (
+    StageContext,
+    StageResult,
+    classification_step,
+    compiled,
+    optimizer_and_schedule,
+    policy_options,
+    validation_metrics,
+)
+
+
+def linear_probe(ctx: StageContext, data: DataSplits, encoder: Encoder, inputs: Inputs | None = None
+                 ) -> StageResult:
+    """Freeze ``encoder``, drop the projection head and train a linear classifier on its features with CE.
+
+    Early stopping on ``cfg.monitor`` (``cfg.patience``) restores the best epoch's weights. Without augmentation
+    (``cfg.linear_augment="none"``) the features are computed once and the loop runs on them. The classifier is
+    ``result.model`` (its layer ``.fc``); the stage writes nothing but its metrics and checkpoints.
+    """
+    cfg, ctx = ctx.cfg, ctx.for_stage("linear")
+    started = time.perf_counter()
+    if ctx.run is not None:
+        ctx.run.drop_stage_metrics("linear")  # a repeated probe replaces the last one
+    device, dtype = ctx.device, ctx.dtype
+    inputs = inputs or Inputs.of_images(data.train.images, cfg.normalize)
+    probe = place(Classifier(encoder, output_size(cfg.head, data.num_classes), frozen=True), device)
+    plain = inputs.plain()
+    if cfg.linear_augment == "none":
+        train_x = outputs(encoder, data.train.images, transform=plain, device=device,
+                          batch_size=cfg.eval_batch_size, dtype=dtype)
+        val_x = outputs(encoder, data.val.images, transform=plain, device=device, batch_size=cfg.eval_batch_size,
+                        dtype=dtype)
+        trained, transform = probe.fc, None
+    else:
+        train_x, val_x = data.train.images, data.val.images
+        trained = probe
+        transform = view_transform(cfg.linear_augment, data.image_size, mean=inputs.mean, std=inputs.std,
+                                   **policy_options(cfg))
+    batches = EpochBatches(train_x, data.train.labels, cfg.batch_size, cfg.seed, transform, device)
+    optimizer, scheduler = optimizer_and_schedule(cfg, probe.fc.parameters(), batches.steps, cfg.linear_epochs,
+                                                  cfg.linear_optimizer, cfg.resolved_linear_lr(), 0.0)
+
+    def logits_of(x: torch.Tensor) -> torch.Tensor:
+        if transform is None:
+            with torch.no_grad():
+                return probe.fc(x.to(device)).float().cpu()
+        return outputs(probe, x, transform=plain, device=device, batch_size=cfg.eval_batch_size, dtype=dtype)
+
+    forward = distributed.wrap(trained, device)
+    forward = forward if transform is None else compiled(forward, cfg)  # compiling a lone linear layer gains nothing
+    task = Trainable(trained, classification_step(forward, device, dtype), batches, batches.steps, optimizer,
+                     scheduler, evaluate=lambda: validation_metrics(logits_of(val_x), data.val.labels))
+    result = fit(task, ctx.fit_options("linear", cfg.linear_epochs, cfg.patience))
+    summary = {"train_acc": accuracy(logits_of(train_x), data.train.labels),
+               "val_acc": accuracy(logits_of(val_x), data.val.labels),
+               "linear_epochs": len(result.history), "best_epoch": result.best_epoch,
+               "stopped_early": result.stopped_early,
+               "linear_seconds": time.perf_counter() - started + result.earlier_seconds}
+    return StageResult(summary, result, encoder, probe, inputs)

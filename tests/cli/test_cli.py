@@ -1,0 +1,189 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from supcon.cli import build_parser, main
+from supcon.config import fields_for
+
+QUICK = ["--max-train", "300", "--max-val", "150", "--epochs", "2", "--linear-epochs", "4", "--batch-size", "64",
+         "--quiet"]
+
+
+def run_cli(*args, capsys):
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("command", ["pretrain", "linear", "ce", "compare", "sweep"])
+def test_help_documents_every_option_with_its_default(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args([command, "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for f in fields_for(command):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in text, flag
+    assert "(default: digits)" in text or command == "linear"
+    assert "--config FILE" in text
+
+
+@pytest.mark.parametrize("command, options", [
+    ("tsne", ["RUN_DIR", "--projection"]),
+    ("embed", ["RUN_DIR", "--dataset SPEC", "--split {train,val,both}", "--projection", "--out FILE"]),
+    ("predict", ["RUN_DIR", "PATH", "--top-k K", "--format {text,json,csv}", "--batch-size N", "--device DEVICE",
+                 "--quiet", "(default: text)"]),
+    ("report", ["DIR", "--out FILE", "(default: report.md, unless --html is given)", "--html FILE", "--map-points N",
+                "(default: 1000)"]),
+    ("knn", ["RUN_DIR", "--dataset SPEC", "--k K", "--temperature T", "--weights {exp,uniform}", "(default: exp)"]),
+])
+def test_help_of_the_run_directory_commands(command, options, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args([command, "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(option in text for option in options), text
+
+
+def test_python_dash_m_and_version():
+    result = subprocess.run([sys.executable, "-m", "supcon", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("supcon ")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["ce", "--dataset", "imagenet:/nowhere"], "unknown data set 'imagenet:/nowhere'; valid forms: digits"),
+    (["ce", "--dataset", "npz:/nowhere/x.npz"], "not found"),
+    (["ce", "--temperature", "0.1"], None),  # not an option of ce: argparse exits
+    (["pretrain", "--temperature", "0"], "temperature must be positive"),
+    (["compare", "--val-fraction", "2"], "val_fraction must be between 0 and 1"),
+    (["linear"], "linear needs --run DIR"),
+    (["linear", "--run", "/nowhere"], "/nowhere is not a run directory (no results.json)"),
+    (["tsne", "/nowhere"], "/nowhere is not a run directory (no results.json)"),
+    (["embed", "/nowhere", "--out", "/nowhere/e.npz"], "/nowhere is not a run directory (no results.json)"),
+    (["report", "/nowhere"], "/nowhere is not a run directory (no results.json)"),
+    (["knn", "/nowhere"], "/nowhere is not a run directory (no results.json)"),
+    (["pretrain", "--knn-every", "sometimes"], "knn_every must be auto or a whole number of epochs"),
+    (["ce", "--device", "tpu"], "device must be"),
+    (["ce", "--config", "/nowhere.yaml"], "config file not found"),
+])
+def test_bad_input_gives_a_one_line_error(args, message, capsys):
+    if message is None:
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        assert exit_.value.code == 2
+        assert "unrecognized arguments: --temperature" in capsys.readouterr().err
+        return
+    code, out, err = run_cli(*args, capsys=capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0] and message in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_yaml_config_with_an_unused_key_lists_the_valid_ones(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"epochs": 1, "temperature": 0.5}))
+    code, _, err = run_cli("ce", "--config", str(path), capsys=capsys)
+    assert code == 2 and "not used by 'ce'" in err and "temperature" in err and "valid options:" in err
+
+
+def test_bad_images_in_a_folder_are_skipped_and_counted(tmp_path, capsys):
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(6):
+            Image.new("RGB", (8, 8), (40 * i, 200 if c == "a" else 0, 0)).save(tmp_path / c / f"{i}.png")
+    (tmp_path / "a" / "broken.png").write_bytes(b"not an image")
+    code, out, _ = run_cli("ce", "--dataset", f"folder:{tmp_path}", "--epochs", "1", "--val-fraction", "0.3",
+                           "--out", str(tmp_path / "run"), "--batch-size", "4", capsys=capsys)
+    assert code == 0
+    assert "1 unreadable" in out
+    assert "broken.png\t" in (tmp_path / "run" / "skipped_images.txt").read_text()
+
+
+def test_flags_override_the_yaml_file(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"epochs": 5, "lr": 0.01, "max_train": 200, "max_val": 100}))
+    out = tmp_path / "run"
+    code, _, _ = run_cli("ce", "--config", str(path), "--epochs", "1", "--out", str(out), "--quiet", "--no-tsne",
+                         capsys=capsys)
+    assert code == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["epochs"] == 1 and saved["lr"] == 0.01 and saved["out"] == str(out)
+
+
+def test_pretrain_then_linear(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, text, _ = run_cli("pretrain", *QUICK[:6], "--quiet", "--out", str(out), capsys=capsys)
+    assert code == 0 and f"supcon linear --run {out}" in text
+    assert (out / "curves.png").is_file() and (out / "tsne.png").is_file()
+    code, text, _ = run_cli("linear", "--run", str(out), "--linear-epochs", "3", "--quiet", capsys=capsys)
+    assert code == 0 and "| SupCon + linear |" in text
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert run["linear_epochs"] <= 3 and run["val_acc"] > 0
+
+
+def test_compare_on_digits_writes_the_run_directory(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    code, text, _ = run_cli("compare", *QUICK, "--out", str(out), capsys=capsys)
+    assert code == 0
+    assert "| method | stage-1 loss | kNN acc | train acc | val acc | time |" in text
+    assert f"outputs (results.json, results.md, tsne.png, ce/, supcon/) in {out}" in text
+    for name in ("config.yaml", "results.json", "results.md", "tsne.png"):
+        assert (out / name).is_file(), name
+    for run_dir, weights in (("ce", ("encoder", "linear")), ("supcon", ("encoder", "projection", "linear"))):
+        for w in weights:
+            assert (out / run_dir / f"{w}.safetensors").is_file()
+        assert (out / run_dir / "curves.png").is_file() and (out / run_dir / "tsne.png").is_file()
+        assert (out / run_dir / "metrics.jsonl").is_file()
+    results = json.loads((out / "results.json").read_text())
+    assert results["dataset"] == "digits"
+    assert [r["method"] for r in results["runs"]] == ["supcon", "ce"]
+    for run in results["runs"]:
+        assert set(run) >= {"method", "val_acc", "train_acc", "stage1_loss", "epochs", "seconds"}
+        assert isinstance(run["val_acc"], float) and isinstance(run["epochs"], int)
+    assert results["runs"][1]["stage1_loss"] is None and results["runs"][0]["stage1_loss"] > 0
+    stalled = results["runs"][0]["stage1_progress"] < 0.5  # two epochs: usually not converged, said plainly
+    assert ("Stage 1 did not converge" in (out / "results.md").read_text()) == stalled
+    assert ("Stage 1 did not converge" in text) == stalled
+
+
+@pytest.mark.slow
+def test_default_compare_on_digits_beats_90_percent(tmp_path, capsys):
+    """The README's main command: defaults only (30 epochs), both methods must reach 0.90."""
+    code, text, _ = run_cli("compare", "--out", str(tmp_path), "--quiet", "--no-tsne", capsys=capsys)
+    assert code == 0
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert all(run["val_acc"] >= 0.90 for run in runs), runs
+
+
+@pytest.mark.slow
+def test_compare_on_real_photos_beats_chance(shared_data, tmp_path, capsys):
+    """ImageNet-5 (5 classes, chance 0.2) at 32 px, ResNet-18, 6 epochs: both methods must clear 0.4."""
+    code, _, _ = run_cli("compare", "--dataset", f"npz:{shared_data / 'imagenet5_64.npz'}", "--image-size", "32",
+                         "--encoder", "resnet18", "--stem", "imagenet", "--epochs", "6", "--batch-size", "64",
+                         "--out", str(tmp_path), "--quiet", capsys=capsys)
+    assert code == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["dataset"] == "npz:imagenet5_64"
+    for run in results["runs"]:
+        assert run["val_acc"] > 0.4, run
+    assert (tmp_path / "tsne.png").stat().st_size > 10_000
+
+
+def test_runs_repeat_exactly_across_processes_with_one_thread(tmp_path):
+    """Seeded runs are bit-for-bit repeatable on CPU with one thread (with more, reductions may reorder)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    losses = []
+    for i in range(2):
+        out = tmp_path / str(i)
+        subprocess.run([sys.executable, "-m", "supcon", "pretrain", "--max-train", "200", "--epochs", "1",
+                        "--batch-size", "64", "--quiet", "--no-tsne", "--out", str(out)], check=True, env=env,
+                       capture_output=True)
+        losses.append(json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss"])
+    assert losses[0] == losses[1]
