@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from supcon.cli import main
 from supcon.config import Config
 from supcon.engine.batches import EpochBatches
 from supcon.engine.checkpoint import Checkpoints, CorruptCheckpoint, load_checkpoint, save_checkpoint
-from supcon.engine.loop import FitOptions, Trainable, fit
+from supcon.engine.loop import SIGNAL_AT, FitOptions, Trainable, fit
 from supcon.engine.optim import build_schedule
 from supcon.runs import RunDir
 from supcon.stages import train_run
@@ -174,34 +173,22 @@ def test_a_damaged_checkpoint_is_skipped_and_the_run_still_ends_the_same(tmp_pat
 # ------------------------------------------------------------------------------------------- the CLI
 
 
-def _supcon(*args: str, **kw) -> subprocess.Popen:
+def _supcon(*args: str, signal_at: str | None = None) -> subprocess.CompletedProcess:
+    """``supcon ARGS`` in a process of its own; ``signal_at`` (``SIGNAL:STEP``) makes the run send itself that
+    signal after that optimizer step, through the loop's documented test hook: a known step, not a race."""
     # One thread: runs on the CPU are then bit-for-bit repeatable across processes.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC)}
-    return subprocess.Popen([sys.executable, "-m", "supcon", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    env.pop(SIGNAL_AT, None)
+    if signal_at is not None:
+        env[SIGNAL_AT] = signal_at
+    return subprocess.run([sys.executable, "-m", "supcon", *args], env=env, capture_output=True, text=True,
+                          timeout=600)
 
 
 def _finish(*args: str) -> subprocess.CompletedProcess:
-    proc = _supcon(*args)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-    return subprocess.CompletedProcess(args, proc.returncode, out, err)
-
-
-def _stop_mid_epoch(proc: subprocess.Popen, run_dir: Path, stage: str, steps_per_epoch: int, sig: int) -> str:
-    """Send ``sig`` as soon as a checkpoint from inside an epoch after the first exists."""
-    pattern = re.compile(rf"{stage}-epoch(\d+)-step(\d+)\.pt")
-    deadline = time.monotonic() + 240
-    while proc.poll() is None and time.monotonic() < deadline:
-        found = [pattern.fullmatch(p.name) for p in (run_dir / "checkpoints").glob("*.pt")]
-        if any(m and int(m[1]) >= 2 and 0 < int(m[2]) < steps_per_epoch for m in found):
-            proc.send_signal(sig)
-            break
-        time.sleep(0.002)
-    else:
-        proc.kill()
-        pytest.fail(f"the run ended (or hung) before a mid-epoch checkpoint appeared: {proc.communicate()[1]}")
-    return proc.communicate(timeout=120)[1]
+    done = _supcon(*args)
+    assert done.returncode == 0, done.stderr
+    return done
 
 
 def _outcome(run_dir: Path) -> tuple[list[dict], dict]:
@@ -222,11 +209,11 @@ def test_a_pretrain_killed_mid_epoch_resumes_to_the_same_metrics(tmp_path):
     args = ["pretrain", *TINY, "--epochs", "4", "--ckpt-every", "3"]
     _finish(*args, "--out", str(tmp_path / "reference"))
     run = tmp_path / "killed"
-    proc = _supcon(*args, "--out", str(run))
-    _stop_mid_epoch(proc, run, "pretrain", 10, signal.SIGKILL)
-    assert proc.returncode == -signal.SIGKILL and not (run / "results.json").exists()
-    state, _ = Checkpoints(run, "pretrain").latest()
-    assert state["loop"]["skip"] > 0  # the resumed run starts inside an epoch
+    killed = _supcon(*args, "--out", str(run), signal_at="SIGKILL:16")  # epoch 2, step 6
+    assert killed.returncode == -signal.SIGKILL and not (run / "results.json").exists()
+    state, path = Checkpoints(run, "pretrain").latest()
+    assert path.name == "pretrain-epoch0002-step000005.pt"  # the last 3-step mark: the run resumes inside an epoch
+    assert (state["loop"]["epoch"], state["loop"]["skip"], state["loop"]["global_step"]) == (2, 5, 15)
     _finish("pretrain", "--resume", str(run))
     assert _outcome(run) == _outcome(tmp_path / "reference")
     assert not (run / "checkpoints").exists()  # a finished stage deletes its checkpoints
@@ -236,12 +223,12 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_the_command_to_resume(tmp_path):
     args = ["ce", *TINY, "--epochs", "4", "--patience", "2", "--ckpt-every", "3"]
     _finish(*args, "--out", str(tmp_path / "reference"))
     run = tmp_path / "stopped"
-    proc = _supcon(*args, "--out", str(run))
-    err = _stop_mid_epoch(proc, run, "ce", 10, signal.SIGINT)
-    assert proc.returncode == 130, err
+    stopped = _supcon(*args, "--out", str(run), signal_at="SIGINT:13")  # Ctrl-C in epoch 2, after its step 3
+    err = stopped.stderr
+    assert stopped.returncode == 130, err
     assert f"resume with: supcon ce --resume {run}" in err and "Traceback" not in err
     saved = re.search(r"checkpoint saved \((.+)\)", err)[1]
-    assert Path(saved).is_file() and load_checkpoint(saved)["loop"]["skip"] > 0
+    assert Path(saved).name == "ce-epoch0002-step000003.pt" and load_checkpoint(saved)["loop"]["skip"] == 3
     # the same command with --resume added is accepted: flags may repeat the run's options
     _finish(*args, "--out", str(run), "--resume", str(run))
     assert _outcome(run) == _outcome(tmp_path / "reference")

@@ -208,7 +208,8 @@ def test_per_image_augmentation_path_still_trains_and_is_deterministic(digits):
     cfg = Config(**QUICK, batch_augment=False)
     a, b = train_run("pretrain", cfg, digits), train_run("pretrain", cfg, digits)
     assert [r["loss"] for r in a.fit.history] == [r["loss"] for r in b.fit.history]
-    assert a.fit.history != train_run("pretrain", Config(**QUICK), digits).fit.history  # the batched path differs
+    batched = train_run("pretrain", Config(**QUICK), digits)
+    assert [r["loss"] for r in a.fit.history] != [r["loss"] for r in batched.fit.history]  # other draws, other losses
 
 
 def test_batched_path_builds_batched_views(digits):

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import yaml
 
 from supcon.cli import main
 from supcon.config import Config
+from supcon.engine.loop import SIGNAL_AT
 from supcon.experiments.sweep import STUDY_GRID, Sweep, parse_axis, parse_variant, run_sweep
 from supcon.reporting.sweep import describe_cell, table_rows
 
@@ -94,35 +94,23 @@ def test_a_sweep_writes_the_study_table_and_skips_finished_cells(tmp_path):
     assert logs[0] == "sweep: 2 cells, 0 already finished, 2 to run"
 
 
-def _finished(results: Path) -> bool:
-    """Stage 1 writes results.json too; a cell is finished once stage 2 has added its accuracy."""
-    try:
-        return json.loads(results.read_text())["runs"][0]["val_acc"] is not None
-    except (OSError, ValueError, KeyError):
-        return False
-
-
 def test_a_sweep_killed_with_sigkill_resumes_without_redoing_finished_cells(tmp_path):
     out = tmp_path / "sweep"
     args = [sys.executable, "-m", "supcon", "sweep", *TINY_FLAGS, "--out", str(out),
             "--grid", "optimizer=adam,sgd,rmsprop", "--grid", "augment=none", "--no-ce"]
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    # the loop's test hook kills the process in the second cell's stage 1, after its third step
+    env = {**os.environ, "OMP_NUM_THREADS": "2", SIGNAL_AT: "SIGKILL:3:pretrain:2"}
+    killed = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     first = out / "cells" / "supcon-adam-none" / "results.json"
-    deadline = time.monotonic() + 240
-    try:
-        while not _finished(first) and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert _finished(first), "the first cell never finished"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    assert json.loads(first.read_text())["runs"][0]["val_acc"] is not None
+    assert not (out / "cells" / "supcon-sgd-none" / "results.json").exists()
     stamp = first.stat().st_mtime_ns
     loud = [a for a in args if a != "--quiet"]  # the log says how many cells were already finished
-    result = subprocess.run(loud, capture_output=True, text=True, env=env, timeout=300)
+    env.pop(SIGNAL_AT)
+    result = subprocess.run(loud, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr
-    assert "already finished" in result.stdout and "0 already finished" not in result.stdout
+    assert "sweep: 3 cells, 1 already finished, 2 to run" in result.stdout
     assert first.stat().st_mtime_ns == stamp
     table = (out / "sweep.md").read_text()
     assert table.count("| RMSprop") == 1 and "not run yet" not in table

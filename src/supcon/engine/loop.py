@@ -8,9 +8,10 @@ validated (``Trainable.evaluate``).
 Where the loop is, is one typed :class:`LoopState`, saved in every checkpoint, so that a resumed run on the CPU
 ends as the uninterrupted one.
 
-Test hook: with the environment variable ``SUPCON_TEST_SIGINT_AT_STEP=N`` the loop sends itself SIGINT after its
-N-th optimizer step (counted over the whole stage), so that tests of Ctrl-C handling interrupt a run at a known
-step instead of racing it.
+Test hook: the environment variable ``SUPCON_TEST_SIGNAL_AT=SIGNAL:STEP[:STAGE[:NTH]]`` makes the loop send
+itself ``SIGNAL`` (``SIGINT``, ``SIGKILL``, ...) right after optimizer step ``STEP`` (counted over the stage) of the
+``NTH`` (default first) run of ``STAGE`` (default any) in this process, before that step's checkpoint. Tests of
+Ctrl-C and of killed runs interrupt a run at a known step this way, instead of racing a file watcher against it.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from supcon.engine.batches import EpochBatches
 from supcon.engine.checkpoint import Checkpoints, rng_state, set_rng_state
 from supcon.io import append_jsonl, atomic_write_text
 
-SIGINT_AT_STEP = "SUPCON_TEST_SIGINT_AT_STEP"
+SIGNAL_AT = "SUPCON_TEST_SIGNAL_AT"
 MONITORS = {"val_acc": 1.0, "val_loss": -1.0}  # the sign that makes a larger score better
 
 
@@ -193,7 +194,7 @@ class _Loop:
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.restored_rng: dict[str, Any] | None = None
         self.started = time.perf_counter()
-        self.sigint_at = int(os.environ.get(SIGINT_AT_STEP, "0") or 0)
+        self.signal_at = _test_signal(options.stage)
         self.progress = options.progress and distributed.is_main()
 
     def run(self) -> FitResult:
@@ -263,8 +264,8 @@ class _Loop:
         for batch in bar:
             value = self._step(batch, epoch)
             bar.set_postfix(loss=f"{value:.4f}")
-            if self.sigint_at and state.global_step == self.sigint_at:
-                os.kill(os.getpid(), signal.SIGINT)  # the test hook: the real handler, at a known step
+            if self.signal_at is not None and state.global_step == self.signal_at[1]:
+                os.kill(os.getpid(), self.signal_at[0])  # the test hook: the real handler, at a known step
             if self.stop.requested:
                 raise TrainingInterrupted(self.options.stage, epoch, state.skip, self._save(over=False))
             checkpoints = self.options.checkpoints
@@ -374,6 +375,23 @@ class _Loop:
             "extra": dict(task.extra_state) if task.extra_state is not None else None,
         }
         return options.checkpoints.save(saved, state.epoch, state.skip)
+
+
+_STAGE_RUNS: dict[str, int] = {}  # how many times each stage has started in this process (for the test hook)
+
+
+def _test_signal(stage: str) -> tuple[int, int] | None:
+    """``(signal, step)`` when :data:`SIGNAL_AT` asks for one in this run of ``stage``, else None."""
+    _STAGE_RUNS[stage] = _STAGE_RUNS.get(stage, 0) + 1
+    spec = os.environ.get(SIGNAL_AT)
+    if not spec:
+        return None
+    name, step, *rest = spec.split(":")
+    wanted_stage = rest[0] if rest else stage
+    nth = int(rest[1]) if len(rest) > 1 else 1
+    if wanted_stage != stage or _STAGE_RUNS[stage] != nth:
+        return None
+    return int(getattr(signal, name)), int(step)
 
 
 def _batches_from(batches, epoch: int, skip: int) -> Iterator[list[torch.Tensor]]:
