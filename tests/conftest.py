@@ -56,6 +56,21 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def assert_picture(path, panels: int = 1, colours: int = 8) -> tuple[int, int]:
+    """``path`` is a PNG that holds a drawing: it decodes, is wider the more ``panels`` it has side by side (about
+    300 px each at least), and has at least ``colours`` distinct colours (a blank or failed figure has one or
+    two). Returns its size."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG", f"{path} is {image.format}, not a PNG"
+        width, height = image.size
+        distinct = len(image.convert("RGB").getcolors(maxcolors=1 << 20) or [])
+    assert width >= 300 * panels and height >= 200, f"{path} is {width}x{height} px for {panels} panel(s)"
+    assert distinct >= colours, f"{path} has {distinct} colours: nothing drawn?"
+    return width, height
+
+
 def run_cli(capsys, *args) -> tuple[int, str, str]:
     """``supcon ARGS`` in this process: its exit status, stdout and stderr."""
     code = main([str(a) for a in args])

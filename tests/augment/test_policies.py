@@ -34,7 +34,7 @@ def synthetic(channels: int, size: int = SIZE, n: int | None = None, seed: int =
 
 
 @pytest.fixture(scope="module")
-def digits() -> torch.Tensor:
+def eight_digits() -> torch.Tensor:
     """Eight real 8x8 digits, scaled from 0..16 to uint8 0..255, shaped [8, 1, 8, 8]."""
     from sklearn.datasets import load_digits
 
@@ -95,9 +95,9 @@ def test_policies_resize_larger_images_to_image_size(policy):
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_real_digits_every_policy(digits, policy):
+def test_real_digits_every_policy(eight_digits, policy):
     torch.manual_seed(0)
-    out = apply_batch(view_transform(policy, 8), digits)
+    out = apply_batch(view_transform(policy, 8), eight_digits)
     assert out.shape == (8, 1, 8, 8) and out.dtype == torch.float32
     assert out.min() >= 0.0 and out.max() <= 1.0
 
@@ -126,15 +126,15 @@ def test_none_is_deterministic_and_scales(channels):
     assert torch.equal(policy_transform("none", SIZE)(x), x)
 
 
-def test_none_on_real_digits_is_x_over_255(digits):
-    out = apply_batch(view_transform("none", 8), digits)
-    torch.testing.assert_close(out, digits.float() / 255.0)
-    assert out.max() == 1.0 and out.min() == 0.0  # digits use the full 0..16 range
+def test_none_on_real_digits_is_x_over_255(eight_digits):
+    out = apply_batch(view_transform("none", 8), eight_digits)
+    torch.testing.assert_close(out, eight_digits.float() / 255.0)
+    assert out.max() == 1.0 and out.min() == 0.0  # the digits use the full 0..16 range
 
 
-def test_normalisation_single_channel(digits):
-    out = apply_batch(view_transform("none", 8, mean=[0.5], std=[0.25]), digits)
-    torch.testing.assert_close(out, (digits.float() / 255.0 - 0.5) / 0.25)
+def test_normalisation_single_channel(eight_digits):
+    out = apply_batch(view_transform("none", 8, mean=[0.5], std=[0.25]), eight_digits)
+    torch.testing.assert_close(out, (eight_digits.float() / 255.0 - 0.5) / 0.25)
     assert out.min() == -2.0 and out.max() == 2.0
 
 
@@ -244,8 +244,8 @@ def test_apply_batch_draws_params_per_image(imagenet):
     assert len({m.numpy().tobytes() for m in multi}) == 8
 
 
-def test_apply_batch_draws_params_per_image_digits(digits):
-    x = digits[3:4].expand(6, -1, -1, -1).contiguous()
+def test_apply_batch_draws_params_per_image_digits(eight_digits):
+    x = eight_digits[3:4].expand(6, -1, -1, -1).contiguous()
     torch.manual_seed(0)
     out = apply_batch(view_transform("crop", 8, crop_scale=0.2), x)
     assert len({o.numpy().tobytes() for o in out}) >= 5

@@ -5,18 +5,12 @@ import sys
 
 import pytest
 import yaml
+from conftest import QUICK, assert_picture, flags, run_cli
 
 from supcon.cli import build_parser, main
 from supcon.config import fields_for
 
-QUICK = ["--max-train", "300", "--max-val", "150", "--epochs", "2", "--linear-epochs", "4", "--batch-size", "64",
-         "--quiet"]
-
-
-def run_cli(*args, capsys):
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+PICTURED_FLAGS = flags({k: v for k, v in QUICK.items() if k not in ("dataset", "tsne")})  # with tsne.png
 
 
 @pytest.mark.parametrize("command", ["pretrain", "linear", "ce", "compare", "sweep"])
@@ -77,7 +71,7 @@ def test_bad_input_gives_a_one_line_error(args, message, capsys):
         assert exit_.value.code == 2
         assert "unrecognized arguments: --temperature" in capsys.readouterr().err
         return
-    code, out, err = run_cli(*args, capsys=capsys)
+    code, out, err = run_cli(capsys, *args)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "error:" in lines[0] and message in lines[0], err
@@ -87,7 +81,7 @@ def test_bad_input_gives_a_one_line_error(args, message, capsys):
 def test_yaml_config_with_an_unused_key_lists_the_valid_ones(tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"epochs": 1, "temperature": 0.5}))
-    code, _, err = run_cli("ce", "--config", str(path), capsys=capsys)
+    code, _, err = run_cli(capsys, "ce", "--config", str(path))
     assert code == 2 and "not used by 'ce'" in err and "temperature" in err and "valid options:" in err
 
 
@@ -99,8 +93,8 @@ def test_bad_images_in_a_folder_are_skipped_and_counted(tmp_path, capsys):
         for i in range(6):
             Image.new("RGB", (8, 8), (40 * i, 200 if c == "a" else 0, 0)).save(tmp_path / c / f"{i}.png")
     (tmp_path / "a" / "broken.png").write_bytes(b"not an image")
-    code, out, _ = run_cli("ce", "--dataset", f"folder:{tmp_path}", "--epochs", "1", "--val-fraction", "0.3",
-                           "--out", str(tmp_path / "run"), "--batch-size", "4", capsys=capsys)
+    code, out, _ = run_cli(capsys, "ce", "--dataset", f"folder:{tmp_path}", "--epochs", "1", "--val-fraction", "0.3",
+                           "--out", str(tmp_path / "run"), "--batch-size", "4")
     assert code == 0
     assert "1 unreadable" in out
     assert "broken.png\t" in (tmp_path / "run" / "skipped_images.txt").read_text()
@@ -110,8 +104,8 @@ def test_flags_override_the_yaml_file(tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"epochs": 5, "lr": 0.01, "max_train": 200, "max_val": 100}))
     out = tmp_path / "run"
-    code, _, _ = run_cli("ce", "--config", str(path), "--epochs", "1", "--out", str(out), "--quiet", "--no-tsne",
-                         capsys=capsys)
+    code, _, _ = run_cli(capsys, "ce", "--config", str(path), "--epochs", "1", "--out", str(out), "--quiet",
+                         "--no-tsne")
     assert code == 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["epochs"] == 1 and saved["lr"] == 0.01 and saved["out"] == str(out)
@@ -119,10 +113,10 @@ def test_flags_override_the_yaml_file(tmp_path, capsys):
 
 def test_pretrain_then_linear(tmp_path, capsys):
     out = tmp_path / "run"
-    code, text, _ = run_cli("pretrain", *QUICK[:6], "--quiet", "--out", str(out), capsys=capsys)
+    code, text, _ = run_cli(capsys, "pretrain", *PICTURED_FLAGS[:6], "--quiet", "--out", str(out))
     assert code == 0 and f"supcon linear --run {out}" in text
     assert (out / "curves.png").is_file() and (out / "tsne.png").is_file()
-    code, text, _ = run_cli("linear", "--run", str(out), "--linear-epochs", "3", "--quiet", capsys=capsys)
+    code, text, _ = run_cli(capsys, "linear", "--run", str(out), "--linear-epochs", "3", "--quiet")
     assert code == 0 and "| SupCon + linear |" in text
     run = json.loads((out / "results.json").read_text())["runs"][0]
     assert run["linear_epochs"] <= 3 and run["val_acc"] > 0
@@ -130,7 +124,7 @@ def test_pretrain_then_linear(tmp_path, capsys):
 
 def test_compare_on_digits_writes_the_run_directory(tmp_path, capsys):
     out = tmp_path / "cmp"
-    code, text, _ = run_cli("compare", *QUICK, "--out", str(out), capsys=capsys)
+    code, text, _ = run_cli(capsys, "compare", *PICTURED_FLAGS, "--out", str(out))
     assert code == 0
     assert "| method | stage-1 loss | kNN acc | train acc | val acc | time |" in text
     assert f"outputs (results.json, results.md, tsne.png, ce/, supcon/) in {out}" in text
@@ -156,7 +150,7 @@ def test_compare_on_digits_writes_the_run_directory(tmp_path, capsys):
 @pytest.mark.slow
 def test_default_compare_on_digits_beats_90_percent(tmp_path, capsys):
     """The README's main command: defaults only (30 epochs), both methods must reach 0.90."""
-    code, text, _ = run_cli("compare", "--out", str(tmp_path), "--quiet", "--no-tsne", capsys=capsys)
+    code, text, _ = run_cli(capsys, "compare", "--out", str(tmp_path), "--quiet", "--no-tsne")
     assert code == 0
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert all(run["val_acc"] >= 0.90 for run in runs), runs
@@ -165,15 +159,15 @@ def test_default_compare_on_digits_beats_90_percent(tmp_path, capsys):
 @pytest.mark.slow
 def test_compare_on_real_photos_beats_chance(shared_data, tmp_path, capsys):
     """ImageNet-5 (5 classes, chance 0.2) at 32 px, ResNet-18, 6 epochs: both methods must clear 0.4."""
-    code, _, _ = run_cli("compare", "--dataset", f"npz:{shared_data / 'imagenet5_64.npz'}", "--image-size", "32",
-                         "--encoder", "resnet18", "--stem", "imagenet", "--epochs", "6", "--batch-size", "64",
-                         "--out", str(tmp_path), "--quiet", capsys=capsys)
+    code, _, _ = run_cli(capsys, "compare", "--dataset", f"npz:{shared_data / 'imagenet5_64.npz'}", "--image-size",
+                         "32", "--encoder", "resnet18", "--stem", "imagenet", "--epochs", "6", "--batch-size", "64",
+                         "--out", str(tmp_path), "--quiet")
     assert code == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["dataset"] == "npz:imagenet5_64"
     for run in results["runs"]:
         assert run["val_acc"] > 0.4, run
-    assert (tmp_path / "tsne.png").stat().st_size > 10_000
+    assert_picture(tmp_path / "tsne.png", panels=2)  # SupCon's encoder beside CE's
 
 
 def test_runs_repeat_exactly_across_processes_with_one_thread(tmp_path):

@@ -11,26 +11,26 @@ from supcon.stages import load_data
 
 
 @pytest.fixture(scope="module")
-def digits():
+def all_digits():
     return load_dataset("digits")
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.05, 0.2, 0.4, 0.9])
 @pytest.mark.parametrize("mode", ["sym", "asym"])
-def test_exactly_round_p_n_labels_change_and_each_to_another_class(digits, rate, mode):
-    clean = digits.train.labels
-    noisy, changed = noisy_labels(clean, rate, digits.num_classes, mode, seed=3)
+def test_exactly_round_p_n_labels_change_and_each_to_another_class(all_digits, rate, mode):
+    clean = all_digits.train.labels
+    noisy, changed = noisy_labels(clean, rate, all_digits.num_classes, mode, seed=3)
     differs = torch.nonzero(noisy != clean).flatten()
     assert len(differs) == round(rate * len(clean))  # 1,527 labels: 0.05 -> 76, 0.2 -> 305, 0.9 -> 1374
     assert torch.equal(differs, changed)
     assert noisy.dtype == torch.int64 and len(noisy) == len(clean)
-    assert int(noisy.min()) >= 0 and int(noisy.max()) < digits.num_classes
+    assert int(noisy.min()) >= 0 and int(noisy.max()) < all_digits.num_classes
     if mode == "asym":
-        assert torch.equal(noisy[changed], (clean[changed] + 1) % digits.num_classes)
+        assert torch.equal(noisy[changed], (clean[changed] + 1) % all_digits.num_classes)
 
 
-def test_symmetric_noise_reaches_every_other_class_evenly(digits):
-    clean = digits.train.labels
+def test_symmetric_noise_reaches_every_other_class_evenly(all_digits):
+    clean = all_digits.train.labels
     noisy, changed = noisy_labels(clean, 0.8, 10, "sym", seed=0)
     offsets = (noisy[changed] - clean[changed]) % 10
     counts = torch.bincount(offsets, minlength=10)
@@ -39,8 +39,8 @@ def test_symmetric_noise_reaches_every_other_class_evenly(digits):
     assert (counts[1:].double() - expected).abs().max() < 0.3 * expected  # 1222 draws: about 136 each
 
 
-def test_noise_is_deterministic_given_the_seed_and_nested_across_rates(digits):
-    clean = digits.train.labels
+def test_noise_is_deterministic_given_the_seed_and_nested_across_rates(all_digits):
+    clean = all_digits.train.labels
     a, ia = noisy_labels(clean, 0.2, 10, "sym", seed=7)
     b, ib = noisy_labels(clean, 0.2, 10, "sym", seed=7)
     c, _ = noisy_labels(clean, 0.2, 10, "sym", seed=8)
@@ -50,28 +50,28 @@ def test_noise_is_deterministic_given_the_seed_and_nested_across_rates(digits):
     assert set(ia.tolist()) <= set(wider.tolist())  # 40% noise flips the 20% run's images and more
 
 
-def test_bad_noise_options_are_one_line_errors(digits):
+def test_bad_noise_options_are_one_line_errors(all_digits):
     with pytest.raises(ValueError, match=r"label noise must be in \[0, 1\)"):
-        noisy_labels(digits.train.labels, 1.0, 10)
+        noisy_labels(all_digits.train.labels, 1.0, 10)
     with pytest.raises(ValueError, match="mode must be one of sym, asym"):
-        noisy_labels(digits.train.labels, 0.1, 10, "pairs")
+        noisy_labels(all_digits.train.labels, 0.1, 10, "pairs")
     with pytest.raises(ValueError, match="label_noise must be in"):
         Config(label_noise=-0.1)
     with pytest.raises(ValueError, match="label_noise_mode must be one of sym, asym"):
         Config(label_noise_mode="flip")
 
 
-def test_load_data_noises_the_training_labels_only(digits):
+def test_load_data_noises_the_training_labels_only(all_digits):
     cfg = Config(dataset="digits", label_noise=0.3, quiet=True)  # seed 0: the split of the fixture
     data = load_data(cfg)
-    changed = int((data.train.labels != digits.train.labels).sum())
-    assert data.noisy_labels == round(0.3 * len(digits.train)) == changed
-    assert torch.equal(data.val.labels, digits.val.labels) and torch.equal(data.val.images, digits.val.images)
-    assert torch.equal(data.train.images, digits.train.images)
+    changed = int((data.train.labels != all_digits.train.labels).sum())
+    assert data.noisy_labels == round(0.3 * len(all_digits.train)) == changed
+    assert torch.equal(data.val.labels, all_digits.val.labels) and torch.equal(data.val.images, all_digits.val.images)
+    assert torch.equal(data.train.images, all_digits.train.images)
     assert "458 of 1527 training labels noisy" in describe(data)
     again = load_data(cfg)
     assert torch.equal(again.train.labels, data.train.labels)  # every stage and command reads the same noise
-    assert with_label_noise(digits, 0.0) is digits
+    assert with_label_noise(all_digits, 0.0) is all_digits
 
 
 def test_ce_records_the_noise_in_its_run(tmp_path, capsys):

@@ -5,6 +5,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import QUICK
 
 from supcon.augment import Inputs
 from supcon.cli import main
@@ -17,13 +18,7 @@ from supcon.models import build_encoder
 from supcon.stages import train_run
 from supcon.stages.pictures import log_projector
 
-QUICK = dict(dataset="digits", max_train=300, max_val=150, epochs=2, batch_size=64, quiet=True, tsne=False,
-             encoder="smallcnn")
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", max_train=300, max_val=150)
+SMALLCNN = {**QUICK, "encoder": "smallcnn"}
 
 
 def test_fit_hands_every_record_to_on_epoch(digits):
@@ -33,14 +28,14 @@ def test_fit_hands_every_record_to_on_epoch(digits):
         def log_metrics(self, record):
             seen.append(record)
 
-    result = train_run("ce", Config(**{**QUICK, "epochs": 1}), digits, tracker=Recorder())
+    result = train_run("ce", Config(**{**SMALLCNN, "epochs": 1}), digits, tracker=Recorder())
     assert seen == result.fit.history and seen[0]["stage"] == "ce"
 
 
 def test_tensorboard_gets_config_metrics_and_pictures(digits, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    result = train_run("ce", Config(**QUICK, logger="tensorboard"), digits, tmp_path)
+    result = train_run("ce", Config(**SMALLCNN, logger="tensorboard"), digits, tmp_path)
     events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     tags = events.Tags()
@@ -72,7 +67,7 @@ def read_projector(logdir, step, tag, data):
 
 
 def test_tensorboard_projector_after_each_stage(digits, tmp_path):
-    cfg = Config(**{**QUICK, "epochs": 1}, logger="tensorboard", knn_every="0", proj_hidden=64)
+    cfg = Config(**{**SMALLCNN, "epochs": 1}, logger="tensorboard", knn_every="0", proj_hidden=64)
     result = train_run("pretrain", cfg, digits, tmp_path)
     logdir = tmp_path / "tensorboard"
     features = read_projector(logdir, 1, "pretrain", digits)
@@ -81,12 +76,12 @@ def test_tensorboard_projector_after_each_stage(digits, tmp_path):
     assert features.shape == (150, result.encoder.out_dim)
     assert np.allclose(features, expected.numpy(), atol=1e-4)
     # a later writer on the same directory (a probe added with linear --run, say) keeps the earlier entries
-    with open_tracker(Config(**QUICK, logger="tensorboard"), tmp_path) as tracker:
+    with open_tracker(Config(**SMALLCNN, logger="tensorboard"), tmp_path) as tracker:
         log_projector(tracker, result.encoder, digits, result.inputs, "linear", 4)
     config = (logdir / "projector_config.pbtxt").read_text()
     assert config.count("embeddings {") == 2 and "00001/pretrain/sprite.png" in config and "00004/linear" in config
     read_projector(logdir, 4, "linear", digits)
-    with open_tracker(Config(**QUICK, logger="tensorboard"), tmp_path) as tracker:  # the same stage again: replaced
+    with open_tracker(Config(**SMALLCNN, logger="tensorboard"), tmp_path) as tracker:  # the same stage again: replaced
         log_projector(tracker, result.encoder, digits, result.inputs, "linear", 4)
     assert (logdir / "projector_config.pbtxt").read_text().count("embeddings {") == 2
 
@@ -146,7 +141,7 @@ def test_wandb_offline_run_holds_config_history_and_summary(digits, tmp_path, mo
                        "WANDB_DATA_DIR": str(tmp_path / "data")}.items():
         monkeypatch.setenv(key, value)
     out = tmp_path / "run"
-    train_run("ce", Config(**QUICK, logger="wandb"), digits, out)
+    train_run("ce", Config(**SMALLCNN, logger="wandb"), digits, out)
     (log,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
     # wandb's service process may still be writing the log when finish() returns, and tells nobody when it is
     # done: poll its log for the exit record, with room for a loaded machine

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import QUICK
 from torch import nn
 
 from supcon.augment import BatchedView
@@ -24,13 +25,13 @@ from supcon.stages.common import stage_context
 from supcon.stages.pretrain import build_stage1
 from supcon.stages.probe import linear_probe
 
-QUICK = dict(dataset="digits", max_train=120, max_val=60, epochs=1, linear_epochs=2, batch_size=40, quiet=True,
-             tsne=False)
+# 120 digits in batches of 40 (80 views each), one epoch: gradients are compared step by step
+SMALL = {**QUICK, "max_train": 120, "max_val": 60, "epochs": 1, "linear_epochs": 2, "batch_size": 40}
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def digits():
+def few_digits():
     return load_dataset("digits", max_train=120, max_val=60)
 
 
@@ -150,14 +151,14 @@ def test_grad_cache_replays_random_numbers_of_the_forward_pass():
     assert torch.equal(torch.rand(1), after)
 
 
-def test_pretrain_with_chunk_size(digits):
-    plain = train_run("pretrain", Config(**QUICK), digits)
-    whole = train_run("pretrain", Config(**QUICK, chunk_size=80), digits)  # one chunk: the plain step's numbers
+def test_pretrain_with_chunk_size(few_digits):
+    plain = train_run("pretrain", Config(**SMALL), few_digits)
+    whole = train_run("pretrain", Config(**SMALL, chunk_size=80), few_digits)  # one chunk: the plain step's numbers
     assert [r["loss"] for r in whole.fit.history] == pytest.approx([r["loss"] for r in plain.fit.history],
                                                                    rel=1e-5)
     for a, b in zip(plain.model.parameters(), whole.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
-    chunked = train_run("pretrain", Config(**QUICK, chunk_size=32), digits)  # 80 views: 32 + 32 + 16
+    chunked = train_run("pretrain", Config(**SMALL, chunk_size=32), few_digits)  # 80 views: 32 + 32 + 16
     assert math.isfinite(chunked.summary["stage1_loss"])
 
 
@@ -174,7 +175,7 @@ def test_chunk_size_option():
 # ---------------------------------------------------------------- compile
 
 
-def test_compile_wraps_the_training_forward_of_every_stage(digits, monkeypatch):
+def test_compile_wraps_the_training_forward_of_every_stage(few_digits, monkeypatch):
     """Which modules the stages hand to torch.compile (replaced by a spy: compiling takes too long here)."""
     compiled = []
 
@@ -183,19 +184,19 @@ def test_compile_wraps_the_training_forward_of_every_stage(digits, monkeypatch):
         return module
 
     monkeypatch.setattr(torch, "compile", spy)
-    cfg = Config(**QUICK, compile=True, linear_augment="crop")
-    stage1 = train_run("pretrain", cfg, digits)
-    linear_probe(stage_context(cfg), digits, stage1.encoder)
-    train_run("ce", cfg, digits)
-    linear_probe(stage_context(cfg.replace(linear_augment="none")), digits, stage1.encoder)  # a lone layer
+    cfg = Config(**SMALL, compile=True, linear_augment="crop")
+    stage1 = train_run("pretrain", cfg, few_digits)
+    linear_probe(stage_context(cfg), few_digits, stage1.encoder)
+    train_run("ce", cfg, few_digits)
+    linear_probe(stage_context(cfg.replace(linear_augment="none")), few_digits, stage1.encoder)  # a lone layer
     assert compiled == ["SupConModel", "Classifier", "Classifier"]  # the probe (its encoder frozen), then CE
 
 
 @pytest.mark.slow
-def test_compile_runs_a_step(digits):
+def test_compile_runs_a_step(few_digits):
     pytest.importorskip("torch._inductor")
     try:
-        result = train_run("pretrain", Config(**{**QUICK, "max_train": 40, "batch_size": 20}, compile=True), digits)
+        result = train_run("pretrain", Config(**{**QUICK, "max_train": 40, "batch_size": 20}, compile=True), few_digits)
     except Exception as err:  # no C++ compiler, an unsupported platform: not this project's failure
         pytest.skip(f"torch.compile is unavailable here: {type(err).__name__}: {str(err).splitlines()[0]}")
     assert math.isfinite(result.summary["stage1_loss"])
@@ -204,16 +205,16 @@ def test_compile_runs_a_step(digits):
 # ---------------------------------------------------------------- augmentation paths in training
 
 
-def test_per_image_augmentation_path_still_trains_and_is_deterministic(digits):
-    cfg = Config(**QUICK, batch_augment=False)
-    a, b = train_run("pretrain", cfg, digits), train_run("pretrain", cfg, digits)
+def test_per_image_augmentation_path_still_trains_and_is_deterministic(few_digits):
+    cfg = Config(**SMALL, batch_augment=False)
+    a, b = train_run("pretrain", cfg, few_digits), train_run("pretrain", cfg, few_digits)
     assert [r["loss"] for r in a.fit.history] == [r["loss"] for r in b.fit.history]
-    batched = train_run("pretrain", Config(**QUICK), digits)
+    batched = train_run("pretrain", Config(**SMALL), few_digits)
     assert [r["loss"] for r in a.fit.history] != [r["loss"] for r in batched.fit.history]  # other draws, other losses
 
 
-def test_batched_path_builds_batched_views(digits):
-    stage = build_stage1(Config(**QUICK), digits, CPU, None)
+def test_batched_path_builds_batched_views(few_digits):
+    stage = build_stage1(Config(**SMALL), few_digits, CPU, None)
     assert all(isinstance(t, BatchedView) for t in stage.views.transforms)
     x, y = next(stage.batches(1))
     assert x.shape == (40, 2, 1, 8, 8) and x.dtype == torch.float32 and y.shape == (40,)

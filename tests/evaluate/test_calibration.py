@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import assert_picture
 
 from supcon.evaluate.calibration import (
     calibration_bins,
@@ -73,7 +74,7 @@ def test_summary_and_pictures(tmp_path):
     assert summary["nll"] == pytest.approx(-PROBS[torch.arange(5), LABELS].log().mean().item(), rel=1e-5)
     assert summary["margin_quantiles"]["p50"] <= summary["margin_quantiles"]["p90"]
     assert summary["bins"]["accuracy"][0] is None and summary["bins"]["count"][13] == 2
-    assert plot_reliability([("a", summary), ("b", summary)], tmp_path / "r.png").stat().st_size > 0
-    assert plot_margins([("a", margins(logits, LABELS))], tmp_path / "m.png").stat().st_size > 0
+    assert_picture(plot_reliability([("a", summary), ("b", summary)], tmp_path / "r.png"), panels=2)
+    assert_picture(plot_margins([("a", margins(logits, LABELS))], tmp_path / "m.png"))
     with pytest.raises(ValueError, match="bins to be an integer >= 1"):
         expected_calibration_error(logits, LABELS, bins=0)

@@ -18,14 +18,14 @@ from supcon.io import read_json
 from supcon.runs.load import load_run
 from supcon.stages import load_data, train_run
 
-QUICK = dict(epochs=1, batch_size=64, quiet=True, tsne=False, knn_every="0", encoder="smallcnn", augment="none",
+FAST = dict(epochs=1, batch_size=64, quiet=True, tsne=False, knn_every="0", encoder="smallcnn", augment="none",
              patience=0)
 
 
 @pytest.fixture(scope="module")
 def folder_run(shared_data, tmp_path_factory):
     """A CE run trained on the 128 px JPEGs, read by the folder loader at 32 px (a few seconds)."""
-    cfg = Config(dataset=f"folder:{shared_data / 'imagenet5_128'}", image_size=32, max_train=100, **QUICK)
+    cfg = Config(dataset=f"folder:{shared_data / 'imagenet5_128'}", image_size=32, max_train=100, **FAST)
     out = tmp_path_factory.mktemp("folder-run")
     data = load_data(cfg)
     train_run("ce", cfg, data, out)
@@ -35,7 +35,7 @@ def folder_run(shared_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     """A CE run on scikit-learn's 8x8 gray digits: one channel."""
-    cfg = Config(dataset="digits", max_train=300, **QUICK)
+    cfg = Config(dataset="digits", max_train=300, **FAST)
     out = tmp_path_factory.mktemp("digits-run")
     data = load_data(cfg)
     train_run("ce", cfg, data, out)
@@ -243,7 +243,7 @@ def test_a_compare_directory_classifies_with_its_supcon_run(digits_run, tmp_path
     from supcon.experiments.compare import compare
 
     _, data = digits_run
-    cfg = Config(dataset="digits", max_train=300, linear_epochs=3, proj_hidden=64, **QUICK)
+    cfg = Config(dataset="digits", max_train=300, linear_epochs=3, proj_hidden=64, **FAST)
     compare(cfg, tmp_path, data, log=lambda _: None)
     run = load_run(tmp_path, "cpu")
     assert run.run_dir == tmp_path / "supcon" and run.method == "supcon"
@@ -261,7 +261,7 @@ def test_a_binary_head_gives_two_probabilities(digits_run, tmp_path):
     arrays |= {"y_train": digits.train.labels[keep["train"]].numpy(), "y_test": digits.val.labels[keep["val"]].numpy(),
                "class_names": np.array(["zero", "one"])}
     np.savez(tmp_path / "two.npz", **arrays)
-    cfg = Config(dataset=f"npz:{tmp_path / 'two.npz'}", head="binary", **QUICK)
+    cfg = Config(dataset=f"npz:{tmp_path / 'two.npz'}", head="binary", **FAST)
     data = load_data(cfg)
     train_run("ce", cfg, data, tmp_path / "run")
     run = load_run(tmp_path / "run", "cpu")
@@ -294,7 +294,7 @@ def test_done_when_npz_run_reads_the_128px_jpegs_within_two_points(shared_data, 
     The augmentation matters: a model trained on unaugmented images alone is thrown by the JPEG's small pixel
     differences (a mean of 1.8 levels in 255) and moved by up to 2 points."""
     pytest.importorskip("timm", reason="the tiny model of this check is timm's test_resnet: pip install timm")
-    cfg = Config(dataset=f"npz:{shared_data / 'imagenet5_64.npz'}", **{**QUICK, "encoder": "timm:test_resnet",
+    cfg = Config(dataset=f"npz:{shared_data / 'imagenet5_64.npz'}", **{**FAST, "encoder": "timm:test_resnet",
                                                                       "epochs": 4, "augment": "crop"})
     out = tmp_path / "run"
     own = train_run("ce", cfg, load_data(cfg), out).summary["val_acc"]

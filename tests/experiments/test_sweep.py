@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import assert_picture
 
 from supcon.cli import main
 from supcon.config import Config
@@ -72,7 +73,7 @@ def test_a_sweep_writes_the_study_table_and_skips_finished_cells(tmp_path):
     assert "| SGD + without augmentation |" in table and "| CE: Adam |" in table
     with open(tmp_path / "sweep.csv") as fh:
         assert [r["cell"] for r in csv.DictReader(fh)] == [r["cell"] for r in rows]
-    assert (tmp_path / "sweep.png").stat().st_size > 1000
+    assert_picture(tmp_path / "sweep.png", colours=4)
     assert not (tmp_path / "tsne.png").exists()  # TINY has tsne off
     assert (tmp_path / "cells" / "supcon-sgd-none" / "encoder.safetensors").is_file()
 
@@ -184,4 +185,4 @@ def test_the_committed_experiment_files_are_valid_sweeps(spec):
 def test_a_sweep_draws_its_best_supcon_and_ce_cells_side_by_side(tmp_path):
     sweep = Sweep(Config(**{**TINY, "tsne": True}), grid={"temperature": [0.1]}, ce_grid={"optimizer": ["adam"]})
     run_sweep(sweep, tmp_path, log=lambda m: None)
-    assert (tmp_path / "tsne.png").stat().st_size > 10_000
+    assert_picture(tmp_path / "tsne.png", panels=2)

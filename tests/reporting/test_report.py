@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 from browser import find_chromium, load_page
+from conftest import QUICK
 from threadpoolctl import threadpool_limits
 
 from supcon.cli import main
@@ -17,7 +18,7 @@ from supcon.reporting.markdown import config_changes
 from supcon.runs import find_runs
 from supcon.stages import train_run
 
-QUICK = dict(dataset="digits", max_train=300, max_val=150, epochs=1, linear_epochs=3, batch_size=64, quiet=True)
+PICTURED = {**QUICK, "epochs": 1, "linear_epochs": 3, "tsne": True}
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +26,12 @@ def runs(tmp_path_factory):
     """runs/sup (both stages), runs/more/ce, and runs/cmp: a comparison made of copies of the two."""
     root = tmp_path_factory.mktemp("runs")
     data = load_dataset("digits", max_train=300, max_val=150)
-    sup = train_run("supcon", Config(**QUICK), data, root / "sup")
-    ce = train_run("ce", Config(**QUICK, tsne=False, lr=3e-3), data, root / "more" / "ce")
+    sup = train_run("supcon", Config(**PICTURED), data, root / "sup")
+    ce = train_run("ce", Config(**PICTURED, tsne=False, lr=3e-3), data, root / "more" / "ce")
     cmp = root / "cmp"
     shutil.copytree(root / "sup", cmp / "supcon")
     shutil.copytree(root / "more" / "ce", cmp / "ce")
-    Config(**QUICK).save(cmp / "config.yaml")
+    Config(**PICTURED).save(cmp / "config.yaml")
     (cmp / "results.json").write_text(json.dumps({"dataset": "digits", "runs": [sup.summary, ce.summary]}))
     shutil.copy(root / "sup" / "tsne.png", cmp / "tsne.png")
     return root

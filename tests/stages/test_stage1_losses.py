@@ -7,24 +7,16 @@ import math
 
 import pytest
 import torch
+from conftest import QUICK
 
 from supcon.cli import build_parser, main
 from supcon.config import Config
-from supcon.data import load_dataset
 from supcon.experiments.sweep import Sweep, parse_axis
 from supcon.io import read_json
 from supcon.reporting.notes import convergence_note, knn_note
 from supcon.reporting.sweep import describe_cell
 from supcon.stages import train_run
 from supcon.stages.pretrain import loss_floor
-
-QUICK = dict(dataset="digits", max_train=300, max_val=150, epochs=2, linear_epochs=4, batch_size=64, quiet=True,
-             tsne=False)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", max_train=300, max_val=150)
 
 
 def _metrics(run_dir):

@@ -3,14 +3,11 @@ import math
 
 import pytest
 import torch
+from conftest import QUICK
 from torch import nn
 
 from supcon.config import Config
 from supcon.data import load_dataset
-from supcon.device import resolve_device
-from supcon.engine.batches import shuffled_batches
-from supcon.engine.loop import FitOptions, Trainable, fit
-from supcon.engine.optim import build_optimizer, build_schedule
 from supcon.evaluate.inference import predicted_class
 from supcon.io import read_json
 from supcon.runs.load import load_encoder
@@ -19,99 +16,11 @@ from supcon.stages.common import classification_loss, stage_context
 from supcon.stages.pretrain import loss_floor
 from supcon.stages.probe import linear_probe
 
-QUICK = dict(dataset="digits", max_train=300, max_val=150, epochs=2, linear_epochs=4, batch_size=64,
-             quiet=True, tsne=False)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", max_train=300, max_val=150)
-
 
 @pytest.fixture(scope="module")
 def pretrained(digits, tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain")
     return out, train_run("pretrain", Config(**QUICK), digits, out)
-
-
-# ------------------------------------------------------------------------------------------- pieces
-
-
-@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "rmsprop"])
-def test_build_optimizer(name):
-    opt = build_optimizer(name, nn.Linear(3, 2).parameters(), lr=0.1, weight_decay=1e-4)
-    assert opt.param_groups[0]["lr"] == 0.1
-
-
-def test_build_optimizer_rejects_unknown():
-    with pytest.raises(ValueError, match="optimizer must be one of"):
-        build_optimizer("lbfgs", nn.Linear(3, 2).parameters(), lr=0.1)
-
-
-def _lrs(schedule, steps=20, per_epoch=2, **kw):
-    opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0)
-    sched = build_schedule(opt, schedule, steps, per_epoch, **kw)
-    lrs = []
-    for _ in range(steps):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return lrs
-
-
-def test_schedules():
-    assert _lrs("fixed") == [1.0] * 20
-    cosine = _lrs("cosine")
-    assert cosine[0] == 1.0 and cosine[-1] < 0.01 and all(a >= b for a, b in zip(cosine, cosine[1:], strict=False))
-    assert _lrs("step", step_epochs=5, step_gamma=0.5)[::10] == [1.0, 0.5]
-    warm = _lrs("cosine", warmup_epochs=2)  # 4 warm-up steps
-    assert warm[:4] == [0.25, 0.5, 0.75, 1.0] and warm[4] == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="schedule must be"):
-        _lrs("linear")
-
-
-def test_shuffled_batches_drop_a_trailing_single_image():
-    g = torch.Generator().manual_seed(0)
-    batches = shuffled_batches(9, 4, g)
-    assert [len(b) for b in batches] == [4, 4]
-    assert sorted(torch.cat(shuffled_batches(10, 4, g)).tolist()) == list(range(10))
-
-
-def test_early_stopping_restores_the_best_epoch(digits):
-    """A scripted validation curve: best at epoch 2, then no gain for `patience` epochs."""
-    x = digits.train.images.flatten(1).float() / 255
-    y = digits.train.labels
-    model = nn.Linear(x.shape[1], 10)
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    curve = iter([0.5, 0.7, 0.6, 0.65, 0.7, 0.9])
-    weights = []
-
-    def step(batch):
-        logits = model(batch[0])
-        return nn.functional.cross_entropy(logits, batch[1]), None
-
-    def evaluate():
-        weights.append(model.weight.detach().clone())
-        return {"val_acc": next(curve)}
-
-    result = fit(Trainable(model, step, lambda epoch: iter([[x, y]]), 1, opt, evaluate=evaluate),
-                 FitOptions(epochs=6, patience=3, progress=False))
-    assert result.stopped_early and len(result.history) == 5
-    assert result.best_epoch == 2 and result.best_val_acc == 0.7
-    assert torch.equal(model.weight, weights[1])
-    assert not torch.equal(model.weight, weights[-1])
-
-
-def test_non_finite_loss_stops_with_a_clear_message():
-    model = nn.Linear(2, 1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-
-    def step(batch):
-        return (model(batch[0]).sum() * 0 + math.inf), None
-
-    with pytest.raises(FloatingPointError, match="loss became inf at epoch 1"):
-        fit(Trainable(model, step, lambda e: iter([[torch.ones(2, 2), torch.zeros(2)]]), 1, opt),
-            FitOptions(epochs=1, progress=False))
 
 
 # ------------------------------------------------------------------------------------------- stages on digits
@@ -185,15 +94,6 @@ def test_normalize_records_the_training_statistics(digits, tmp_path):
     assert inputs["mean"] == pytest.approx([x.mean().item()], rel=1e-5)
 
 
-def test_resolve_device():
-    assert resolve_device("cpu").type == "cpu"
-    with pytest.raises(ValueError, match="device must be"):
-        resolve_device("tpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
-            resolve_device("cuda")
-
-
 # ------------------------------------------------------------------------------------------- heads and monitors
 
 
@@ -221,22 +121,6 @@ def test_binary_head_trains_on_cats_vs_dogs(shared_data, tmp_path):
         train_run("ce", cfg, load_dataset("digits", max_train=100, max_val=50))
 
 
-def test_early_stopping_on_val_loss_keeps_the_lowest_loss_epoch():
-    model = nn.Linear(2, 2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    curve = iter([(0.5, 1.0), (0.6, 0.4), (0.7, 0.5), (0.8, 0.6)])  # accuracy rises while the loss does not
-
-    def evaluate():
-        acc, loss = next(curve)
-        return {"val_acc": acc, "val_loss": loss}
-
-    batch = [torch.ones(2, 2), torch.tensor([0, 1])]
-    result = fit(Trainable(model, lambda b: (nn.functional.cross_entropy(model(b[0]), b[1]), None),
-                           lambda e: iter([batch]), 1, opt, evaluate=evaluate),
-                 FitOptions(epochs=4, patience=2, monitor="val_loss", progress=False))
-    assert result.best_epoch == 2 and result.best_val_acc == 0.6 and result.stopped_early
-
-
 def test_loss_floor_and_stage1_progress(digits):
     assert loss_floor(torch.tensor([0, 0, 1, 1]), 2) == pytest.approx(math.log(3))
     assert loss_floor(torch.tensor([0, 1, 2]), 2) == 0.0  # only its other view: log 1
@@ -246,35 +130,3 @@ def test_loss_floor_and_stage1_progress(digits):
     assert summary["stage1_progress"] < 1
 
 
-def test_ce_that_never_trained_is_called_out(tmp_path, capsys):
-    """A CE baseline at chance (the study's, at 0.25 on five classes) gets a note; a trained one does not."""
-    from supcon.cli import main
-    from supcon.reporting.notes import ce_note
-
-    # digits, SGD at 1e-9: the network never moves, so it scores what one guessed class scores
-    assert main(["ce", "--epochs", "1", "--optimizer", "sgd", "--lr", "1e-9", "--max-train", "200", "--quiet",
-                 "--out", str(tmp_path / "ce")]) == 0
-    summary = read_json(tmp_path / "ce" / "results.json")["runs"][0]
-    assert summary["val_chance"] == pytest.approx(0.104, abs=0.001)  # the largest of the 10 digit classes
-    out = capsys.readouterr().out
-    assert f"Cross-entropy never trained: its validation accuracy ({summary['val_acc']:.3f}) stayed at chance" in out
-    trained = {"method": "ce", "val_acc": 0.75, "val_chance": 0.2}
-    assert ce_note(trained) is None and ce_note({**trained, "val_acc": 0.248}).startswith("Cross-entropy never")
-    assert ce_note({"method": "supcon", "val_acc": 0.2, "val_chance": 0.2}) is None
-    assert ce_note({"method": "ce", "val_acc": 0.2}) is None  # results written before val_chance existed
-
-
-def test_convergence_note_speaks_only_when_stage1_stalled():
-    from supcon.reporting.notes import convergence_note
-
-    run = {"method": "supcon", "stage1_loss_start": 5.5, "stage1_loss": 5.2, "stage1_loss_floor": 3.9,
-           "stage1_progress": 0.3 / 1.6}
-    note = convergence_note(run)
-    assert note.startswith("Stage 1 did not converge: its loss went from 5.500 to 5.200, only 19% of the way")
-    assert "give it more --epochs" in note
-    assert convergence_note({**run, "stage1_progress": 0.8}) is None
-    assert convergence_note({"method": "ce", "stage1_progress": None}) is None
-    # the kNN monitor saw the features stop improving half-way: then more epochs is not the advice
-    stalled = {**run, "knn_curve": [[0, 0.3], [1, 0.6], [2, 0.61], [3, 0.61], [4, 0.61], [5, 0.61], [6, 0.61]]}
-    note = convergence_note(stalled)
-    assert "stopped improving early" in note and "give it more --epochs" not in note

@@ -5,17 +5,15 @@ import shutil
 import numpy as np
 import pytest
 import yaml
+from conftest import QUICK, assert_picture, run_cli
 
-from supcon.cli import main
 from supcon.config import Config
-from supcon.data import load_dataset
 from supcon.experiments.embeddings import embed_run
 from supcon.reporting.format import results_table
 from supcon.runs.load import load_encoder
 from supcon.stages import train_run
 
-QUICK = dict(dataset="digits", max_train=300, max_val=150, epochs=1, linear_epochs=3, batch_size=64, quiet=True,
-             tsne=False)
+FAST = {**QUICK, "epochs": 1, "linear_epochs": 3}
 
 
 def _npz(path, channels: int, size: int = 12, classes: int = 3):
@@ -36,14 +34,9 @@ def _npz(path, channels: int, size: int = 12, classes: int = 3):
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", max_train=300, max_val=150)
-
-
-@pytest.fixture(scope="module")
 def pretrain_run(tmp_path_factory, digits):
     out = tmp_path_factory.mktemp("pretrain")
-    train_run("pretrain", Config(**QUICK), digits, out)
+    train_run("pretrain", Config(**FAST), digits, out)
     return out
 
 
@@ -55,12 +48,6 @@ def gray(tmp_path_factory):
 def _snapshot(directory):
     return {p.relative_to(directory): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-def run_cli(capsys, *args):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_transfer_writes_a_new_run_and_leaves_the_source_alone(pretrain_run, gray, tmp_path, capsys):
@@ -89,8 +76,8 @@ def test_transfer_writes_a_new_run_and_leaves_the_source_alone(pretrain_run, gra
 
 
 def test_transfer_from_a_ce_run_in_python(digits, gray, tmp_path):
-    train_run("ce", Config(**QUICK), digits, tmp_path / "ce")
-    result = train_run("transfer", Config(**{**QUICK, "dataset": gray, "encoder_from": str(tmp_path / "ce")}),
+    train_run("ce", Config(**FAST), digits, tmp_path / "ce")
+    result = train_run("transfer", Config(**{**FAST, "dataset": gray, "encoder_from": str(tmp_path / "ce")}),
                        out=tmp_path / "t")
     assert result.summary["method"] == "ce" and 0 <= result.summary["val_acc"] <= 1
     assert "| cross-entropy encoder + linear |" in results_table([result.summary])
@@ -135,11 +122,11 @@ def test_tsne_command_draws_encoder_and_projection(pretrain_run, tmp_path, capsy
     shutil.copytree(pretrain_run, run)
     code, text, err = run_cli(capsys, "tsne", run, "--projection")
     assert code == 0, err
-    assert (run / "tsne.png").stat().st_size > 5000 and (run / "tsne_projection.png").stat().st_size > 5000
+    assert_picture(run / "tsne.png") and assert_picture(run / "tsne_projection.png")
 
 
 def test_tsne_and_embed_need_the_right_run(digits, tmp_path, capsys):
-    train_run("ce", Config(**QUICK), digits, tmp_path / "ce")
+    train_run("ce", Config(**FAST), digits, tmp_path / "ce")
     (tmp_path / "cmp").mkdir()
     (tmp_path / "cmp" / "config.yaml").write_text("epochs: 1\n")
     (tmp_path / "cmp" / "results.json").write_text(json.dumps({"runs": [{"method": "supcon"},
