@@ -5,9 +5,9 @@ and of the gradient-cache step (`--chunk-size`) against the plain one.
     python benchmarks/bench_train.py --rounds 1 --no-grad-cache
     python benchmarks/bench_train.py --device cuda            # on a GPU (fp32; peak memory from torch.cuda)
 
-The real step is `supcon.train.build_stage1` run by `supcon.train.fit`, the objects `pretrain` runs: uint8
-images from memory, a seeded shuffle, two views with the default `simclr` policy, the forward pass, the SupCon
-loss, the backward pass, the AdamW step, the schedule and the bookkeeping (loss.item(), the metrics record).
+The real step is `supcon.stages.pretrain.build_stage1` run by `supcon.engine.loop.fit`, the objects `pretrain`
+runs: uint8 images from memory, a seeded shuffle, two views with the default `simclr` policy, the forward pass,
+the SupCon loss, the backward pass, the AdamW step, the schedule and the bookkeeping (loss.item(), the metrics record).
 The bare loop runs the same model (ResNet-18, ImageNet stem, with its projection head, prepared as training
 prepares it) and the same optimizer on float tensors already in memory, of the same shape, with a trivial loss
 (the mean of the outputs): forward, backward and the optimizer step, nothing else.
@@ -32,6 +32,7 @@ size at that point.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -46,8 +47,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loss import _device_name, _peak_kib, _reset_peak, _rss_kib, _synced  # noqa: E402
 
-from supcon import train  # noqa: E402
 from supcon.config import Config  # noqa: E402
+from supcon.device import as_model_input  # noqa: E402
+from supcon.engine.loop import FitOptions, fit  # noqa: E402
+from supcon.stages import load_data  # noqa: E402
+from supcon.stages.pretrain import build_stage1  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = "npz:../shared/data/imagenet5_64.npz"
@@ -60,23 +64,29 @@ def _config(args, **changes) -> Config:
 
 def _load(args):
     os.chdir(REPO)  # the data spec is relative to the repository root, as in the docs
-    return train.load_data(_config(args))
+    return load_data(_config(args))
 
 
 def _stage(cfg: Config, data):
     torch.manual_seed(cfg.seed)
-    return train.build_stage1(cfg, data, torch.device(cfg.device), None)
+    return build_stage1(cfg, data, torch.device(cfg.device), None)
+
+
+def _fit(stage, cfg: Config, batches=None):
+    """Stage 1's loop, as ``pretrain`` runs it (``batches`` replaces its epoch batches)."""
+    task = dataclasses.replace(stage.trainable, batches=batches) if batches is not None else stage.trainable
+    return fit(task, FitOptions(epochs=cfg.epochs, stage="pretrain", progress=False))
 
 
 def time_bare(cfg: Config, data, steps: int, channels_last: bool = True) -> float:
     """Seconds of ``steps`` bare steps (forward, trivial loss, backward, optimizer step) on in-memory floats, with
     the model and inputs channels-last, as training prepares them, or in the default (NCHW) layout."""
     stage = _stage(cfg, data)
-    model, optimizer = stage.model, stage.optimizer
+    model, optimizer = stage.model, stage.trainable.optimizer
     model.train()
     shape = (cfg.batch_size * cfg.views, data.channels, data.image_size, data.image_size)
     device = torch.device(cfg.device)
-    x = train._as_model_input(torch.rand(shape, device=device), device)
+    x = as_model_input(torch.rand(shape, device=device), device)
     if not channels_last:
         model.to(memory_format=torch.contiguous_format)
         x = x.contiguous()
@@ -103,7 +113,7 @@ def time_real(cfg: Config, data) -> tuple[float, float, int]:
 
     def timed(epoch: int):
         spent[0], images[0] = 0.0, 0
-        batches = stage.batches(epoch)
+        batches = stage.trainable.batches(epoch)
         while True:
             t0 = time.perf_counter()
             batch = next(batches, None)
@@ -113,7 +123,7 @@ def time_real(cfg: Config, data) -> tuple[float, float, int]:
             images[0] += len(batch[-1])
             yield batch
 
-    result = stage.fit(cfg, epoch_batches=timed)
+    result = _fit(stage, cfg, timed)
     return result.history[-1]["seconds"], spent[0], images[0]
 
 
@@ -197,12 +207,12 @@ def worker(args) -> dict:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device) / 1024
-        stage.fit(cfg)
+        _fit(stage, cfg)
         peak = torch.cuda.max_memory_allocated(device) / 1024
         return {"peak_mib": peak / 1024, "extra_mib": (peak - base) / 1024}
     _reset_peak()
     base = _rss_kib()
-    stage.fit(cfg)
+    _fit(stage, cfg)
     return {"peak_mib": _peak_kib() / 1024, "extra_mib": (_peak_kib() - base) / 1024}
 
 

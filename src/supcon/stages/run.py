@@ -161,7 +161,8 @@ def _supcon_run(ctx: StageContext, data: DataSplits | None) -> RunResult:
         stage1_summary, encoder, inputs = stage1.summary, stage1.encoder, stage1.inputs
         if ctx.run is not None:
             ctx.run.save_weights({"encoder": stage1.model.encoder, "projection": stage1.model.head})
-            ctx.run.mark_stage_finished("pretrain", _results(data, stage1_summary, inputs))
+            if ctx.cfg.keep_checkpoints > 0:  # what --resume keeps of stage 1 if stage 2 is killed
+                ctx.run.mark_stage_finished("pretrain", _results(data, stage1_summary, inputs))
             ctx.run.checkpoints("pretrain").clear()
         xy = _stage1_pictures(ctx, data, stage1, curves=False)  # the curves are drawn once, with stage 2's
     stage2 = linear_probe(ctx, data, encoder, inputs)

@@ -1,0 +1,122 @@
+"""RunDir: a run directory's kind, summary and finished stages, for runs written now and by earlier versions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import QUICK
+
+from supcon.cli import main
+from supcon.config import Config
+from supcon.engine.checkpoint import Checkpoints, load_checkpoint, save_checkpoint
+from supcon.runs import RunDir, expand_runs, find_runs
+from supcon.runs.load import load_classifier, load_run
+from supcon.stages import train_run
+
+TINY = {**QUICK, "max_train": 200, "max_val": 100, "epochs": 1, "linear_epochs": 2, "batch_size": 32,
+        "knn_every": "1"}
+
+
+@pytest.fixture(scope="module")
+def compare_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp")
+    assert main(["compare", *_flags(TINY), "--out", str(out)]) == 0
+    return out
+
+
+def _flags(options: dict) -> list[str]:
+    from conftest import flags
+
+    return flags(options)
+
+
+def _as_written_before(run_dir) -> None:
+    """Rewrite a run's summaries with the keys of the versions before the redesign (``supcon_loss``, ...)."""
+    for path in run_dir.rglob("results.json"):
+        text = path.read_text().replace('"stage1_loss', '"supcon_loss')
+        path.write_text(text)
+
+
+def test_kinds_parts_and_the_classifying_run(compare_dir, tmp_path):
+    run = RunDir(compare_dir)
+    assert run.kind() == "compare" and [p.path.name for p in run.parts()] == ["supcon", "ce"]
+    assert RunDir(compare_dir / "ce").kind() == "ce" and RunDir(compare_dir / "supcon").kind() == "pretrain"
+    assert run.classifying() == RunDir(compare_dir / "supcon")
+    assert RunDir(tmp_path).kind() is None  # nothing written yet
+    with pytest.raises(ValueError, match="holds a comparison, not one run"):
+        run.summary()
+    assert [name for name, _ in expand_runs([compare_dir])] == [f"{compare_dir.name}/supcon", f"{compare_dir.name}/ce"]
+    assert [f.path for f in find_runs([compare_dir.parent])] == [compare_dir]
+
+
+def test_a_run_written_before_the_redesign_still_loads_and_reports(compare_dir, tmp_path, capsys):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(compare_dir, old)
+    _as_written_before(old)
+    assert "supcon_loss" in (old / "supcon" / "results.json").read_text()
+    summary = RunDir(old / "supcon").summary()
+    assert "supcon_loss" not in summary and summary["stage1_loss"] == pytest.approx(
+        RunDir(compare_dir / "supcon").summary()["stage1_loss"])
+    assert RunDir(old / "supcon").stage_finished("linear") is not None
+    assert load_classifier(old / "ce").classes == [str(i) for i in range(10)]
+    assert load_run(old).run_dir == old / "supcon"
+    assert main(["knn", str(old / "supcon")]) == 0 and "kNN accuracy" in capsys.readouterr().out
+    assert main(["report", str(old), "--out", str(tmp_path / "r.md")]) == 0
+    table = (tmp_path / "r.md").read_text()
+    assert f"| {summary['stage1_loss']:.4f} |" in table  # the old key's value, under today's column
+    assert main(["compare", "--resume", str(old)]) == 0  # both finished: kept, the comparison rewritten
+    assert json.loads((old / "results.json").read_text())["runs"][0]["stage1_loss"] == summary["stage1_loss"]
+
+
+def test_a_checkpoint_written_before_the_redesign_resumes_to_the_same_result(tmp_path):
+    """Checkpoints of earlier versions kept the loop's sums as a list; a run killed then still resumes."""
+    import os
+    import subprocess
+    import sys
+
+    from supcon.engine.loop import SIGNAL_AT
+
+    ce_options = {k: v for k, v in TINY.items() if k not in ("linear_epochs", "knn_every")}
+    args = ["ce", *_flags({**ce_options, "epochs": 2}), "--ckpt-every", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop(SIGNAL_AT, None)
+    reference = subprocess.run([sys.executable, "-m", "supcon", *args, "--out", str(tmp_path / "ref")], env=env,
+                               capture_output=True, text=True, timeout=600)
+    assert reference.returncode == 0, reference.stderr
+    run = tmp_path / "old"
+    stopped = subprocess.run([sys.executable, "-m", "supcon", *args, "--out", str(run)],
+                             env={**env, SIGNAL_AT: "SIGINT:9"}, capture_output=True, text=True, timeout=600)
+    assert stopped.returncode == 130, stopped.stderr
+    state, path = Checkpoints(run, "ce").latest()
+    loop = state["loop"]
+    old_loop = {"epoch": loop["epoch"], "skip": loop["skip"], "global_step": loop["global_step"],
+                "sums": [loop["loss_sum"], loop["seen"], loop["correct"], loop["counted"]],
+                "best_score": loop["best_score"], "bad_epochs": loop["bad_epochs"], "seconds": loop["seconds"]}
+    save_checkpoint(path, {**state, "loop": old_loop})
+    assert "sums" in load_checkpoint(path)["loop"]
+    resumed = subprocess.run([sys.executable, "-m", "supcon", "ce", "--resume", str(run)], env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+
+    def outcome(d):
+        lines = [{k: v for k, v in json.loads(x).items() if "seconds" not in k}
+                 for x in (d / "metrics.jsonl").read_text().splitlines()]
+        summary = {k: v for k, v in json.loads((d / "results.json").read_text())["runs"][0].items()
+                   if "seconds" not in k}
+        return lines, summary
+
+    assert outcome(run) == outcome(tmp_path / "ref")
+
+
+def test_a_fresh_run_forgets_what_an_earlier_run_left_in_its_directory(digits, tmp_path):
+    """A first stage's record waits in checkpoints/ until its run finishes; a new run there must not read it."""
+    run = RunDir(tmp_path)
+    cfg = Config(**{**TINY, "epochs": 1})
+    train_run("pretrain", cfg, digits, tmp_path)
+    run.mark_stage_finished("pretrain", {"runs": [{"method": "supcon"}], "input": {}})
+    assert run.stage_finished("pretrain") == {"method": "supcon"}
+    train_run("ce", cfg, digits, tmp_path)
+    assert run.kind() == "ce" and run.stage_finished("pretrain") is None
