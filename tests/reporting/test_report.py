@@ -27,7 +27,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     data = load_dataset("digits", max_train=300, max_val=150)
     sup = train_run("supcon", Config(**PICTURED), data, root / "sup")
-    ce = train_run("ce", Config(**PICTURED, tsne=False, lr=3e-3), data, root / "more" / "ce")
+    ce = train_run("ce", Config(**{**PICTURED, "tsne": False}, lr=3e-3), data, root / "more" / "ce")
     cmp = root / "cmp"
     shutil.copytree(root / "sup", cmp / "supcon")
     shutil.copytree(root / "more" / "ce", cmp / "ce")

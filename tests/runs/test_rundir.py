@@ -47,7 +47,8 @@ def test_kinds_parts_and_the_classifying_run(compare_dir, tmp_path):
     with pytest.raises(ValueError, match="holds a comparison, not one run"):
         run.summary()
     assert [name for name, _ in expand_runs([compare_dir])] == [f"{compare_dir.name}/supcon", f"{compare_dir.name}/ce"]
-    assert [f.path for f in find_runs([compare_dir.parent])] == [compare_dir]
+    found = find_runs([compare_dir])
+    assert [f.path for f in found] == [compare_dir] and [p.path.name for p in found[0].parts] == ["ce", "supcon"]
 
 
 def test_a_run_written_before_the_redesign_still_loads_and_reports(compare_dir, tmp_path, capsys):
