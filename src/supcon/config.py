@@ -80,13 +80,20 @@ class Config:
     image_size: int | None = option(None, "resize images to this square size (default: the data set's own size; "
                                     "128 for flowers5, cats_vs_dogs and imagenet5, whose photos differ in size)",
                                     metavar="PX")
-    val_fraction: float = option(0.15, "validation share when the data set has no split of its own")
+    val_fraction: float = option(0.15, "validation share, carved (stratified) from the training images; the "
+                                 "validation split alone picks epochs, cells and defaults")
+    test_fraction: float = option(0.15, "test share, carved (stratified) from all the images, where the data set "
+                                  "has no held-out split of its own (an npz's x_test, a folder's test/ or val/, "
+                                  "CIFAR's test set are the test split); test is evaluated once, after training")
+    split_seed: int = option(0, "seed of the train/val/test carving, the subsampling and the label noise: fixed, "
+                             "so that --seed and --seeds vary the training and not the data")
     max_train: int | None = option(None, "use at most this many training images (stratified; for quick runs)",
                                    metavar="N")
     max_val: int | None = option(None, "use at most this many validation images (stratified)", metavar="N")
-    label_noise: float = option(0.0, "robustness studies: replace this share of the training labels by a wrong "
-                                "class before training (exactly round(P x N) of the N training labels, chosen "
-                                "with --seed; the validation split stays clean); see --label-noise-mode",
+    max_test: int | None = option(None, "use at most this many test images (stratified)", metavar="N")
+    label_noise: float = option(0.0, "robustness studies: replace this share of the training and validation labels "
+                                "by a wrong class before training (exactly round(P x N) of each split's N labels, "
+                                "chosen with --split-seed; the test split stays clean); see --label-noise-mode",
                                 metavar="P")
     label_noise_mode: str = option("sym", "how --label-noise picks the wrong class: sym (one of the other classes "
                                    "at random) or asym (class c becomes class c+1 mod K, a fixed confusion)",
@@ -197,7 +204,11 @@ class Config:
                                       "pretrain or ce run, on --dataset (resized to the encoder's input size), "
                                       "in a new run directory (--out); DIR itself is not changed", ("linear",),
                                       metavar="DIR")
-    seed: int = option(0, "random seed (runs are deterministic on CPU)")
+    seed: int = option(0, "random seed of the training: initial weights, shuffles, augmentation (runs are "
+                       "deterministic on CPU)")
+    seeds: int = option(1, "train every method (or sweep cell) with this many seeds, --seed, --seed + 1, ...; the "
+                        "test accuracy is then a mean with a 95% t-interval over the seeds", ("compare", "sweep"),
+                        metavar="K")
     device: str = option("auto", "device: auto (cuda, mps, then cpu), cpu, cuda, cuda:N, mps", runtime=True)
     amp: str = option("auto", "mixed precision on CUDA: auto (bf16 where supported), bf16, fp16, none",
                       choices=("auto", "bf16", "fp16", "none"))
@@ -258,12 +269,12 @@ class Config:
         check_encoder_name(self.encoder)
         positive = ["epochs", "batch_size", "temperature", "views", "proj_dim", "proj_hidden",
                     "linear_epochs", "linear_lr", "eval_batch_size", "step_epochs", "margin", "knn_k",
-                    "knn_temperature", "nproc"]
+                    "knn_temperature", "nproc", "seeds"]
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive; got {getattr(self, name)!r}")
-        for name in ("image_size", "max_train", "max_val", "base_temperature", "grad_clip", "loss_block_size",
-                     "chunk_size", "lr"):
+        for name in ("image_size", "max_train", "max_val", "max_test", "base_temperature", "grad_clip",
+                     "loss_block_size", "chunk_size", "lr"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive; got {value!r}")
@@ -271,8 +282,12 @@ class Config:
             raise ValueError(f"views must be at least 1; got {self.views}")
         if not 0 <= self.label_noise < 1:
             raise ValueError(f"label_noise must be in [0, 1) (a share of the training labels); got {self.label_noise}")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be between 0 and 1; got {self.val_fraction}")
+        for name in ("val_fraction", "test_fraction"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"{name} must be between 0 and 1; got {getattr(self, name)}")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"val_fraction + test_fraction must leave images to train on; got {self.val_fraction} "
+                             f"+ {self.test_fraction}")
         if not 0 < self.crop_scale <= 1:
             raise ValueError(f"crop_scale must be in (0, 1]; got {self.crop_scale}")
         if not (self.knn_every == "auto" or (isinstance(self.knn_every, str) and self.knn_every.isdigit())):

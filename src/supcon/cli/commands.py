@@ -92,8 +92,9 @@ def _run(command: str, cfg: Config, args: argparse.Namespace) -> int:
         from supcon.experiments.compare import compare
 
         results = compare(cfg, out, log=say)
-        show(comparison_text(results["runs"]))
-        show(f"compare finished: outputs (results.json, results.md, tsne.png, ce/, supcon/) in {out}")
+        show(comparison_text(results))
+        runs = "ce/, supcon/" if cfg.seeds == 1 else f"seed-{cfg.seed}/ ... seed-{cfg.seed + cfg.seeds - 1}/"
+        show(f"compare finished: outputs (results.json, results.md, tsne.png, {runs}) in {out}")
         return 0
     data = load_data(cfg)
     say(describe(data))

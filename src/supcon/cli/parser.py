@@ -30,7 +30,7 @@ TOOLS = {
              "val_x, val_y, class_names; train_proj, val_proj with --projection).",
     "knn": "Weighted kNN accuracy of a finished run's encoder: each validation image is classified by its k most "
            "cosine-similar training images, voting exp(similarity / T) each (or 1 with --weights uniform).",
-    "robustness": "Evaluate finished runs' classifiers on their validation split: clean, under common corruptions "
+    "robustness": "Evaluate finished runs' classifiers on their test split: clean, under common corruptions "
                   "at 5 severities (accuracy, ImageNet-C's mCE and relative mCE against a baseline run), under "
                   "FGSM and PGD attacks, and their logit margins and calibration (ECE, reliability diagram). "
                   "Writes robustness.md/.json/.csv and pictures to --out; the runs are not changed.",
@@ -201,7 +201,7 @@ def _add_robustness(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bins", type=int, default=BINS, metavar="N",
                         help=f"equal-width confidence bins of the ECE and reliability diagram (default: {BINS})")
     parser.add_argument("--max-images", type=int, metavar="N",
-                        help="evaluate a seeded, class-balanced subsample of N validation images (default: all)")
+                        help="evaluate a seeded, class-balanced subsample of N test images (default: all)")
     parser.add_argument("--seed", type=int, default=0, metavar="N",
                         help="seed of the corruptions' noise and PGD's random starts (default: 0)")
     parser.add_argument("--batch-size", type=int, default=256, metavar="N",

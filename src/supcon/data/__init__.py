@@ -22,19 +22,23 @@ from .core import (
     load_dataset,
     register_loader,
     resize_uint8,
+    split_indices,
     stratified_split,
     stratified_subset,
+    three_splits,
 )
 from .noise import NOISE_MODES, noisy_labels, with_label_noise
 
 
 def load_data(cfg, progress: bool = False) -> DataSplits:
     """The data set a :class:`~supcon.config.Config` names, with its size, split and subsampling options and its
-    label noise on the training labels: every command that trains or evaluates a run reads its data here, so
-    the split and the noise are the same in each."""
-    data = load_dataset(cfg.dataset, image_size=cfg.image_size, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                        max_train=cfg.max_train, max_val=cfg.max_val, data_dir=cfg.data_dir, progress=progress)
-    return with_label_noise(data, cfg.label_noise, cfg.label_noise_mode, cfg.seed)
+    label noise on the training and validation labels: every command that trains or evaluates a run reads its
+    data here, so the splits and the noise are the same in each. Both follow ``cfg.split_seed``, never the
+    training ``cfg.seed``: the seeds of a comparison vary the training, not the data."""
+    data = load_dataset(cfg.dataset, image_size=cfg.image_size, val_fraction=cfg.val_fraction,
+                        test_fraction=cfg.test_fraction, split_seed=cfg.split_seed, max_train=cfg.max_train,
+                        max_val=cfg.max_val, max_test=cfg.max_test, data_dir=cfg.data_dir, progress=progress)
+    return with_label_noise(data, cfg.label_noise, cfg.label_noise_mode, cfg.split_seed)
 
 __all__ = [
     "NOISE_MODES",
@@ -48,7 +52,9 @@ __all__ = [
     "noisy_labels",
     "register_loader",
     "resize_uint8",
+    "split_indices",
     "stratified_split",
     "stratified_subset",
+    "three_splits",
     "with_label_noise",
 ]

@@ -38,13 +38,18 @@ class ImageDataset:
 
 @dataclass
 class DataSplits:
-    """A train and a val split of one data set, plus the files that could not be decoded."""
+    """The three splits of one data set, plus the files that could not be decoded.
+
+    ``train`` is what the model learns from; ``val`` is what every choice sees (early stopping, the epoch restored,
+    a sweep's best cell, defaults); ``test`` is held out from all of them and evaluated once, after training.
+    """
 
     train: ImageDataset
     val: ImageDataset
+    test: ImageDataset
     name: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    noisy_labels: int = 0  # training labels changed on purpose (supcon.data.noise); the val split is never noisy
+    noisy_labels: int = 0  # training (and val) labels changed on purpose (supcon.data.noise); test is never noisy
 
     @property
     def num_classes(self) -> int:
@@ -68,9 +73,11 @@ class LoadOptions:
 
     image_size: int | None = None
     val_fraction: float = 0.15
-    seed: int = 0
+    test_fraction: float = 0.15
+    split_seed: int = 0
     max_train: int | None = None
     max_val: int | None = None
+    max_test: int | None = None
     progress: bool = False
     data_dir: str | None = None  # where the named data sets are downloaded and cached
 
@@ -108,16 +115,21 @@ def available_datasets() -> list[str]:
 
 
 def _checked_options(o: LoadOptions) -> LoadOptions:
-    vf = o.val_fraction
-    if isinstance(vf, bool) or not isinstance(vf, numbers.Real) or not 0 < vf < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {vf!r}")
+    for key in ("val_fraction", "test_fraction"):
+        v = getattr(o, key)
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < 1:
+            raise ValueError(f"{key} must be in (0, 1), got {v!r}")
+    if o.val_fraction + o.test_fraction >= 1:
+        raise ValueError(f"val_fraction + test_fraction must leave images to train on; got {o.val_fraction} + "
+                         f"{o.test_fraction}")
     ints = {}
-    for key in ("image_size", "max_train", "max_val"):
+    for key in ("image_size", "max_train", "max_val", "max_test"):
         v = getattr(o, key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1):
             raise ValueError(f"{key} must be a positive int or None, got {v!r}")
         ints[key] = None if v is None else int(v)
-    return replace(o, val_fraction=float(vf), seed=int(o.seed), **ints)
+    return replace(o, val_fraction=float(o.val_fraction), test_fraction=float(o.test_fraction),
+                   split_seed=int(o.split_seed), **ints)
 
 
 def load_dataset(
@@ -125,26 +137,33 @@ def load_dataset(
     *,
     image_size: int | None = None,
     val_fraction: float = 0.15,
-    seed: int = 0,
+    test_fraction: float = 0.15,
+    split_seed: int = 0,
     max_train: int | None = None,
     max_val: int | None = None,
+    max_test: int | None = None,
     progress: bool = False,
     data_dir: str | Path | None = None,
 ) -> DataSplits:
-    """Load a data set into memory as uint8 tensors, split into train and val.
+    """Load a data set into memory as uint8 tensors, split into train, val and test.
 
     spec: "digits" (scikit-learn's 8x8 digits), "npz:PATH" (x_train/y_train/x_test/y_test/
-    class_names, its own split), "folder:PATH" (one sub-folder per class, optionally under
-    train/ and val/ or test/), or a named data set downloaded on first use into `data_dir`
-    (default $SUPCON_DATA_DIR, else ~/.cache/supcon): "flowers5", "cats_vs_dogs", "imagenet5",
-    "cifar10", "cifar100". Where the source has no split of its own, a seeded stratified split
-    with `val_fraction` is made. `image_size` resizes to a square once at load time (None keeps the
-    stored size, which must then be square; the named photo sets, whose photos differ in size,
-    default to 128). `max_train` / `max_val` take a seeded, class-balanced subsample.
-    Raises ValueError (one line) on a bad spec, a missing path or malformed data.
+    class_names), "folder:PATH" (one sub-folder per class, optionally under train/ and test/ or val/),
+    or a named data set downloaded on first use into `data_dir` (default $SUPCON_DATA_DIR, else
+    ~/.cache/supcon): "flowers5", "cats_vs_dogs", "imagenet5", "cifar10", "cifar100".
+
+    Where the source has a held-out split of its own (an npz's x_test, a folder's test/ or val/, the
+    test sets of ImageNet-5 and CIFAR) it is the test split, and val is carved from the training images
+    (`val_fraction` of them); otherwise test (`test_fraction`) and val (`val_fraction`) are both carved
+    from all. Carving is stratified and seeded with `split_seed`, which is not the training seed: runs
+    of several seeds see the same splits. `image_size` resizes to a square once at load time (None
+    keeps the stored size, which must then be square; the named photo sets, whose photos differ in
+    size, default to 128). `max_train` / `max_val` / `max_test` take a seeded, class-balanced
+    subsample. Raises ValueError (one line) on a bad spec, a missing path or malformed data.
     """
     where = None if data_dir is None else str(data_dir)
-    opts = _checked_options(LoadOptions(image_size, val_fraction, seed, max_train, max_val, progress, where))
+    opts = _checked_options(LoadOptions(image_size, val_fraction, test_fraction, split_seed, max_train, max_val,
+                                        max_test, progress, where))
     scheme, sep, arg = spec.partition(":")
     entry = _LOADERS.get(scheme)
     if entry is None or entry.takes_path != bool(sep) or (entry.takes_path and not arg):
@@ -153,25 +172,68 @@ def load_dataset(
             hint = f" (did you mean {'folder' if Path(spec).is_dir() else 'npz'}:{spec}?)"
         raise ValueError(f"unknown data set {spec!r}; valid forms: {', '.join(available_datasets())}{hint}")
     splits = entry.fn(arg, opts)
-    splits.train = _finish(splits.train, opts.max_train, opts.seed, opts.image_size, f"{splits.name} train")
-    splits.val = _finish(splits.val, opts.max_val, opts.seed, opts.image_size, f"{splits.name} val")
+    for name, most in (("train", opts.max_train), ("val", opts.max_val), ("test", opts.max_test)):
+        part = _finish(getattr(splits, name), most, opts.split_seed, opts.image_size, f"{splits.name} {name}")
+        setattr(splits, name, part)
     h, w = splits.train.images.shape[2:]
     if h != w:  # the models and augmentations downstream take one image_size
         raise ValueError(f"{splits.name}: images are {h}×{w}, not square; pass image_size to resize them")
     return splits
 
 
+def split_indices(labels: np.ndarray, is_test: np.ndarray | None, opts: LoadOptions, what: str
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted indices into ``labels`` of the train, val and test splits (see :func:`load_dataset`), each
+    subsampled to ``max_train``/``max_val``/``max_test``. ``is_test`` marks the source's own held-out images
+    (None: the source has none). Loaders that decode files call it first, so that they decode only what they
+    keep."""
+    labels = np.asarray(labels)
+    if is_test is not None and is_test.any():
+        test = np.flatnonzero(is_test)
+        pool = np.flatnonzero(~is_test)
+        keep, val = stratified_split(labels[pool], opts.val_fraction, opts.split_seed, f"{what} train")
+        train, val = pool[keep], pool[val]
+    else:
+        rest, test = stratified_split(labels, opts.test_fraction, opts.split_seed, what)
+        # val is val_fraction of all the images: a larger share of what test left
+        keep, val = stratified_split(labels[rest], opts.val_fraction / (1 - opts.test_fraction), opts.split_seed,
+                                     f"{what} after the test split")
+        train, val = rest[keep], rest[val]
+    chosen = []
+    for idx, most, name in ((train, opts.max_train, "train"), (val, opts.max_val, "val"),
+                            (test, opts.max_test, "test")):
+        chosen.append(idx[stratified_subset(labels[idx], most, opts.split_seed, f"{what} {name}")])
+    return chosen[0], chosen[1], chosen[2]
+
+
+def three_splits(pool: ImageDataset, test: ImageDataset | None, opts: LoadOptions, what: str
+                 ) -> tuple[ImageDataset, ImageDataset, ImageDataset]:
+    """Train, val and test of a source held in memory: ``pool`` (its training images, or all of them) and
+    ``test`` (its own held-out split, or None), carved as :func:`split_indices` says."""
+    if test is None:
+        train, val, held = split_indices(pool.labels.numpy(), None, opts, what)
+        return _take(pool, train), _take(pool, val), _take(pool, held)
+    keep, val = stratified_split(pool.labels.numpy(), opts.val_fraction, opts.split_seed, f"{what} train")
+    return _take(pool, keep), _take(pool, val), test
+
+
+def _take(ds: ImageDataset, idx: np.ndarray) -> ImageDataset:
+    index = torch.from_numpy(np.asarray(idx))
+    return ImageDataset(ds.images[index].contiguous(), ds.labels[index].contiguous(), ds.class_names)
+
+
 def describe(splits: DataSplits) -> str:
-    """One line: "npz:imagenet5_64: 1250 train / 250 val, 5 classes, 3×64×64"."""
+    """One line: "npz:imagenet5_64: 1062 train / 188 val / 250 test, 5 classes, 3×64×64"."""
     c, h, w = splits.train.images.shape[1:]
     text = (
-        f"{splits.name}: {len(splits.train)} train / {len(splits.val)} val, "
+        f"{splits.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test, "
         f"{splits.num_classes} classes, {c}×{h}×{w}"
     )
     if splits.skipped:
         text += f", {len(splits.skipped)} unreadable files skipped"
     if splits.noisy_labels:
-        text += f", {splits.noisy_labels} of {len(splits.train)} training labels noisy"
+        text += (f", {splits.noisy_labels} of {len(splits.train) + len(splits.val)} training and validation labels "
+                 "noisy")
     return text
 
 

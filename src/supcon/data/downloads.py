@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import DataSplits, ImageDataset, LoadOptions, register_loader, stratified_split, stratified_subset
+from .core import DataSplits, ImageDataset, LoadOptions, register_loader, split_indices, three_splits
 from .folder import _decode_all
 
 log = logging.getLogger(__name__)
@@ -282,13 +282,8 @@ def _load_photos(name: str, tree: Path, cache: Path, opts: LoadOptions) -> DataS
     files, labels, test = _list(tree, src)
     # Split and subsample the file list, not the decoded images, so that a quick run decodes only what it
     # uses and gets the same images whether or not the decoded cache exists.
-    if src.own_split:
-        tr, va = np.flatnonzero(~test), np.flatnonzero(test)
-    else:
-        tr, va = stratified_split(labels, opts.val_fraction, opts.seed, name)
-    tr = tr[stratified_subset(labels[tr], opts.max_train, opts.seed, f"{name} train")]
-    va = va[stratified_subset(labels[va], opts.max_val, opts.seed, f"{name} val")]
-    need = np.union1d(tr, va)
+    tr, va, te = split_indices(labels, test if src.own_split else None, opts, name)
+    need = np.union1d(np.union1d(tr, va), te)
 
     decoded = _read_cache(cache, files, labels)
     if decoded is None:
@@ -313,7 +308,7 @@ def _load_photos(name: str, tree: Path, cache: Path, opts: LoadOptions) -> DataS
     skipped = [(str(tree / files[i]), why) for i, why in zip(bad_index[wanted], bad_why[wanted], strict=True)]
     for p, why in skipped:
         log.info("skipped unreadable image %s: %s", p, why)
-    return DataSplits(part(tr, "train"), part(va, "val"), name, skipped)
+    return DataSplits(part(tr, "train"), part(va, "val"), part(te, "test"), name, skipped)
 
 
 Decoded = tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]  # images, their file indices, bad ones, why
@@ -390,7 +385,7 @@ def _unpickle(path: Path, *keys: str) -> dict:
     return d
 
 
-def _load_cifar(name: str, tree: Path) -> DataSplits:
+def _load_cifar(name: str, tree: Path, opts: LoadOptions) -> DataSplits:
     if name == "cifar10":
         meta, key, names_key = "batches.meta", "labels", "label_names"
         batches = ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"])
@@ -414,7 +409,8 @@ def _load_cifar(name: str, tree: Path) -> DataSplits:
         return ImageDataset(torch.from_numpy(np.concatenate(xs)), torch.from_numpy(y), classes)
 
     # The whole set is 180 MB and reads in a second: no cache, and max_train / max_val act in load_dataset.
-    return DataSplits(part(batches[0]), part(batches[1]), name, [])
+    train, val, test = three_splits(part(batches[0]), part(batches[1]), opts, name)
+    return DataSplits(train, val, test, name, [])
 
 
 # ---------------------------------------------------------------- registration
@@ -425,7 +421,7 @@ def _loader(name: str) -> Callable[[str, LoadOptions], DataSplits]:
         root = _data_dir(opts)
         tree = _prepare(name, root, opts.progress)
         if name.startswith("cifar"):
-            return _load_cifar(name, tree)
+            return _load_cifar(name, tree, opts)
         size = opts.image_size or SOURCES[name].image_size
         return _load_photos(name, tree, tree.parent / f"{name}_{size}px.npz", opts)
 

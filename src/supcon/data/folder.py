@@ -16,7 +16,7 @@ from .core import (
     ImageDataset,
     LoadOptions,
     register_loader,
-    stratified_split,
+    split_indices,
     stratified_subset,
 )
 
@@ -30,46 +30,28 @@ DECODE_WORKERS = min(4, os.cpu_count() or 1)
 def load_folder(arg: str, opts: LoadOptions) -> DataSplits:
     """Decode a class-per-folder tree once into uint8 [N, 3, H, W] tensors (RGB).
 
-    Uses PATH/train and PATH/val (or PATH/test) when both exist, otherwise PATH/<class> with a seeded
-    stratified split. Files that do not decode are skipped and listed in `DataSplits.skipped`.
+    With PATH/train and PATH/test (or PATH/val) the held-out folder is the test split and val is carved from
+    train, unless PATH/val and PATH/test both exist, which are then val and test. Otherwise PATH/<class> is split
+    three ways. Files that do not decode are skipped and listed in `DataSplits.skipped`.
     """
     root = Path(arg).expanduser()
     if root.is_file():
         raise ValueError(f"{root} is a file; folder:PATH needs a directory of class sub-folders (npz:PATH for .npz)")
     if not root.is_dir():
         raise ValueError(f"folder not found: {root}")
-    val_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
-    if (root / "train").is_dir() and val_dir is not None:
-        classes = _class_dirs(root / "train")
-        extra = sorted(set(_class_dirs(val_dir, check=False)) - set(classes))
-        if extra:
-            raise ValueError(f"{val_dir} has classes not in {root / 'train'}: {extra}")
-        tr_paths, tr_labels = _list_files(root / "train", classes, require_all=True)
-        va_paths, va_labels = _list_files(val_dir, classes, require_all=False)
-        places = (str(root / "train"), str(val_dir))
-    else:
-        classes = _class_dirs(root)
-        paths, labels = _list_files(root, classes, require_all=True)
-        tr, va = stratified_split(labels, opts.val_fraction, opts.seed, f"folder {root}")
-        tr_paths, tr_labels = [paths[i] for i in tr], labels[tr]
-        va_paths, va_labels = [paths[i] for i in va], labels[va]
-        places = (f"{root} (train split)", f"{root} (val split)")
-
-    # Subsample file lists before decoding, so that quick runs on big folders stay quick.
-    keep_tr = stratified_subset(tr_labels, opts.max_train, opts.seed, f"folder {root} train")
-    keep_va = stratified_subset(va_labels, opts.max_val, opts.seed, f"folder {root} val")
-    tr_paths, tr_labels = [tr_paths[i] for i in keep_tr], tr_labels[keep_tr]
-    va_paths, va_labels = [va_paths[i] for i in keep_va], va_labels[keep_va]
-
-    images, ok, skipped = _decode_all(tr_paths + va_paths, opts.image_size, root, opts.progress)
-    labels = np.concatenate([tr_labels, va_labels])[ok]
-    n_tr = int((ok < len(tr_paths)).sum())
-    parts = {"train": (images[:n_tr], labels[:n_tr]), "val": (images[n_tr:], labels[n_tr:])}
-
-    tried = np.concatenate([tr_labels, va_labels])
+    paths, labels, split, classes, places = _plan(root, opts)
+    # Subsampled file lists before decoding, so that quick runs on big folders stay quick.
+    order = np.concatenate(split)
+    images, ok, skipped = _decode_all([paths[i] for i in order], opts.image_size, root, opts.progress)
+    decoded_labels = labels[order][ok]
+    bounds = np.cumsum([0] + [len(idx) for idx in split])
+    parts = {}
+    for name, start, stop in zip(("train", "val", "test"), bounds[:-1], bounds[1:], strict=True):
+        mine = (ok >= start) & (ok < stop)
+        parts[name] = (images[torch.from_numpy(np.flatnonzero(mine))], decoded_labels[mine])
     for c, name in enumerate(classes):
-        if not (labels == c).any():
-            bad = int((tried == c).sum())
+        if not (decoded_labels == c).any():
+            bad = int((labels[order] == c).sum())
             raise ValueError(f"class '{name}' has no readable images in {root} ({bad} file(s) tried, all skipped)")
         for (_, lab), where in zip(parts.values(), places, strict=True):
             if not (lab == c).any():
@@ -79,8 +61,41 @@ def load_folder(arg: str, opts: LoadOptions) -> DataSplits:
             log.info("skipped unreadable image %s: %s", p, why)
         warnings.warn(f"{_skip_summary(skipped)} in {root} (listed in DataSplits.skipped and, for a run, in "
                       "its skipped_images.txt)", stacklevel=3)
-    train, val = (ImageDataset(x, torch.from_numpy(y), classes) for x, y in parts.values())
-    return DataSplits(train, val, f"folder:{root.name or root.resolve().name}", skipped)
+    train, val, test = (ImageDataset(x, torch.from_numpy(y), classes) for x, y in parts.values())
+    return DataSplits(train, val, test, f"folder:{root.name or root.resolve().name}", skipped)
+
+
+def _plan(root: Path, opts: LoadOptions):
+    """The files of a folder data set, their labels, the train/val/test indices into them, the class names and
+    where each split comes from (for messages)."""
+    held_out = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
+    if (root / "train").is_dir() and held_out is not None:
+        classes = _class_dirs(root / "train")
+        own_val = held_out.name == "test" and (root / "val").is_dir()
+        folders = [root / "train", *([root / "val"] if own_val else []), held_out]
+        for folder in folders[1:]:
+            extra = sorted(set(_class_dirs(folder, check=False)) - set(classes))
+            if extra:
+                raise ValueError(f"{folder} has classes not in {root / 'train'}: {extra}")
+        listed = [_list_files(folder, classes, require_all=folder == folders[0]) for folder in folders]
+        paths = [p for files, _ in listed for p in files]
+        labels = np.concatenate([lab for _, lab in listed])
+        which = np.concatenate([np.full(len(lab), i) for i, (_, lab) in enumerate(listed)])
+        if own_val:
+            split = [np.flatnonzero(which == i) for i in range(3)]
+            split = [idx[stratified_subset(labels[idx], most, opts.split_seed, f"folder {root} {name}")]
+                     for idx, most, name in zip(split, (opts.max_train, opts.max_val, opts.max_test),
+                                                ("train", "val", "test"), strict=True)]
+            places = tuple(str(f) for f in folders)
+        else:
+            split = list(split_indices(labels, which == 1, opts, f"folder {root}"))
+            places = (f"{root / 'train'} (train split)", f"{root / 'train'} (val split)", str(held_out))
+    else:
+        classes = _class_dirs(root)
+        paths, labels = _list_files(root, classes, require_all=True)
+        split = list(split_indices(labels, None, opts, f"folder {root}"))
+        places = tuple(f"{root} ({name} split)" for name in ("train", "val", "test"))
+    return paths, labels, split, classes, places
 
 
 def _skip_summary(skipped: list[tuple[str, str]]) -> str:

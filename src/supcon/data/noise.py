@@ -3,7 +3,7 @@
 >>> from supcon.data import load_dataset
 >>> from supcon.data.noise import with_label_noise
 >>> data = with_label_noise(load_dataset("digits"), rate=0.2, mode="sym", seed=0)
->>> data.noisy_labels            # exactly round(0.2 * N) of the N training labels changed; val is untouched
+>>> data.noisy_labels            # round(0.2 * N) of the N training labels and as many of val's changed; test is clean
 305
 
 ``sym`` (symmetric) gives each chosen label one of the K - 1 other classes, uniformly; ``asym`` (asymmetric)
@@ -23,6 +23,7 @@ from .core import DataSplits, ImageDataset
 NOISE_MODES = ("sym", "asym")
 # Mixed into the seed so that the noise draws are not the same stream as the split or the subsample.
 _STREAM = 0x6E6F6973
+_VAL_STREAM = 0x76616C
 
 
 def noisy_labels(labels: torch.Tensor, rate: float, num_classes: int, mode: str = "sym", seed: int = 0
@@ -56,12 +57,18 @@ def noisy_labels(labels: torch.Tensor, rate: float, num_classes: int, mode: str 
 
 
 def with_label_noise(data: DataSplits, rate: float, mode: str = "sym", seed: int = 0) -> DataSplits:
-    """``data`` with :func:`noisy_labels` applied to its training split; the validation split stays clean.
+    """``data`` with :func:`noisy_labels` applied to its training and validation splits; the test split stays
+    clean. A practitioner has no clean labels to stop early on: the validation split that picks the epoch is
+    as noisy as the training split, and only the test split says what was learned.
 
-    ``noisy_labels`` of the result counts the changed labels (0 for ``rate`` 0, which returns ``data`` as is).
+    ``noisy_labels`` of the result counts the changed labels of both (0 for ``rate`` 0, which returns ``data``
+    as is).
     """
     if rate == 0:
         return data
     labels, changed = noisy_labels(data.train.labels, rate, data.num_classes, mode, seed)
+    # another stream for val, so that its choice does not mirror train's
+    val_labels, val_changed = noisy_labels(data.val.labels, rate, data.num_classes, mode, seed + _VAL_STREAM)
     train = ImageDataset(data.train.images, labels, data.train.class_names)
-    return replace(data, train=train, noisy_labels=len(changed))
+    val = ImageDataset(data.val.images, val_labels, data.val.class_names)
+    return replace(data, train=train, val=val, noisy_labels=len(changed) + len(val_changed))

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import DataSplits, ImageDataset, LoadOptions, register_loader
+from .core import DataSplits, ImageDataset, LoadOptions, register_loader, three_splits
 
 KEYS = ("x_train", "y_train", "x_test", "y_test", "class_names")
 
 
 @register_loader("npz", takes_path=True)
 def load_npz(arg: str, opts: LoadOptions) -> DataSplits:
-    """Load an .npz with its own train/test split (test becomes val; val_fraction is not used).
+    """Load an .npz with its own train/test split: x_test is the test split, val is carved from x_train.
 
     Images may also be [N, H, W] (gray), other integer types within 0..255, or finite floats in 0..1 or 0..255;
     anything else, and labels that are not 0-based indices into class_names, is a one-line ValueError.
@@ -64,13 +64,14 @@ def load_npz(arg: str, opts: LoadOptions) -> DataSplits:
         images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
         return ImageDataset(images, torch.from_numpy(y), class_names)
 
-    train, val = part("train"), part("test")
-    if train.images.shape[1:] != val.images.shape[1:]:
+    pool, test = part("train"), part("test")
+    if pool.images.shape[1:] != test.images.shape[1:]:
         raise ValueError(
-            f"{path}: x_train and x_test differ in image shape: {tuple(train.images.shape[1:])} "
-            f"vs {tuple(val.images.shape[1:])}"
+            f"{path}: x_train and x_test differ in image shape: {tuple(pool.images.shape[1:])} "
+            f"vs {tuple(test.images.shape[1:])}"
         )
-    return DataSplits(train, val, f"npz:{path.stem}", [])
+    train, val, test = three_splits(pool, test, opts, f"{path}")
+    return DataSplits(train, val, test, f"npz:{path.stem}", [])
 
 
 def _first_line(e: Exception) -> str:

@@ -2,7 +2,7 @@
 
 Reads run directories (``compare`` directories are expanded into their ``supcon/`` and ``ce/`` runs; a
 ``pretrain`` run needs its linear probe, a ``ce`` or transfer run has its classifier), evaluates each run's
-classifier on its own validation split (the split its training held out, always with clean labels), and writes
+classifier on its own test split (held out from training and from every choice, always with clean labels), and writes
 ``robustness.md``, ``robustness.json``, ``robustness.csv``, ``robustness.png`` (accuracy per corruption and
 severity as a heat map), ``reliability.png`` and ``margins.png`` into ``out``. The run directories are not
 changed. The protocol is in ``docs/robustness.md``.
@@ -51,7 +51,7 @@ def robustness_report(run_dirs: Sequence[str | Path], out: str | Path, *, baseli
 
     ``baseline`` is the run the corruption errors are relative to (default: the first cross-entropy run, else
     the first run; evaluated as well if it is not among ``run_dirs``). ``epsilons`` are in 1/255 units.
-    ``max_images`` evaluates a seeded, class-balanced subsample of each validation split.
+    ``max_images`` evaluates a seeded, class-balanced subsample of each test split.
     """
     from tqdm.auto import tqdm
 
@@ -69,9 +69,9 @@ def robustness_report(run_dirs: Sequence[str | Path], out: str | Path, *, baseli
     try:
         for name, run in loaded:
             data = data_for_run(run.run.path, run.cfg, run.inputs, cache=cache)  # a comparison's runs share it
-            keep = torch.from_numpy(stratified_subset(data.val.labels.numpy(), max_images, seed, f"{data.name} val"))
+            keep = torch.from_numpy(stratified_subset(data.test.labels.numpy(), max_images, seed, f"{data.name} test"))
             bar.set_postfix_str(name)
-            record, margin = _evaluate(name, run, data.name, data.val.images[keep], data.val.labels[keep],
+            record, margin = _evaluate(name, run, data.name, data.test.images[keep], data.test.labels[keep],
                                        corruptions, severities, attacks, epsilons, pgd_steps, bins, seed,
                                        torch_device, batch_size, bar.update)
             runs.append(record)
@@ -121,7 +121,7 @@ def _evaluate(name, run, dataset, images, labels, corruptions, severities, attac
         adversarial[attack] = {eps_key(e): a for e, a in zip(epsilons, acc.values(), strict=True)}
     corrupted = [a for by_severity in accuracy.values() for a in by_severity.values()]
     record = {"name": name, "run_dir": str(run.run.path), "method": summary.get("method"),
-              "loss": summary.get("loss"), "dataset": dataset, "val_images": len(labels),
+              "loss": summary.get("loss"), "dataset": dataset, "test_images": len(labels),
               "label_noise": cfg.label_noise, "label_noise_mode": cfg.label_noise_mode,
               "clean_acc": calibration["accuracy"],
               "corrupted_acc": sum(corrupted) / len(corrupted) if corrupted else None,

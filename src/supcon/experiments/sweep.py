@@ -27,9 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from supcon.config import Config, load_yaml, result_neutral_options
-from supcon.io import atomic_write_text
+from supcon.experiments.compare import seeds_of
+from supcon.experiments.statistics import difference, method_summary
+from supcon.io import atomic_write_text, write_json
 from supcon.reporting.sweep import table_rows, write_tables
 from supcon.runs import RunDir
+from supcon.runs.rundir import SEED_PREFIX
 
 STUDY_GRID = {"optimizer": ["sgd", "adam", "rmsprop"], "schedule": ["fixed", "cosine"], "augment": ["none", None]}
 STUDY_CE_GRID = {"optimizer": ["sgd", "adam", "rmsprop"]}
@@ -199,7 +202,8 @@ def stale_options(run: RunDir, cfg: Config) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
-def run_cell(method: str, cfg: Config, run_dir: str | Path, threads: int | None = None) -> dict[str, Any]:
+def run_cell(method: str, cfg: Config, run_dir: str | Path, threads: int | None = None, data=None
+             ) -> dict[str, Any]:
     """Train one cell into ``run_dir`` (from scratch) and return its run summary.
 
     A cell that fails the way training can fail (a diverging loss, for instance SGD at a fixed large rate) is a
@@ -212,7 +216,7 @@ def run_cell(method: str, cfg: Config, run_dir: str | Path, threads: int | None 
     if threads:
         torch.set_num_threads(threads)
     run = RunDir(run_dir)
-    data = load_data(cfg)
+    data = data if data is not None else load_data(cfg)
     try:
         return train_run("ce" if method == "ce" else "supcon", cfg, data, run.path).summary
     except FloatingPointError as err:
@@ -222,66 +226,113 @@ def run_cell(method: str, cfg: Config, run_dir: str | Path, threads: int | None 
         return failure
 
 
+def cell_units(sweep: Sweep, out: Path, quiet: bool) -> list[tuple[str, str, Config, Path]]:
+    """``(cell, method, config, run directory)`` for every cell and seed: ``cells/NAME/`` for one seed,
+    ``cells/NAME/seed-S/`` for several."""
+    seeds = seeds_of(sweep.base)
+    units = []
+    for name, method, cfg in sweep.cells():
+        for seed in seeds:
+            run_dir = out / "cells" / name / (f"{SEED_PREFIX}{seed}" if len(seeds) > 1 else "")
+            units.append((name, method, cfg.replace(seed=seed, out=str(run_dir), quiet=cfg.quiet or quiet), run_dir))
+    return units
+
+
 def run_sweep(sweep: Sweep, out: str | Path, jobs: int = 1, log: Callable[[str], None] = print,
-              redo: bool = False) -> list[dict[str, Any]]:
-    """Run every unfinished cell (``jobs`` at a time, each in its own process when ``jobs > 1``), then write
-    ``sweep.md``, ``sweep.csv`` and ``sweep.png``; return one row per cell.
+              redo: bool = False, data=None) -> list[dict[str, Any]]:
+    """Run every unfinished cell and seed (``jobs`` at a time, each in its own process when ``jobs > 1``), then
+    write ``sweep.md``, ``sweep.csv``, ``sweep.png`` and ``sweep.json`` (the best cell of each method, chosen on
+    validation accuracy, and their difference on test); return one row per cell.
 
     A cell that finished under other options (the sweep was started again with a changed flag, say) is an error
-    rather than silently redone, since redoing it deletes its result; ``redo=True`` redoes such cells.
+    rather than silently redone, since redoing it deletes its result; ``redo=True`` redoes such cells. ``data``
+    (one process only) trains every cell on data already loaded.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1; got {jobs}")
+    if data is not None and jobs > 1:
+        raise ValueError("data already loaded is for a sweep in one process (jobs=1)")
     out = Path(out)
+    units = cell_units(sweep, out, quiet=jobs > 1)
     if not redo:
-        for name, _, cfg in sweep.cells():
-            changed = stale_options(RunDir(out / "cells" / name), cfg.replace(out=str(out / "cells" / name)))
+        for name, _, cfg, run_dir in units:
+            changed = stale_options(RunDir(run_dir), cfg)
             if changed:
                 raise ValueError(f"cell {name} in {out} finished with other options ({'; '.join(changed[:3])}); "
                                  "keep them, choose another --out, or pass --redo to redo such cells")
     (out / "cells").mkdir(parents=True, exist_ok=True)
     _save_sweep(sweep, out / "sweep.yaml")
-    cells = sweep.cells()
-    summaries: dict[str, dict[str, Any]] = {}
+    summaries: dict[tuple[str, int], dict[str, Any]] = {}
     todo = []
-    for name, method, cfg in cells:
-        run_dir = out / "cells" / name
-        cfg = cfg.replace(out=str(run_dir), quiet=cfg.quiet or jobs > 1)
+    for name, method, cfg, run_dir in units:
         done = cell_finished(RunDir(run_dir), cfg)
         if done is not None:
-            summaries[name] = done
+            summaries[(name, cfg.seed)] = done
         else:
             todo.append((name, method, cfg, run_dir))
-    log(f"sweep: {len(cells)} cells, {len(summaries)} already finished, {len(todo)} to run")
+    log(f"sweep: {len(units)} runs ({len(sweep.cells())} cells x {sweep.base.seeds} seeds), {len(summaries)} "
+        f"already finished, {len(todo)} to run")
 
-    def finished(name: str, summary: dict[str, Any]) -> None:
-        summaries[name] = summary
-        write_tables(sweep, summaries, out)
+    def finished(name: str, seed: int, summary: dict[str, Any]) -> None:
+        summaries[(name, seed)] = summary
+        write_tables(sweep, by_cell(sweep, summaries), out)
         outcome = (f"failed: {summary['error']}" if "error" in summary
                    else f"val acc {summary['val_acc']:.4f} ({summary['seconds']:.0f} s)")
-        log(f"  {len(summaries)}/{len(cells)} {name}: {outcome}")
+        log(f"  {len(summaries)}/{len(units)} {name} (seed {seed}): {outcome}")
 
+    _run_units(todo, jobs, data, log, finished)
+    cells = by_cell(sweep, summaries)
+    write_tables(sweep, cells, out)
+    write_json(out / "sweep.json", best_cells(sweep, cells))
+    if sweep.base.tsne:
+        plot_best_tsne(sweep, cells, out / "tsne.png")
+    return table_rows(sweep, cells)
+
+
+def _run_units(todo, jobs: int, data, log, finished) -> None:
     if jobs == 1:
         for name, method, cfg, run_dir in todo:
-            log(f"  running {name}")
-            finished(name, run_cell(method, cfg, run_dir))
+            log(f"  running {name} (seed {cfg.seed})")
+            finished(name, cfg.seed, run_cell(method, cfg, run_dir, data=data))
     elif todo:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         import multiprocessing
 
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(run_cell, method, cfg, run_dir, threads): name
+            futures = {pool.submit(run_cell, method, cfg, run_dir, threads): (name, cfg.seed)
                        for name, method, cfg, run_dir in todo}
             for future in as_completed(futures):
-                finished(futures[future], future.result())
-    write_tables(sweep, summaries, out)
-    if sweep.base.tsne:
-        plot_best_tsne(sweep, summaries, out / "tsne.png")
-    return table_rows(sweep, summaries)
+                finished(*futures[future], future.result())
 
 
-def plot_best_tsne(sweep: Sweep, summaries: dict[str, dict[str, Any]], path: Path) -> Path | None:
-    """``tsne.png``: the best SupCon cell's encoder beside the best cross-entropy cell's, on the same points."""
+def by_cell(sweep: Sweep, summaries: dict[tuple[str, int], dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Each cell's finished runs, in seed order."""
+    seeds = seeds_of(sweep.base)
+    return {name: [summaries[(name, s)] for s in seeds if (name, s) in summaries] for name, _, _ in sweep.cells()}
+
+
+def best_cells(sweep: Sweep, cells: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """``sweep.json``: each method's best cell, chosen on its mean validation accuracy over the seeds (the test split
+    plays no part), its test accuracy with the interval over seeds, and the two best cells' difference on test."""
+    seeds = sweep.base.seeds
+    best: dict[str, tuple[str, float]] = {}
+    for name, method, _ in sweep.cells():
+        runs = cells.get(name) or []
+        if len(runs) < seeds or any(r.get("val_acc") is None for r in runs):
+            continue  # unfinished or failed: not a candidate
+        mean = sum(r["val_acc"] for r in runs) / len(runs)
+        if method not in best or mean > best[method][1]:
+            best[method] = (name, mean)
+    chosen = {method: {"cell": name, **method_summary(cells[name])} for method, (name, _) in best.items()}
+    result: dict[str, Any] = {"seeds": seeds_of(sweep.base), "chosen_on": "val_acc", "best": chosen}
+    if len(chosen) == 2 and all(r.get("test_correct") for m in chosen.values() for r in cells[m["cell"]]):
+        result["difference"] = difference(cells[chosen["supcon"]["cell"]], cells[chosen["ce"]["cell"]])
+    return result
+
+
+def plot_best_tsne(sweep: Sweep, cells: dict[str, list[dict[str, Any]]], path: Path) -> Path | None:
+    """``tsne.png``: the best SupCon cell's encoder beside the best cross-entropy cell's (chosen on validation
+    accuracy; their first seed's runs), on the same points."""
     import torch
 
     from supcon.config import TSNE_POINTS
@@ -289,18 +340,15 @@ def plot_best_tsne(sweep: Sweep, summaries: dict[str, dict[str, Any]], path: Pat
     from supcon.evaluate.tsne import draw_tsne, tsne_subset
     from supcon.runs.load import data_for_run, load_encoder
 
-    best = {}
-    for name, method, _ in sweep.cells():
-        acc = (summaries.get(name) or {}).get("val_acc")
-        if acc is not None and (method not in best or acc > best[method][1]):
-            best[method] = (name, acc)
+    best = best_cells(sweep, cells)["best"]
     if len(best) < 2:
         return None
     panels, data = [], None
     for method, title in (("supcon", "best SupCon cell"), ("ce", "best cross-entropy cell")):
-        name, acc = best[method]
-        encoder, cfg, inputs = load_encoder(path.parent / "cells" / name)
-        data = data or data_for_run(path.parent / "cells" / name, cfg, inputs)
+        name, acc = best[method]["cell"], best[method]["val_acc"]
+        run_dir = path.parent / "cells" / name / (f"{SEED_PREFIX}{sweep.base.seed}" if sweep.base.seeds > 1 else "")
+        encoder, cfg, inputs = load_encoder(run_dir)
+        data = data or data_for_run(run_dir, cfg, inputs)
         idx = torch.from_numpy(tsne_subset(data.val.labels, TSNE_POINTS, cfg.seed))
         panels.append((f"{title}: {name} (val acc {acc:.3f})",
                        outputs(encoder, data.val.images[idx], transform=inputs.plain())))

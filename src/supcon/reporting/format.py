@@ -8,7 +8,11 @@ from typing import Any
 
 from supcon.config import LOSS_NAMES, METHOD_NAMES
 
-COLUMNS = ("method", "stage-1 loss", "kNN acc", "train acc", "val acc", "time")
+COLUMNS = ("method", "test acc", "val acc", "stage-1 loss", "kNN acc", "train acc", "time")
+COMPARISON_COLUMNS = ("method", "test acc (95% CI)", "val acc", "stage-1 loss", "kNN acc", "train acc",
+                      "time per seed")
+VERDICTS = {"supcon_better": "SupCon better at this budget", "ce_better": "cross-entropy better at this budget",
+            "no_significant_difference": "no significant difference at this budget"}
 TRANSFERRED = {"supcon": "SupCon encoder + linear", "simclr": "SimCLR encoder + linear",
                "ce": "cross-entropy encoder + linear"}
 MISSING = "–"
@@ -48,9 +52,45 @@ def results_rows(runs: list[dict[str, Any]], names: list[str] | None = None) -> 
     rows = []
     for i, run in enumerate(runs):
         rows.append(([names[i]] if names is not None else []) + [
-            method_name(run), num(run.get("stage1_loss")), num(run.get("knn_acc")), num(run.get("train_acc")),
-            num(run.get("val_acc")), seconds(run.get("seconds"))])
+            method_name(run), num(run.get("test_acc")), num(run.get("val_acc")), num(run.get("stage1_loss")),
+            num(run.get("knn_acc")), num(run.get("train_acc")), seconds(run.get("seconds"))])
     return columns, rows
+
+
+def _mean(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def with_interval(mean: float | None, interval: list[float] | None) -> str:
+    """``0.9741 ± 0.0091`` (half the width of a symmetric interval), or the mean alone without one."""
+    if interval is None:
+        return num(mean)
+    return f"{num(mean)} ± {(interval[1] - interval[0]) / 2:.4f}"
+
+
+def comparison_rows(results: dict[str, Any]) -> tuple[tuple[str, ...], list[list[str]]]:
+    """A comparison's table, one row per method: test accuracy (mean over seeds, with its 95 % t-interval),
+    validation accuracy and the rest as means over seeds."""
+    rows = []
+    for method, line in results["methods"].items():
+        runs = [r for r in results["runs"] if r["method"] == method or (method == "supcon" and r["method"] != "ce")]
+        rows.append([method_name(runs[0]), with_interval(line["test_acc"], line["test_acc_ci"]),
+                     num(line["val_acc"]), num(_mean(runs, "stage1_loss")), num(_mean(runs, "knn_acc")),
+                     num(_mean(runs, "train_acc")), seconds(_mean(runs, "seconds"))])
+    return COMPARISON_COLUMNS, rows
+
+
+def verdict_line(results: dict[str, Any]) -> str:
+    """The comparison's answer in one line: the verdict, the difference and its interval, in points."""
+    d = results["difference"]
+    low, high = d["ci"]
+    seeds = results.get("seeds") or []
+    what = (f"{len(seeds)} seeds x {d['test_images']} test images" if len(seeds) > 1
+            else f"{d['test_images']} test images, one seed")
+    return (f"{VERDICTS[d['verdict']]}: SupCon − CE = {100 * d['supcon_minus_ce']:+.1f} points, "
+            f"{round(100 * d.get('confidence', 0.95))} % CI [{100 * low:+.1f}, {100 * high:+.1f}] "
+            f"(paired bootstrap over {what})")
 
 
 def results_table(runs: list[dict[str, Any]], names: list[str] | None = None) -> str:

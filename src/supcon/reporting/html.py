@@ -24,7 +24,7 @@ import numpy as np
 
 from supcon.config import ENCODER_TITLES, MAP_POINTS
 from supcon.io import atomic_write_text
-from supcon.reporting.format import results_rows
+from supcon.reporting.format import comparison_rows, results_rows, verdict_line
 from supcon.reporting.markdown import commands_of, config_changes, facts_sentence, run_link, table_entries
 from supcon.runs import FoundRun, find_runs
 
@@ -124,10 +124,14 @@ def _method_title(results: dict[str, Any]) -> str:
 
 
 def _parts_in_order(run: FoundRun) -> list[FoundRun]:
-    """The runs a section shows (maps, curves): a comparison's parts, SupCon before CE, else the run itself."""
+    """The runs a section shows (maps, curves): a comparison's parts (of its first seed), SupCon before CE, else the
+    run itself."""
     if not run.parts:
         return [run]
-    return sorted(run.parts, key=lambda part: (part.results.get("runs", [{}])[0].get("method") == "ce", part.path))
+    seeds = run.run.seed_dirs()
+    first = seeds[0] if seeds else run.path
+    parts = [part for part in run.parts if part.path.parent == first]
+    return sorted(parts, key=lambda part: (part.results.get("runs", [{}])[0].get("method") == "ce", part.path))
 
 
 def embedding_figure(panels: list[tuple[str, Any]], thumbnails: Thumbnails, umap: bool | None = None):
@@ -226,6 +230,9 @@ def _html_section(run: FoundRun, number: int, base: Path, thumbnails: Thumbnails
     results = run.results
     code = lambda text: f"<code>{html.escape(str(text))}</code>"  # noqa: E731
     parts = [f"<section><h2>{html.escape(run_link(run.path, base))}</h2>", f"<p>{facts_sentence(results, code)}</p>"]
+    if "methods" in results:  # a comparison: its methods over the seeds, on test, and the verdict
+        parts += [_html_table(*comparison_rows(results)),
+                  f"<p><strong>{html.escape(verdict_line(results))}</strong></p>"]
     changes = config_changes(run.path, commands_of(run.run))
     if changes:
         parts.append(_html_table(("option", "value", "default"), [(k, "–" if v is None else v, d)

@@ -18,7 +18,7 @@ from typing import Any
 
 from supcon.config import COMMANDS, Config, fields_for, result_neutral_options
 from supcon.io import atomic_write_text
-from supcon.reporting.format import MISSING, results_table
+from supcon.reporting.format import MISSING, comparison_rows, markdown_table, results_table, verdict_line
 from supcon.runs import FoundRun, RunDir, find_runs
 
 PICTURES = (("curves.png", "training curves"), ("tsne.png", "t-SNE of the validation embeddings"),
@@ -65,6 +65,11 @@ def _value(value: Any) -> str:
 def facts_sentence(results: dict[str, Any], code=lambda text: f"`{text}`") -> str:
     """The sentence under a run's heading: its data set, where a probe's encoder came from, skipped images."""
     facts = [f"data set {code(results.get('dataset', '?'))}"]
+    if results.get("splits"):
+        splits = results["splits"]
+        facts.append(f"{splits['train']:,} train / {splits['val']:,} val / {splits['test']:,} test images")
+    if len(results.get("seeds") or []) > 1:
+        facts.append(f"{len(results['seeds'])} seeds ({', '.join(map(str, results['seeds']))})")
     for entry in results.get("runs", []):
         if entry.get("encoder_from"):
             facts.append(f"linear probe on the encoder of {code(entry['encoder_from'])} "
@@ -77,6 +82,8 @@ def facts_sentence(results: dict[str, Any], code=lambda text: f"`{text}`") -> st
 def _section(run: FoundRun, base: Path) -> list[str]:
     results = run.results
     lines = [f"## {run_link(run.path, base)}", "", facts_sentence(results), ""]
+    if "methods" in results:  # a comparison: its methods over the seeds, on test, and the verdict
+        lines += [markdown_table(*comparison_rows(results)), "", verdict_line(results), ""]
     changes = config_changes(run.path, commands_of(run.run))
     if changes:
         lines += ["| option | value | default |", "|---|---|---|"]
@@ -97,15 +104,15 @@ def _section(run: FoundRun, base: Path) -> list[str]:
 
 
 def _rows(run: FoundRun, base: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """The table rows of a run: one per method, named after the part's directory where there is one."""
-    by_method = {part.results["runs"][0]["method"]: part.path for part in run.parts if part.results.get("runs")}
+    """The table rows of a run: one per run it holds (a comparison's methods and seeds), each named after its own
+    directory where it has one."""
+    by_key = {(part.results["runs"][0]["method"], part.results["runs"][0].get("seed")): part.path
+              for part in run.parts if part.results.get("runs")}
     entries = run.results.get("runs", [])
     names = []
     for entry in entries:
-        if len(entries) > 1 and entry["method"] in by_method:
-            names.append(run_link(by_method[entry["method"]], base))
-        else:
-            names.append(run_link(run.path, base))
+        key = (entry["method"], entry.get("seed"))
+        names.append(run_link(by_key[key] if len(entries) > 1 and key in by_key else run.path, base))
     return entries, names
 
 

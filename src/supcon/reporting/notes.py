@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from supcon.config import LOSS_NAMES
-from supcon.reporting.format import results_table
+from supcon.reporting.format import comparison_rows, markdown_table, results_table, verdict_line
 
 # What the kNN monitor must show before compare speaks. "No gain" is less than FLAT (5 images of a 250-image
 # validation split) or, near the top, less than a tenth of the way left to 1 (an untrained CNN already scores 0.94
@@ -95,8 +95,13 @@ def convergence_note(run: dict[str, Any], threshold: float = 0.5) -> str | None:
     return " ".join(notes) or None
 
 
-def comparison_text(runs: list[dict[str, Any]]) -> str:
-    """A comparison as the terminal and ``results.md`` show it: the table, then its notes."""
-    text = results_table(runs)
+def comparison_text(results: dict[str, Any]) -> str:
+    """A comparison as the terminal and ``results.md`` show it: the table, the verdict, then the notes on its
+    first seed's runs (a comparison written before the test split: its per-run table)."""
+    if "methods" not in results:
+        text, runs = results_table(results["runs"]), results["runs"]
+    else:
+        text = markdown_table(*comparison_rows(results)) + "\n\n" + verdict_line(results)
+        runs = results["runs"][:2]
     note = compare_notes(runs)
     return text + ("\n\n" + note if note else "")

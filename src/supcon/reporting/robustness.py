@@ -51,9 +51,10 @@ def summary_table(report: dict[str, Any]) -> str:
 def markdown(report: dict[str, Any]) -> str:
     """The tables of ``robustness.md``."""
     runs, base, eps = report["runs"], report["baseline"], report["eps_255"]
-    splits = ", ".join(sorted({"{}: {} images".format(r["dataset"], r["val_images"]) for r in runs}))
+    splits = ", ".join(sorted({"{}: {} images".format(r["dataset"], r.get("test_images", r.get("val_images")))
+                               for r in runs}))
     lines = ["# Robustness", "",
-             f"Baseline of the corruption errors: **{base}**. Accuracies are on each run's validation split "
+             f"Baseline of the corruption errors: **{base}**. Accuracies are on each run's test split "
              f"({splits}), with clean labels; the corruptions' parameters and the definitions are in "
              "docs/robustness.md of the supcon repository.", "", summary_table(report)]
     if report["corruptions"]:

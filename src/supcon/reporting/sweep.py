@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from supcon.config import LOSS_NAMES, Config
 from supcon.io import atomic_write_text, save_figure
-from supcon.reporting.format import num
+from supcon.reporting.format import num, verdict_line, with_interval
 from supcon.reporting.notes import ce_note, knn_note
 
 if TYPE_CHECKING:
@@ -40,24 +40,38 @@ def describe_cell(method: str, cfg: Config, axes: list[str], variant: dict[str, 
     return prefix + (" + ".join(parts) if parts else ("cross-entropy" if method == "ce" else "SupCon"))
 
 
-def table_rows(sweep: Sweep, summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per cell, in grid order; cells not run yet have empty results."""
+def _mean(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def table_rows(sweep: Sweep, cells: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per cell, in grid order: its settings and, over its seeds, the mean of each result and the test
+    accuracy's 95 % t-interval; cells not run yet have empty results."""
+    from supcon.experiments.statistics import t_interval
+
     rows = []
     for name, method, cfg, variant in sweep.cells_with_variants():
-        run = summaries.get(name) or {}
+        runs = cells.get(name) or []
+        done = [r for r in runs if r.get("val_acc") is not None]
         axes = list(sweep.grid if method == "supcon" else sweep.ce_grid)
+        tests = [r["test_acc"] for r in done if r.get("test_acc") is not None]
         rows.append({"cell": name, "method": method, "setting": describe_cell(method, cfg, axes, variant),
                      "loss": cfg.loss if method == "supcon" else "ce", "optimizer": cfg.resolved_optimizer(method),
                      "lr": cfg.resolved_lr(method), "schedule": cfg.schedule, "augment": cfg.augment,
-                     "epochs": cfg.epochs,
-                     "stage1_loss": run.get("stage1_loss"), "stage1_progress": run.get("stage1_progress"),
-                     "knn_acc": run.get("knn_acc"), "train_acc": run.get("train_acc"), "val_acc": run.get("val_acc"),
-                     "seconds": run.get("seconds"), "error": run.get("error")})
+                     "epochs": cfg.epochs, "seeds": len(done),
+                     "stage1_loss": _mean(done, "stage1_loss"), "stage1_progress": _mean(done, "stage1_progress"),
+                     "knn_acc": _mean(done, "knn_acc"), "train_acc": _mean(done, "train_acc"),
+                     "val_acc": _mean(done, "val_acc"), "test_acc": _mean(done, "test_acc"),
+                     "test_acc_ci": t_interval(tests), "seconds": _mean(done, "seconds"),
+                     "error": next((r["error"] for r in runs if r.get("error")), None)})
     return rows
 
 
-def write_tables(sweep: Sweep, summaries: dict[str, dict[str, Any]], out: Path) -> None:
-    rows = table_rows(sweep, summaries)
+def write_tables(sweep: Sweep, cells: dict[str, list[dict[str, Any]]], out: Path) -> None:
+    """``sweep.md`` (the table, the notes and, once they are known, the best cells and their verdict),
+    ``sweep.csv`` and ``sweep.png``."""
+    rows = table_rows(sweep, cells)
     text = sweep_markdown(rows)
     stalled = [f"{r['setting']} ({r['stage1_progress']:.0%})" for r in rows
                if r["stage1_progress"] is not None and r["stage1_progress"] < 0.5]
@@ -65,10 +79,11 @@ def write_tables(sweep: Sweep, summaries: dict[str, dict[str, Any]], out: Path) 
         text += ("\n\nStage 1 did not converge (its loss covered less than half the way from its start to its floor) "
                  "in: " + "; ".join(stalled) + ". Their accuracies say more about the budget than about SupCon.")
     for row in rows:
-        run = summaries.get(row["cell"]) or {}
-        note = knn_note(run) or ce_note(run)
+        runs = cells.get(row["cell"]) or [{}]
+        note = knn_note(runs[0]) or ce_note(runs[0])
         if note:
             text += f"\n\n{row['setting']}: {note}"
+    text += best_text(sweep, cells, rows)
     atomic_write_text(out / "sweep.md", text + "\n")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
@@ -79,19 +94,33 @@ def write_tables(sweep: Sweep, summaries: dict[str, dict[str, Any]], out: Path) 
         plot_sweep(rows, out / "sweep.png")
 
 
+def best_text(sweep: Sweep, cells: dict[str, list[dict[str, Any]]], rows: list[dict[str, Any]]) -> str:
+    """The cells chosen on validation accuracy and, on test, how the best SupCon cell compares with the best CE
+    cell; empty until both are known."""
+    from supcon.experiments.sweep import best_cells
+
+    chosen = best_cells(sweep, cells)
+    if "difference" not in chosen:
+        return ""
+    setting = {r["cell"]: r["setting"] for r in rows}
+    best = chosen["best"]
+    return ("\n\nChosen on validation accuracy (the test split played no part): SupCon "
+            f"{setting[best['supcon']['cell']]}, cross-entropy {setting[best['ce']['cell']]}. On test: "
+            + verdict_line(chosen) + ".")
+
+
 def sweep_markdown(rows: list[dict[str, Any]]) -> str:
     """The study's table, ``Optimizer + lr strategy + augmentation | stage-1 loss | train acc | val acc`` (the
     study's "Supervised Contrastive Loss" column holds whichever loss stage 1 trained with), plus the kNN
-    accuracy of the encoder's features and the time."""
-
-    lines = ["| Optimizer + lr strategy + augmentation | stage-1 loss | kNN acc | train acc | val acc | time |",
-             "|---|---|---|---|---|---|"]
+    accuracy of the encoder's features, the test accuracy (with its 95 % interval over seeds) and the time."""
+    lines = ["| Optimizer + lr strategy + augmentation | stage-1 loss | kNN acc | train acc | val acc | test acc | "
+             "time |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         seconds = "not run yet" if r["seconds"] is None else f"{r['seconds']:.0f} s"
         if r["error"]:
             seconds = "failed: " + r["error"].split(";")[0]
         lines.append(f"| {r['setting']} | {num(r['stage1_loss'])} | {num(r.get('knn_acc'))} | {num(r['train_acc'])} "
-                     f"| {num(r['val_acc'])} | {seconds} |")
+                     f"| {num(r['val_acc'])} | {with_interval(r['test_acc'], r['test_acc_ci'])} | {seconds} |")
     return "\n".join(lines)
 
 

@@ -138,9 +138,10 @@ def data_for_run(run_dir: str | Path, cfg: Config, inputs: Inputs, dataset: str 
     if dataset is None or dataset == cfg.dataset:
         load = cfg.replace(image_size=inputs.image_size)
     else:
-        load = Config(dataset=dataset, image_size=inputs.image_size, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    key = (load.dataset, load.image_size, load.val_fraction, load.seed, load.max_train, load.max_val, load.data_dir,
-           load.label_noise, load.label_noise_mode)
+        load = Config(dataset=dataset, image_size=inputs.image_size, val_fraction=cfg.val_fraction,
+                      test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)
+    key = (load.dataset, load.image_size, load.val_fraction, load.test_fraction, load.split_seed, load.max_train,
+           load.max_val, load.max_test, load.data_dir, load.label_noise, load.label_noise_mode)
     if cache is not None and key in cache:
         data = cache[key]
     else:

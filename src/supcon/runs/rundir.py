@@ -30,6 +30,7 @@ from supcon.io import atomic_write_text, read_json, save_weights, write_json
 CONFIG, RESULTS, METRICS, SKIPPED, FAILED = "config.yaml", "results.json", "metrics.jsonl", "skipped_images.txt", \
     "failed.json"
 PARTS = ("supcon", "ce")  # a comparison's runs, in the order its tables show them
+SEED_PREFIX = "seed-"  # a comparison of several seeds keeps each seed's runs in seed-S/
 STAGES = ("pretrain", "linear", "ce")
 # Summary keys renamed since: a run written before still reads as one written now.
 RENAMED = {"supcon_loss": "stage1_loss", "supcon_loss_start": "stage1_loss_start",
@@ -107,13 +108,20 @@ class RunDir:
         path = self.path / CONFIG
         return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
+    def seed_dirs(self) -> list[Path]:
+        """A comparison of several seeds: its ``seed-S/`` folders, by seed; empty otherwise."""
+        found = [p for p in self.path.glob(f"{SEED_PREFIX}*") if p.is_dir() and p.name[len(SEED_PREFIX):].isdigit()]
+        return sorted(found, key=lambda p: int(p.name[len(SEED_PREFIX):]))
+
     def parts(self) -> list[RunDir]:
-        """A comparison's runs (``supcon/``, ``ce/``) that have results; empty for a single run."""
-        return [RunDir(self.path / name) for name in PARTS if (self.path / name / RESULTS).is_file()]
+        """A comparison's runs that have results (``supcon/``, ``ce/``, or those of each ``seed-S/``); empty for a
+        single run."""
+        homes = self.seed_dirs() or [self.path]
+        return [RunDir(home / name) for home in homes for name in PARTS if (home / name / RESULTS).is_file()]
 
     def is_compare(self) -> bool:
-        """Whether this is a comparison's directory (it has a ``supcon/`` or ``ce/`` run)."""
-        return any((self.path / name).is_dir() for name in PARTS)
+        """Whether this is a comparison's directory (it has a ``supcon/`` or ``ce/`` run, or ``seed-S/`` folders)."""
+        return any((self.path / name).is_dir() for name in PARTS) or bool(self.seed_dirs())
 
     def checkpoint_stages(self) -> set[str]:
         """The stages that have checkpoints here."""
@@ -142,8 +150,9 @@ class RunDir:
         """The run whose encoder and linear head classify: this one, or a comparison's ``supcon/`` run."""
         if not self.path.is_dir():
             raise ValueError(f"run directory not found: {self.path}")
-        if (self.path / "supcon" / RESULTS).is_file() and (self.path / "ce").is_dir():
-            return RunDir(self.path / "supcon")
+        supcon = [part for part in self.parts() if part.path.name == "supcon"]
+        if supcon:  # a comparison: its (first seed's) SupCon run
+            return supcon[0]
         return self.require()
 
     def failure(self) -> dict[str, Any] | None:
@@ -300,7 +309,7 @@ def expand_runs(dirs: Iterable[str | Path]) -> list[tuple[str, RunDir]]:
     for given in map(Path, dirs):
         parts = RunDir(given).parts()
         if parts:
-            named += [(f"{given.name}/{p.path.name}", p) for p in parts]
+            named += [(f"{given.name}/{p.path.relative_to(given).as_posix()}", p) for p in parts]
         elif RunDir(given).is_run():
             named.append((given.name, RunDir(given)))
         else:

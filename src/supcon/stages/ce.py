@@ -22,6 +22,7 @@ from supcon.stages.common import (
     optimizer_and_schedule,
     policy_options,
     scaler_for,
+    test_metrics,
     validation_metrics,
 )
 from supcon.stages.knn_monitor import encoder_knn
@@ -55,9 +56,10 @@ def train_ce(ctx: StageContext, data: DataSplits) -> StageResult:
                      scheduler, scaler_for(dtype),
                      evaluate=lambda: validation_metrics(logits_of(data.val.images), data.val.labels))
     result = fit(task, ctx.fit_options("ce", cfg.epochs, cfg.patience))
-    summary = {"method": "ce", "loss": "ce", "stage1_loss": None,
+    summary = {"method": "ce", "loss": "ce", "seed": cfg.seed, "stage1_loss": None,
                "train_acc": accuracy(logits_of(data.train.images), data.train.labels),
                "val_acc": accuracy(logits_of(data.val.images), data.val.labels),
+               **test_metrics(logits_of(data.test.images), data.test.labels),
                "epochs": len(result.history), "best_epoch": result.best_epoch,
                "stopped_early": result.stopped_early, "val_chance": chance_accuracy(data.val.labels),
                "seconds": time.perf_counter() - started + result.earlier_seconds}

@@ -21,7 +21,7 @@ from supcon.engine.checkpoint import Checkpoints
 from supcon.engine.loop import FitOptions, FitResult
 from supcon.engine.optim import build_optimizer, build_schedule
 from supcon.engine.tracking import Tracker
-from supcon.evaluate.inference import accuracy, predicted_class
+from supcon.evaluate.inference import accuracy, correct, predicted_class
 from supcon.models import Encoder
 from supcon.runs import RunDir
 
@@ -127,6 +127,14 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     if logits.shape[1] == 1:
         return F.binary_cross_entropy_with_logits(logits[:, 0], labels.to(logits.dtype))
     return F.cross_entropy(logits, labels)
+
+
+def test_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """The test split's numbers in a run summary: ``test_acc``, and ``test_correct``, which images were classified
+    right ("0"/"1" per image, in the split's order), from which the comparisons' paired intervals are computed.
+    A stage computes them once, after training and after every choice was made on the validation split."""
+    hits = correct(logits, labels)
+    return {"test_acc": hits.float().mean().item(), "test_correct": "".join("1" if h else "0" for h in hits.tolist())}
 
 
 def validation_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

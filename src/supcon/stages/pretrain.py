@@ -159,7 +159,7 @@ def pretrain(ctx: StageContext, data: DataSplits) -> StageResult:
     final = result.history[-1]["loss"]
     floor = reference["floor"] / max(1, reference["batches"])
     start = reference["start"]
-    summary = {"method": "simclr" if cfg.loss == "simclr" else "supcon", "loss": cfg.loss,
+    summary = {"method": "simclr" if cfg.loss == "simclr" else "supcon", "loss": cfg.loss, "seed": cfg.seed,
                "stage1_loss": final, "stage1_loss_start": start, "stage1_loss_floor": floor,
                "stage1_progress": (start - final) / (start - floor) if start - floor > 1e-6 else None,
                **monitor.summary(), "val_acc": None, "train_acc": None, "epochs": len(result.history)}

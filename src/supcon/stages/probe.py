@@ -22,6 +22,7 @@ from supcon.stages.common import (
     compiled,
     optimizer_and_schedule,
     policy_options,
+    test_metrics,
     validation_metrics,
 )
 
@@ -68,8 +69,12 @@ def linear_probe(ctx: StageContext, data: DataSplits, encoder: Encoder, inputs: 
     task = Trainable(trained, classification_step(forward, device, dtype), batches, batches.steps, optimizer,
                      scheduler, evaluate=lambda: validation_metrics(logits_of(val_x), data.val.labels))
     result = fit(task, ctx.fit_options("linear", cfg.linear_epochs, cfg.patience))
+    test_x = data.test.images
+    if transform is None:  # the test features, computed now that training and its choices are over
+        test_x = outputs(encoder, test_x, transform=plain, device=device, batch_size=cfg.eval_batch_size, dtype=dtype)
     summary = {"train_acc": accuracy(logits_of(train_x), data.train.labels),
                "val_acc": accuracy(logits_of(val_x), data.val.labels),
+               **test_metrics(logits_of(test_x), data.test.labels),
                "linear_epochs": len(result.history), "best_epoch": result.best_epoch,
                "stopped_early": result.stopped_early,
                "linear_seconds": time.perf_counter() - started + result.earlier_seconds}

@@ -109,8 +109,13 @@ def _begin(ctx: StageContext, stage: str, refuse: bool = True) -> None:
 
 def _results(data: DataSplits, summary: dict[str, Any], inputs: Inputs) -> dict[str, Any]:
     return {"dataset": data.name, "runs": [summary], "input": dataclasses.asdict(inputs),
-            "class_names": data.train.class_names, "skipped_images": len(data.skipped),
-            "noisy_labels": data.noisy_labels}
+            "class_names": data.train.class_names, **data_facts(data)}
+
+
+def data_facts(data: DataSplits) -> dict[str, Any]:
+    """What ``results.json`` says of the data a run saw: the size of each split, skipped and noisy images."""
+    return {"splits": {name: len(getattr(data, name)) for name in ("train", "val", "test")},
+            "skipped_images": len(data.skipped), "noisy_labels": data.noisy_labels}
 
 
 def _finish(ctx: StageContext, data: DataSplits, summary: dict[str, Any], inputs: Inputs,
@@ -237,7 +242,8 @@ def _transfer_run(ctx: StageContext, data: DataSplits | None) -> RunResult:
             ctx.run.refuse_finished("linear")
         ctx.run.start(cfg, fresh=cfg.resume is None)
     stage2 = linear_probe(ctx, data, encoder, inputs)
-    summary = {"method": previous["method"], "loss": previous.get("loss"), "encoder_from": str(source.path),
+    summary = {"method": previous["method"], "loss": previous.get("loss"), "seed": cfg.seed,
+               "encoder_from": str(source.path),
                "encoder_dataset": source.results().get("dataset"), "stage1_loss": None,
                **stage2.summary, "seconds": stage2.summary["linear_seconds"]}
     _finish(ctx, data, summary, inputs, {"encoder": encoder, "linear": stage2.model.fc})
