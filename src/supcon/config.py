@@ -207,7 +207,7 @@ class Config:
     seed: int = option(0, "random seed of the training: initial weights, shuffles, augmentation (runs are "
                        "deterministic on CPU)")
     seeds: int = option(1, "train every method (or sweep cell) with this many seeds, --seed, --seed + 1, ...; the "
-                        "test accuracy is then a mean with a 95% t-interval over the seeds", ("compare", "sweep"),
+                        "test accuracy is then a mean with a 95 percent t-interval over the seeds", ("compare", "sweep"),
                         metavar="K")
     device: str = option("auto", "device: auto (cuda, mps, then cpu), cpu, cuda, cuda:N, mps", runtime=True)
     amp: str = option("auto", "mixed precision on CUDA: auto (bf16 where supported), bf16, fp16, none",

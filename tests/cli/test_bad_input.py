@@ -75,12 +75,14 @@ def one_line_error(call, *fragments: str) -> str:
 
 
 def train_val_tree(root: Path, photos: np.ndarray) -> None:
-    """root/train/{a,b} with 2 good PNGs each, root/val/{a,b} with 1: every file's split is fixed, no sampling."""
+    """root/train/{a,b} with 2 good PNGs each, root/val/{a,b} and root/test/{a,b} with 1: every file's split is
+    fixed, no sampling. (The test images are mirrored photos, so that photos[3] and photos[7] stay out.)"""
     for c, offset in (("a", 0), ("b", 4)):
-        for split, idx in (("train", (0, 1)), ("val", (2,))):
+        for split, idx in (("train", (0, 1)), ("val", (2,)), ("test", (2,))):
             (root / split / c).mkdir(parents=True, exist_ok=True)
             for i in idx:
-                Image.fromarray(photos[offset + i]).save(root / split / c / f"good{i}.png")
+                pixels = photos[offset + i] if split != "test" else np.ascontiguousarray(photos[offset + i][:, ::-1])
+                Image.fromarray(pixels).save(root / split / c / f"good{i}.png")
 
 
 def class_images(splits, split: str, name: str) -> torch.Tensor:
@@ -344,11 +346,16 @@ def test_npz_with_wrong_arrays_is_a_one_line_error(tmp_path, overrides, fragment
 def test_npz_images_in_other_layouts_are_converted_exactly(tmp_path):
     x = good_arrays(np.random.default_rng(0))["x_train"]
     want = torch.from_numpy(x).permute(0, 3, 1, 2)
+    def rows(images: torch.Tensor) -> list[bytes]:
+        return sorted(bytes(r) for r in images.flatten(1).numpy())
+
     for name, value in {"float01": x / 255.0, "float255": x.astype(np.float32), "int64": x.astype(np.int64)}.items():
-        splits = load_dataset(write_npz(tmp_path / f"{name}.npz", x_train=value))
-        assert torch.equal(splits.train.images, want), name
-    gray = load_dataset(write_npz(tmp_path / "gray.npz", x_train=x[..., 0], x_test=np.zeros((2, 8, 8), np.uint8)))
-    assert gray.train.images.shape == (6, 1, 8, 8) and torch.equal(gray.train.images[:, 0], torch.from_numpy(x[..., 0]))
+        splits = load_dataset(write_npz(tmp_path / f"{name}.npz", x_train=value), val_fraction=0.34)
+        assert rows(torch.cat([splits.train.images, splits.val.images])) == rows(want), name
+    gray = load_dataset(write_npz(tmp_path / "gray.npz", x_train=x[..., 0], x_test=np.zeros((2, 8, 8), np.uint8)),
+                        val_fraction=0.34)
+    assert gray.train.images.shape == (3, 1, 8, 8)
+    assert rows(torch.cat([gray.train.images, gray.val.images])) == rows(torch.from_numpy(x[..., 0])[:, None])
 
 
 def test_corrupt_npz_bytes_are_one_line_errors(tmp_path):
@@ -461,8 +468,9 @@ def test_cli_in_a_real_process_skips_counts_and_lists_bad_files(tmp_path, photos
     exit code 2. No traceback either way."""
     for c, offset in (("a", 0), ("b", 4)):
         (tmp_path / "data" / c).mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(photos[offset + i]).resize((16, 16)).save(tmp_path / "data" / c / f"{i}.png")
+        for i in range(6):  # enough that every split keeps each class whichever files turn out bad
+            pixels = photos[offset + i % 4] if i < 4 else np.ascontiguousarray(photos[offset + i % 4][::-1])
+            Image.fromarray(pixels).resize((16, 16)).save(tmp_path / "data" / c / f"{i}.png")
     jpeg = encode(photos[0], "JPEG")
     (tmp_path / "data" / "a" / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])
     (tmp_path / "data" / "b" / "empty.png").write_bytes(b"")
@@ -471,7 +479,8 @@ def test_cli_in_a_real_process_skips_counts_and_lists_bad_files(tmp_path, photos
     script = (
         "import sys; from supcon.cli import main\n"
         f"a = main(['ce', '--dataset', 'folder:{tmp_path / 'data'}', '--epochs', '1', '--batch-size', '4', "
-        f"'--val-fraction', '0.5', '--no-tsne', '--quiet', '--out', '{tmp_path / 'run'}'])\n"
+        f"'--val-fraction', '0.25', '--test-fraction', '0.25', '--no-tsne', '--quiet', '--out', "
+        f"'{tmp_path / 'run'}'])\n"
         f"b = main(['ce', '--dataset', 'npz:{tmp_path / 'bad.npz'}'])\n"
         "sys.exit(10 * a + b)\n"
     )

@@ -28,7 +28,7 @@ def test_help_documents_every_option_with_its_default(command, capsys):
 
 @pytest.mark.parametrize("command, options", [
     ("tsne", ["RUN_DIR", "--projection"]),
-    ("embed", ["RUN_DIR", "--dataset SPEC", "--split {train,val,both}", "--projection", "--out FILE"]),
+    ("embed", ["RUN_DIR", "--dataset SPEC", "--split {train,val,test,all}", "--projection", "--out FILE"]),
     ("predict", ["RUN_DIR", "PATH", "--top-k K", "--format {text,json,csv}", "--batch-size N", "--device DEVICE",
                  "--quiet", "(default: text)"]),
     ("report", ["DIR", "--out FILE", "(default: report.md, unless --html is given)", "--html FILE", "--map-points N",
@@ -126,7 +126,7 @@ def test_compare_on_digits_writes_the_run_directory(tmp_path, capsys):
     out = tmp_path / "cmp"
     code, text, _ = run_cli(capsys, "compare", *PICTURED_FLAGS, "--out", str(out))
     assert code == 0
-    assert "| method | stage-1 loss | kNN acc | train acc | val acc | time |" in text
+    assert "| method | test acc (95% CI) | val acc | stage-1 loss | kNN acc | train acc | time per seed |" in text
     assert f"outputs (results.json, results.md, tsne.png, ce/, supcon/) in {out}" in text
     for name in ("config.yaml", "results.json", "results.md", "tsne.png"):
         assert (out / name).is_file(), name
@@ -181,3 +181,30 @@ def test_runs_repeat_exactly_across_processes_with_one_thread(tmp_path):
                        capture_output=True)
         losses.append(json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss"])
     assert losses[0] == losses[1]
+
+
+def test_compare_with_seeds_prints_the_interval_table_and_the_verdict(tmp_path, capsys):
+    import re
+
+    code, out, _ = run_cli(capsys, "compare", *flags({**QUICK, "epochs": 1, "linear_epochs": 3}), "--seeds", "3",
+                           "--out", tmp_path)
+    assert code == 0
+    assert "| method | test acc (95% CI) | val acc |" in out and out.count(" ± ") == 2
+    line = re.search(r"(no significant difference|SupCon better|cross-entropy better) at this budget: SupCon − CE = "
+                     r"([+-]\d+\.\d) points, 95 % CI \[([+-]\d+\.\d), ([+-]\d+\.\d)\] \(paired bootstrap over 3 "
+                     r"seeds x 270 test images\)", out)
+    assert line, out
+    low, mid, high = float(line[3]), float(line[2]), float(line[4])
+    assert low <= mid <= high
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["seeds"] == [0, 1, 2] and results["splits"] == {"train": 300, "val": 150, "test": 270}
+    for method in ("supcon", "ce"):
+        line = results["methods"][method]
+        assert [p["seed"] for p in line["per_seed"]] == [0, 1, 2]
+        assert line["test_acc"] == pytest.approx(sum(p["test_acc"] for p in line["per_seed"]) / 3)
+        assert line["test_acc_ci"][0] <= line["test_acc"] <= line["test_acc_ci"][1]
+    difference = results["difference"]
+    assert difference["verdict"] in ("supcon_better", "ce_better", "no_significant_difference")
+    assert difference["ci"] == pytest.approx([low / 100, high / 100], abs=5e-4)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["seed-0", "seed-1", "seed-2"]
+    assert (tmp_path / "results.md").read_text().count(" ± ") == 2

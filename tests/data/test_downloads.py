@@ -87,7 +87,7 @@ def _members(name: str, photos) -> dict[str, bytes]:
         top = "imagenet-5-categories-master"
         m[f"{top}/README.md"] = b"# imagenet-5-categories"
         for c, cls in enumerate(IMAGENET5):
-            for split, n in (("train", 4), ("test", 2)):
+            for split, n in (("train", 8), ("test", 2)):
                 for i in range(n):
                     m[f"{top}/{cls}/{split}/{split}{i}.jpg"] = _jpeg(photos, 30 * c + 10 * (split == "test") + i)
     else:
@@ -102,12 +102,12 @@ def _members(name: str, photos) -> dict[str, bytes]:
         if name == "cifar10":
             top = "cifar-10-batches-py"
             for i in range(1, 6):
-                m[f"{top}/data_batch_{i}"] = batch(4, "labels")
+                m[f"{top}/data_batch_{i}"] = batch(14, "labels")
             m[f"{top}/test_batch"] = batch(6, "labels")
             m[f"{top}/batches.meta"] = pickle.dumps({"label_names": [f"c{i}" for i in range(k)]}, protocol=2)
         else:
             top = "cifar-100-python"
-            m[f"{top}/train"] = batch(12, "fine_labels")
+            m[f"{top}/train"] = batch(700, "fine_labels")
             m[f"{top}/test"] = batch(5, "fine_labels")
             names = {"fine_label_names": [f"f{i}" for i in range(k)], "coarse_label_names": ["x"] * 20}
             m[f"{top}/meta"] = pickle.dumps(names, protocol=2)
@@ -164,9 +164,10 @@ def test_flowers5_download_once_split_and_cache(remote, tmp_path, monkeypatch):
     assert remote.fetches == [dl.SOURCES["flowers5"].url]
     assert s.name == "flowers5" and s.train.class_names == FLOWERS and s.skipped == []
     assert s.train.images.shape[1:] == (3, 16, 16) and s.train.images.dtype == torch.uint8
-    # 35 photos pooled, ceil(0.15 * 35) = 6 in val, stratified: every class in both splits
-    assert (len(s.train), len(s.val)) == (29, 6)
-    assert min(_counts(s.val.labels, 5)) == 1 and min(_counts(s.train.labels, 5)) == 5
+    # 35 photos pooled: ceil(0.15 * 35) = 6 in test, as many in val, stratified: every class in every split
+    assert (len(s.train), len(s.val), len(s.test)) == (23, 6, 6)
+    assert min(_counts(s.val.labels, 5)) == min(_counts(s.test.labels, 5)) == 1
+    assert min(_counts(s.train.labels, 5)) == 4
     assert (cache / "flower_photos.tgz").is_file() and (cache / "flower_photos" / dl.MARKER).is_file()
     assert (cache / "flowers5_16px.npz").is_file()
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no scratch or partial files left
@@ -180,37 +181,38 @@ def test_flowers5_download_once_split_and_cache(remote, tmp_path, monkeypatch):
     again = load_dataset("flowers5", image_size=16)
     assert remote.fetches == [dl.SOURCES["flowers5"].url]
     assert torch.equal(again.val.images, s.val.images) and torch.equal(again.train.labels, s.train.labels)
-    # seeded: a different seed gives a different (still stratified) split
-    other = load_dataset("flowers5", image_size=16, seed=1)
-    assert len(other.val) == 6 and not torch.equal(other.val.images, s.val.images)
-    assert min(_counts(other.val.labels, 5)) == 1
+    assert torch.equal(again.test.images, s.test.images)
+    # seeded: a different split seed gives a different (still stratified) split
+    other = load_dataset("flowers5", image_size=16, split_seed=1)
+    assert len(other.test) == 6 and not torch.equal(other.test.images, s.test.images)
+    assert min(_counts(other.test.labels, 5)) == 1
 
 
 def test_flowers5_default_size_is_128(remote):
     remote.serve("flowers5")
     s = load_dataset("flowers5", max_train=10)
-    assert s.image_size == 128 and len(s.train) == 10 and len(s.val) == 6
+    assert s.image_size == 128 and len(s.train) == 10 and len(s.val) == len(s.test) == 6
 
 
 def test_cats_vs_dogs_skips_and_counts_bad_files(remote, tmp_path):
     remote.serve("cats_vs_dogs")
     # A quick run first: only its subsample is decoded, and no cache is written for it.
-    quick = load_dataset("cats_vs_dogs", image_size=16, max_train=6, max_val=2, seed=3)
+    quick = load_dataset("cats_vs_dogs", image_size=16, max_train=6, max_val=2, split_seed=3)
     assert not (tmp_path / "cache" / "cats_vs_dogs_16px.npz").exists()
     s = load_dataset("cats_vs_dogs", image_size=16)
     assert s.train.class_names == ["cat", "dog"]
     assert {p for p, _ in s.skipped} == {str(tmp_path / "cache" / m) for m in BAD_PETS}
     reasons = {Path(p).name: why for p, why in s.skipped}
     assert reasons["11702.jpg"] == "empty file" and "Thumbs.db" in reasons and all(reasons.values())
-    # 23 files listed, split 19/4 before decoding; the 3 bad ones drop out of whichever split they fell in
-    assert len(s.train) + len(s.val) == 20 and len(s.val) <= 4
-    assert _counts(torch.cat([s.train.labels, s.val.labels]), 2) == [10, 10]
+    # 23 files listed, split 15/4/4 before decoding; the 3 bad ones drop out of whichever split they fell in
+    assert len(s.train) + len(s.val) + len(s.test) == 20 and len(s.val) <= 4 and len(s.test) <= 4
+    assert _counts(torch.cat([s.train.labels, s.val.labels, s.test.labels]), 2) == [10, 10]
     assert describe(s).endswith("3 unreadable files skipped")
     assert (tmp_path / "cache" / "PetImages" / "CDLA-Permissive-2.0.pdf").is_file()  # the licence is kept
     # From the cache now: the skipped list is kept, and a quick run gets the same images as before.
     cached = load_dataset("cats_vs_dogs", image_size=16)
     assert cached.skipped == s.skipped
-    again = load_dataset("cats_vs_dogs", image_size=16, max_train=6, max_val=2, seed=3)
+    again = load_dataset("cats_vs_dogs", image_size=16, max_train=6, max_val=2, split_seed=3)
     assert torch.equal(again.train.images, quick.train.images) and torch.equal(again.val.images, quick.val.images)
     assert again.skipped == quick.skipped
 
@@ -218,9 +220,10 @@ def test_cats_vs_dogs_skips_and_counts_bad_files(remote, tmp_path):
 def test_imagenet5_uses_its_own_split(remote):
     remote.serve("imagenet5", checksum=False)  # as configured: a branch archive has no stable checksum
     assert dl.SOURCES["imagenet5"].sha256 is None
-    s = load_dataset("imagenet5", image_size=16, val_fraction=0.5)  # val_fraction is not used
+    s = load_dataset("imagenet5", image_size=16, val_fraction=0.25)  # its test/ folders are the test split
     assert s.train.class_names == IMAGENET5
-    assert _counts(s.train.labels, 5) == [4] * 5 and _counts(s.val.labels, 5) == [2] * 5
+    assert _counts(s.test.labels, 5) == [2] * 5  # val is carved from train/: a quarter of its 8 a class
+    assert _counts(s.val.labels, 5) == [2] * 5 and _counts(s.train.labels, 5) == [6] * 5
 
 
 def test_imagenet5_extracted_clone_in_data_dir(remote, tmp_path, photos):
@@ -232,23 +235,26 @@ def test_imagenet5_extracted_clone_in_data_dir(remote, tmp_path, photos):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     s = load_dataset("imagenet5", image_size=16, data_dir=clone)
-    assert remote.fetches == [] and (len(s.train), len(s.val)) == (20, 10)
+    assert remote.fetches == [] and (len(s.train) + len(s.val), len(s.test)) == (40, 10)
     # the data dir may be the tree itself, too
-    assert len(load_dataset("imagenet5", image_size=16, data_dir=clone / "imagenet-5-categories").val) == 10
+    assert len(load_dataset("imagenet5", image_size=16, data_dir=clone / "imagenet-5-categories").test) == 10
 
 
-@pytest.mark.parametrize("name, k, sizes", [("cifar10", 10, (20, 6)), ("cifar100", 100, (12, 5))])
+@pytest.mark.parametrize("name, k, sizes", [("cifar10", 10, (59, 11, 6)), ("cifar100", 100, (595, 105, 5))])
 def test_cifar_pickles_and_official_split(remote, name, k, sizes):
     members = _members(name, None)
     remote.serve(name, members)
     s = load_dataset(name)
-    assert s.image_size == 32 and s.channels == 3 and (len(s.train), len(s.val)) == sizes
+    assert s.image_size == 32 and s.channels == 3 and (len(s.train), len(s.val), len(s.test)) == sizes
     assert s.train.class_names == [f"{'c' if k == 10 else 'f'}{i}" for i in range(k)]
     first = "cifar-10-batches-py/data_batch_1" if k == 10 else "cifar-100-python/train"
     raw = pickle.loads(members[first], encoding="latin1")
-    # rows are R, G, B planes of 32x32 each
+    test = pickle.loads(members["cifar-10-batches-py/test_batch" if k == 10 else "cifar-100-python/test"],
+                        encoding="latin1")
+    # rows are R, G, B planes of 32x32 each; the official test batch is the test split, in its order
+    assert torch.equal(s.test.images[0], torch.from_numpy(test["data"][0].reshape(3, 32, 32)))
+    assert s.test.labels.tolist() == test["labels" if k == 10 else "fine_labels"]
     assert torch.equal(s.train.images[0], torch.from_numpy(raw["data"][0].reshape(3, 32, 32)))
-    assert s.train.labels[:4].tolist() == raw["labels" if k == 10 else "fine_labels"][:4]
     assert load_dataset(name, image_size=16).train.images.shape == (sizes[0], 3, 16, 16)
 
 
@@ -312,7 +318,7 @@ def test_data_dir_with_a_placed_archive(remote, tmp_path, monkeypatch):
     shutil.copy(archive, mine / archive.name)
     monkeypatch.setitem(dl.SOURCES, "flowers5", replace(dl.SOURCES["flowers5"], url="file:///no/such/file"))
     s = load_dataset("flowers5", image_size=16, data_dir=mine)
-    assert remote.fetches == [] and len(s.train) + len(s.val) == 35
+    assert remote.fetches == [] and len(s.train) + len(s.val) + len(s.test) == 35
     assert (mine / "flower_photos" / dl.MARKER).is_file() and not (tmp_path / "cache").exists()
     # A placed copy that fails its checksum is reported, and left for its owner to replace.
     bad = tmp_path / "bad"

@@ -61,16 +61,22 @@ def test_bad_noise_options_are_one_line_errors(all_digits):
         Config(label_noise_mode="flip")
 
 
-def test_load_data_noises_the_training_labels_only(all_digits):
-    cfg = Config(dataset="digits", label_noise=0.3, quiet=True)  # seed 0: the split of the fixture
+def test_load_data_noises_train_and_val_and_leaves_test_clean(all_digits):
+    """A practitioner stops early on labels as noisy as the training labels; only the test split is clean."""
+    cfg = Config(dataset="digits", label_noise=0.3, quiet=True)  # split seed 0: the splits of the fixture
     data = load_data(cfg)
-    changed = int((data.train.labels != all_digits.train.labels).sum())
-    assert data.noisy_labels == round(0.3 * len(all_digits.train)) == changed
-    assert torch.equal(data.val.labels, all_digits.val.labels) and torch.equal(data.val.images, all_digits.val.images)
-    assert torch.equal(data.train.images, all_digits.train.images)
-    assert "458 of 1527 training labels noisy" in describe(data)
-    again = load_data(cfg)
-    assert torch.equal(again.train.labels, data.train.labels)  # every stage and command reads the same noise
+    for name in ("train", "val"):
+        clean, noisy = getattr(all_digits, name), getattr(data, name)
+        assert int((noisy.labels != clean.labels).sum()) == round(0.3 * len(clean))
+        assert torch.equal(noisy.images, clean.images)
+    assert data.noisy_labels == round(0.3 * 1257) + round(0.3 * 270) == 458
+    assert torch.equal(data.test.labels, all_digits.test.labels) and torch.equal(data.test.images,
+                                                                               all_digits.test.images)
+    assert "458 of 1527 training and validation labels noisy" in describe(data)
+    again = load_data(cfg.replace(seed=5))  # the training seed does not move the noise: the split seed does
+    assert torch.equal(again.train.labels, data.train.labels) and torch.equal(again.val.labels, data.val.labels)
+    other = load_data(cfg.replace(split_seed=1))
+    assert not torch.equal(other.train.labels, data.train.labels)
     assert with_label_noise(all_digits, 0.0) is all_digits
 
 
@@ -83,4 +89,4 @@ def test_ce_records_the_noise_in_its_run(tmp_path, capsys):
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["label_noise"] == 0.25 and saved["label_noise_mode"] == "asym"
     results = yaml.safe_load((out / "results.json").read_text())
-    assert results["noisy_labels"] == 50
+    assert results["noisy_labels"] == 50 + 25  # a quarter of the 200 training and of the 100 validation labels

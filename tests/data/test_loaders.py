@@ -30,26 +30,28 @@ def test_digits_shapes_and_split():
     s = load_dataset("digits")
     assert isinstance(s, DataSplits) and s.name == "digits"
     assert s.num_classes == 10 and s.channels == 1 and s.image_size == 8
-    for ds in (s.train, s.val):
+    for ds in (s.train, s.val, s.test):
         assert ds.images.dtype == torch.uint8 and ds.images.shape[1:] == (1, 8, 8)
         assert ds.labels.dtype == torch.int64
-    assert len(s.train) + len(s.val) == 1797
-    assert len(s.val) == 270  # ceil(0.15 * 1797)
+    assert len(s.train) + len(s.val) + len(s.test) == 1797
+    assert len(s.val) == len(s.test) == 270  # ceil(0.15 * 1797) each
     assert int(s.train.images.max()) == 255 and int(s.train.images.min()) == 0
-    # stratified: each class's share of val matches val_fraction to within one image
-    tr, va = torch.bincount(s.train.labels), torch.bincount(s.val.labels)
-    assert (va.float() - 0.15 * (tr + va).float()).abs().max() <= 1.0
+    # stratified: each class's share of val and of test matches its fraction to within one image
+    tr, va, te = (torch.bincount(part.labels) for part in (s.train, s.val, s.test))
+    for held in (va, te):
+        assert (held.float() - 0.15 * (tr + va + te).float()).abs().max() <= 1.0
     assert s.skipped == []
 
 
 def test_digits_seeded():
-    a, b, c = load_dataset("digits", seed=1), load_dataset("digits", seed=1), load_dataset("digits", seed=2)
+    a, b, c = (load_dataset("digits", split_seed=seed) for seed in (1, 1, 2))
     assert torch.equal(a.val.images, b.val.images) and torch.equal(a.val.labels, b.val.labels)
     assert not torch.equal(a.val.images, c.val.images)
 
 
 def test_digits_resize_and_subsample():
-    s = load_dataset("digits", image_size=16, val_fraction=0.3, max_train=50, max_val=20)
+    s = load_dataset("digits", image_size=16, val_fraction=0.3, max_train=50, max_val=20, max_test=10)
+    assert s.test.images.shape == (10, 1, 16, 16)
     assert s.train.images.shape == (50, 1, 16, 16) and s.val.images.shape == (20, 1, 16, 16)
     assert s.train.images.dtype == torch.uint8
     assert torch.bincount(s.train.labels).tolist() == [5] * 10
@@ -57,7 +59,7 @@ def test_digits_resize_and_subsample():
 
 def test_available_and_describe():
     assert available_datasets()[:3] == ["digits", "npz:PATH", "folder:PATH"]
-    assert describe(load_dataset("digits")) == "digits: 1527 train / 270 val, 10 classes, 1×8×8"
+    assert describe(load_dataset("digits")) == "digits: 1257 train / 270 val / 270 test, 10 classes, 1×8×8"
 
 
 @pytest.mark.parametrize(
@@ -89,35 +91,35 @@ def test_npz_real_counts_match_manifest():
     s = load_dataset(f"npz:{NPZ}")
     assert s.name == "npz:imagenet5_64"
     assert s.train.class_names == ["airplane", "car", "cat", "dog", "elephant"]
-    assert s.train.images.shape == (counts["train"], 3, 64, 64)
-    assert s.val.images.shape == (counts["test"], 3, 64, 64)
+    assert len(s.train) + len(s.val) == counts["train"]  # val is carved from the training images
+    assert s.test.images.shape == (counts["test"], 3, 64, 64)
     assert s.train.images.dtype == torch.uint8 and s.train.labels.dtype == torch.int64
-    assert torch.bincount(s.train.labels).tolist() == [250] * 5
-    assert describe(s) == "npz:imagenet5_64: 1250 train / 250 val, 5 classes, 3×64×64"
+    assert (torch.bincount(s.train.labels) + torch.bincount(s.val.labels)).tolist() == [250] * 5
+    assert describe(s) == "npz:imagenet5_64: 1062 train / 188 val / 250 test, 5 classes, 3×64×64"
     # NHWC -> NCHW kept the pixels where they were
-    raw = np.load(NPZ)["x_train"][7]
-    assert np.array_equal(s.train.images[7].permute(1, 2, 0).numpy(), raw)
+    raw = np.load(NPZ)["x_test"][7]
+    assert np.array_equal(s.test.images[7].permute(1, 2, 0).numpy(), raw)
 
 
 @needs_npz
 def test_npz_resize_and_balanced_subsample():
-    s = load_dataset(f"npz:{NPZ}", image_size=32, max_train=100, max_val=25, seed=3)
+    s = load_dataset(f"npz:{NPZ}", image_size=32, max_train=100, max_val=25, split_seed=3)
     assert s.train.images.shape == (100, 3, 32, 32) and s.val.images.shape == (25, 3, 32, 32)
     assert s.image_size == 32 and s.train.images.dtype == torch.uint8
     assert torch.bincount(s.train.labels).tolist() == [20] * 5
     assert torch.bincount(s.val.labels).tolist() == [5] * 5
     # resizing keeps the picture: the mean intensity barely moves
-    full = load_dataset(f"npz:{NPZ}", max_train=100, seed=3)
+    full = load_dataset(f"npz:{NPZ}", max_train=100, split_seed=3)
     assert abs(full.train.images.float().mean() - s.train.images.float().mean()) < 2.0
-    again = load_dataset(f"npz:{NPZ}", image_size=32, max_train=100, max_val=25, seed=3)
+    again = load_dataset(f"npz:{NPZ}", image_size=32, max_train=100, max_val=25, split_seed=3)
     assert torch.equal(again.train.images, s.train.images)
 
 
 def _write_npz(path: Path, **overrides) -> str:
     rng = np.random.default_rng(0)
     arrays = {
-        "x_train": rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8),
-        "y_train": np.array([0, 0, 0, 1, 1, 1]),
+        "x_train": rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8),
+        "y_train": np.array([0, 0, 0, 0, 1, 1, 1, 1]),
         "x_test": rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8),
         "y_test": np.array([0, 1]),
         "class_names": np.array(["a", "b"]),
@@ -129,14 +131,15 @@ def _write_npz(path: Path, **overrides) -> str:
 
 def test_npz_small_good_and_grayscale(tmp_path):
     s = load_dataset(_write_npz(tmp_path / "ok.npz"))
-    assert s.train.images.shape == (6, 3, 8, 8) and s.val.class_names == ["a", "b"]
+    assert s.train.images.shape == (6, 3, 8, 8) and s.val.images.shape == (2, 3, 8, 8)  # val from train
+    assert s.test.images.shape == (2, 3, 8, 8) and s.val.class_names == ["a", "b"]
     gray = _write_npz(
-        tmp_path / "gray.npz", x_train=np.zeros((6, 8, 8), np.uint8), x_test=np.zeros((2, 8, 8), np.uint8)
+        tmp_path / "gray.npz", x_train=np.zeros((8, 8, 8), np.uint8), x_test=np.zeros((2, 8, 8), np.uint8)
     )
     assert load_dataset(gray).channels == 1
     wide = _write_npz(
         tmp_path / "wide.npz",
-        x_train=np.zeros((6, 8, 6, 3), np.uint8),
+        x_train=np.zeros((8, 8, 6, 3), np.uint8),
         x_test=np.zeros((2, 8, 6, 3), np.uint8),
     )
     with pytest.raises(ValueError, match="8×6, not square; pass image_size"):
@@ -148,14 +151,14 @@ def test_npz_small_good_and_grayscale(tmp_path):
     "overrides, fragment",
     [
         ({"y_test": None}, r"missing arrays \['y_test'\]"),
-        ({"x_train": np.full((6, 8, 8, 3), -0.5, np.float32)}, r"values in \[-0.5, -0.5\]; expected"),
-        ({"x_train": np.zeros((6, 8, 8, 4), np.uint8)}, r"C in \(1, 3\)"),
-        ({"x_train": np.zeros((6, 8), np.uint8)}, r"must be \[N, H, W, C\]"),
-        ({"y_train": np.array([0, 1, 0, 1])}, "4 labels for 6 images"),
+        ({"x_train": np.full((8, 8, 8, 3), -0.5, np.float32)}, r"values in \[-0.5, -0.5\]; expected"),
+        ({"x_train": np.zeros((8, 8, 8, 4), np.uint8)}, r"C in \(1, 3\)"),
+        ({"x_train": np.zeros((8, 8), np.uint8)}, r"must be \[N, H, W, C\]"),
+        ({"y_train": np.array([0, 1, 0, 1])}, "4 labels for 8 images"),
         ({"y_test": np.array([0, 2])}, r"expected 0\.\.1"),
-        ({"y_train": np.array([0, 0, 0, 1, 1, -1])}, r"expected 0\.\.1"),
+        ({"y_train": np.array([0, 0, 0, 0, 1, 1, 1, -1])}, r"expected 0\.\.1"),
         (
-            {"class_names": np.array(["a"]), "y_train": np.zeros(6, int), "y_test": np.zeros(2, int)},
+            {"class_names": np.array(["a"]), "y_train": np.zeros(8, int), "y_test": np.zeros(2, int)},
             "2 classes",
         ),
         ({"x_test": np.zeros((2, 4, 4, 3), np.uint8)}, "differ in image shape"),
@@ -217,7 +220,7 @@ def test_folder_flat_with_bad_files(tmp_path):
     bad, gray, src = _add_odd_files(root / "cat")
     summary = r"skipped 4 unreadable image file\(s\) \(1 empty, 1 truncated, 2 not images\) in .*mini"
     with pytest.warns(UserWarning, match=summary):
-        s = load_dataset(f"folder:{root}", val_fraction=0.25, seed=0)
+        s = load_dataset(f"folder:{root}", val_fraction=0.25, test_fraction=0.25, split_seed=0)
     assert s.name == "folder:mini" and s.train.class_names == CLASSES
     assert sorted(Path(p).name for p, _ in s.skipped) == sorted(bad)
     reasons = {Path(p).name: why for p, why in s.skipped}
@@ -226,12 +229,12 @@ def test_folder_flat_with_bad_files(tmp_path):
     assert reasons["truncated.jpg"].startswith("truncated file") and reasons["notes.txt"] == "not an image (.txt file)"
     assert all(why for why in reasons.values())
     # 6 JPEGs per class plus 3 odd-format PNGs in cat
-    assert len(s.train) + len(s.val) == 21
-    assert torch.bincount(torch.cat([s.train.labels, s.val.labels])).tolist() == [6, 6, 9]
+    assert len(s.train) + len(s.val) + len(s.test) == 21
+    assert torch.bincount(torch.cat([s.train.labels, s.val.labels, s.test.labels])).tolist() == [6, 6, 9]
     assert s.train.images.shape[1:] == (3, 128, 128) and s.train.images.dtype == torch.uint8
     # gray.png and the 16-bit PNG (scaled to 8 bits, not clipped to white) both load as gray as RGB;
     # the RGBA PNG loads as its RGB source: each appears twice among the loaded images
-    everything = torch.cat([s.train.images, s.val.images])
+    everything = torch.cat([s.train.images, s.val.images, s.test.images])
     as_gray = torch.from_numpy(gray).expand(3, -1, -1)
     assert sum(torch.equal(img, as_gray) for img in everything) == 2
     with Image.open(src) as im:
@@ -242,35 +245,36 @@ def test_folder_flat_with_bad_files(tmp_path):
 @needs_jpegs
 def test_folder_train_val_and_resize(tmp_path):
     root = tmp_path / "tv"
-    _copy_jpegs(root / "train", 4)
-    _copy_jpegs(root / "val", 2, start=4)
+    _copy_jpegs(root / "train", 6)
+    _copy_jpegs(root / "val", 2, start=6)
     Image.new("RGB", (50, 30), (200, 10, 10)).save(root / "train" / "car" / "small.png")
     with pytest.raises(ValueError, match="differ in size.*pass image_size"):
         load_dataset(f"folder:{root}")
-    s = load_dataset(f"folder:{root}", image_size=32, progress=False)
-    assert s.train.images.shape == (13, 3, 32, 32) and s.val.images.shape == (6, 3, 32, 32)
-    assert torch.bincount(s.val.labels).tolist() == [2, 2, 2]
+    # val/ is the held-out test split; val is carved, stratified, from train/
+    s = load_dataset(f"folder:{root}", image_size=32, progress=False, val_fraction=0.2)
+    assert s.train.images.shape == (15, 3, 32, 32) and s.val.images.shape == (4, 3, 32, 32)
+    assert s.test.images.shape == (6, 3, 32, 32) and torch.bincount(s.test.labels).tolist() == [2, 2, 2]
     # test/ works in place of val/
     (root / "val").rename(root / "test")
-    s2 = load_dataset(f"folder:{root}", image_size=32, max_train=6)
-    assert torch.equal(s2.val.images, s.val.images)
+    s2 = load_dataset(f"folder:{root}", image_size=32, max_train=6, val_fraction=0.2)
+    assert torch.equal(s2.test.images, s.test.images) and torch.equal(s2.val.images, s.val.images)
     assert torch.bincount(s2.train.labels).tolist() == [2, 2, 2]
 
 
 @needs_jpegs
 def test_folder_errors(tmp_path):
     root = tmp_path / "e"
-    _copy_jpegs(root, 3)
+    _copy_jpegs(root, 4)
     (root / "dog").mkdir()
     with pytest.raises(ValueError, match="class 'dog' has no readable images in"):
         load_dataset(f"folder:{root}")
     for i in range(4):
         (root / "dog" / f"broken{i}.jpg").write_bytes(b"\xff\xd8garbage")
     with pytest.raises(ValueError, match=rf"class 'dog' has no readable images in {root} \(4 file\(s\) tried, all"):
-        load_dataset(f"folder:{root}", val_fraction=0.5)
+        load_dataset(f"folder:{root}", val_fraction=0.3, test_fraction=0.3)
     shutil.rmtree(root / "dog")
     with pytest.raises(ValueError, match="too small for a stratified split"):
-        load_dataset(f"folder:{root}", val_fraction=0.1)  # 9 images: 1 val image for 3 classes
+        load_dataset(f"folder:{root}", test_fraction=0.1)  # 12 images: 2 test images for 3 classes
     for c in CLASSES[1:]:
         shutil.rmtree(root / c)
     with pytest.raises(ValueError, match="only one class \\('airplane'\\)"):
@@ -284,8 +288,8 @@ def test_folder_no_warning_when_clean(tmp_path):
     _copy_jpegs(tmp_path / "clean", 4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        s = load_dataset(f"folder:{tmp_path / 'clean'}", val_fraction=0.25, progress=True)
-    assert s.skipped == [] and len(s.val) == 3
+        s = load_dataset(f"folder:{tmp_path / 'clean'}", val_fraction=0.25, test_fraction=0.25, progress=True)
+    assert s.skipped == [] and len(s.val) == len(s.test) == 3
 
 
 def test_stratified_subset_keeps_classes_of_one_member():

@@ -49,17 +49,18 @@ def val_folder(shared_data):
 def test_files_are_read_exactly_as_training_read_them(folder_run, shared_data):
     out, data = folder_run
     run = supcon.load_run(out, "cpu")
-    assert run.classes == data.val.class_names and (run.image_size, run.channels) == (32, 3)
+    assert run.classes == data.test.class_names and (run.image_size, run.channels) == (32, 3)
     files = find_images([val_folder(shared_data)], run.classes)
     results = list(classify_files(run, files, batch_size=100))
-    assert len(results) == len(data.val) == 250 and not any(r.skipped for r in results)
+    # the folder's val/ is its held-out test split
+    assert len(results) == len(data.test) == 250 and not any(r.skipped for r in results)
     # the loader lists val/<class>/ files sorted, as find_images does: the same images in the same order
-    assert torch.equal(torch.tensor([r.label for r in results]), data.val.labels)
+    assert torch.equal(torch.tensor([r.label for r in results]), data.test.labels)
     from_files = torch.stack([r.probabilities for r in results])
-    from_tensor = run.predict(data.val.images).probabilities
+    from_tensor = run.predict(data.test.images).probabilities
     assert torch.allclose(from_files, from_tensor, atol=1e-5)
-    accuracy = (from_files.argmax(1) == data.val.labels).float().mean().item()
-    assert accuracy == pytest.approx(read_json(out / "results.json")["runs"][0]["val_acc"], abs=1e-6)
+    accuracy = (from_files.argmax(1) == data.test.labels).float().mean().item()
+    assert accuracy == pytest.approx(read_json(out / "results.json")["runs"][0]["test_acc"], abs=1e-6)
 
 
 def test_paths_pil_images_and_tensors_give_the_same_answer(folder_run, shared_data):

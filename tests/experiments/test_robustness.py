@@ -123,7 +123,8 @@ def compare_run(tmp_path_factory):
 def test_compare_trains_both_methods_on_the_same_noisy_labels(compare_run):
     for part in ("", "supcon", "ce"):
         assert yaml.safe_load((compare_run / part / "config.yaml").read_text())["label_noise"] == 0.1
-        assert json.loads((compare_run / part / "results.json").read_text())["noisy_labels"] == 30
+        # a tenth of the 300 training and of the 120 validation labels; the test split is clean
+        assert json.loads((compare_run / part / "results.json").read_text())["noisy_labels"] == 30 + 12
 
 
 def test_robustness_of_a_compare_run_through_the_cli(compare_run, tmp_path, capsys):
@@ -141,7 +142,7 @@ def test_robustness_of_a_compare_run_through_the_cli(compare_run, tmp_path, caps
     assert report["baseline"] == "cmp/ce" and report["severities"] == [1, 5]
     supcon, ce = report["runs"]
     for run in (supcon, ce):
-        assert run["val_images"] == 120 and run["dataset"] == "digits"
+        assert run["test_images"] == 270 and run["dataset"] == "digits"  # on the clean test split
         assert set(run["corruptions"]) == {"gaussian_noise", "pixelate"}
         assert set(run["corruptions"]["pixelate"]) == {"1", "5"} and set(run["adversarial"]["pgd"]) == {"4", "32"}
         assert 0 <= run["calibration"]["ece"] <= 1
@@ -149,8 +150,8 @@ def test_robustness_of_a_compare_run_through_the_cli(compare_run, tmp_path, caps
         assert run["corruptions"]["pixelate"]["5"] < run["clean_acc"]
     assert ce["mce"] == pytest.approx(1.0) and ce["relative_mce"] in (None, pytest.approx(1.0))
     assert supcon["mce"] == pytest.approx(sum(supcon["ce"].values()) / 2)
-    expected_acc = json.loads((compare_run / "ce" / "results.json").read_text())["runs"][0]["val_acc"]
-    assert ce["clean_acc"] == pytest.approx(expected_acc, abs=1e-6)  # the run's own validation split
+    expected_acc = json.loads((compare_run / "ce" / "results.json").read_text())["runs"][0]["test_acc"]
+    assert ce["clean_acc"] == pytest.approx(expected_acc, abs=1e-6)  # the run's own test split
     with open(out / "robustness.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert {"run": "cmp/ce", "method": "ce", "metric": "mce", "condition": "all", "level": ""}.items() <= \

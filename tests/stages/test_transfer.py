@@ -106,14 +106,15 @@ def test_embed_exports_embeddings_labels_and_class_names(pretrain_run, gray, tmp
     code, text, err = run_cli(capsys, "embed", pretrain_run, "--projection", "--out", path)
     assert code == 0 and str(path) in text, err
     with np.load(path) as z:
-        assert set(z.files) == {"train_x", "train_y", "val_x", "val_y", "train_proj", "val_proj", "class_names"}
-        assert z["train_x"].shape == (300, 128) and z["val_x"].shape == (150, 128)
+        assert set(z.files) == {f"{split}_{key}" for split in ("train", "val", "test") for key in ("x", "y", "proj")
+                                } | {"class_names"}
+        assert z["train_x"].shape == (300, 128) and z["val_x"].shape == (150, 128) and z["test_x"].shape == (270, 128)
         assert z["train_proj"].shape == (300, 128) and z["val_y"].shape == (150,)
         assert np.allclose(np.linalg.norm(z["val_x"], axis=1), 1, atol=1e-4)  # SupCon's representation is unit-norm
         assert z["class_names"].tolist() == [str(i) for i in range(10)]
-    other = embed_run(pretrain_run, tmp_path / "other.npz", dataset=gray, split="val")
+    other = embed_run(pretrain_run, tmp_path / "other.npz", dataset=gray, split="test")
     with np.load(other) as z:
-        assert set(z.files) == {"val_x", "val_y", "class_names"} and z["val_x"].shape == (30, 128)
+        assert set(z.files) == {"test_x", "test_y", "class_names"} and z["test_x"].shape == (30, 128)
         assert z["class_names"].tolist() == ["c0", "c1", "c2"]
 
 

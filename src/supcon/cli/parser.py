@@ -27,7 +27,7 @@ TOOLS = {
     "tsne": "Draw RUN_DIR/tsne.png: the t-SNE of the validation images' encoder embeddings, coloured by class "
             f"(at most {TSNE_POINTS:,} points, a stratified subsample of larger splits).",
     "embed": "Export a run's encoder embeddings with their labels and class names as .npz (keys train_x, train_y, "
-             "val_x, val_y, class_names; train_proj, val_proj with --projection).",
+             "val_x, val_y, test_x, test_y, class_names; train_proj, val_proj, test_proj with --projection).",
     "knn": "Weighted kNN accuracy of a finished run's encoder: each validation image is classified by its k most "
            "cosine-similar training images, voting exp(similarity / T) each (or 1 with --weights uniform).",
     "robustness": "Evaluate finished runs' classifiers on their test split: clean, under common corruptions "
@@ -110,8 +110,8 @@ def _add_tools(commands) -> None:
     embed.add_argument("run_dir", metavar="RUN_DIR", help="a finished pretrain, linear or ce run directory")
     embed.add_argument("--dataset", metavar="SPEC", help="data set to embed, resized to the encoder's input size "
                        "(default: the run's own, with its split)")
-    embed.add_argument("--split", choices=("train", "val", "both"), default="both",
-                       help="which split to export (default: both)")
+    embed.add_argument("--split", choices=("train", "val", "test", "all"), default="all",
+                       help="which split to export (default: all three)")
     embed.add_argument("--projection", action="store_true",
                        help="also export the projection head's output (pretrain runs) as train_proj / val_proj")
     embed.add_argument("--out", metavar="FILE", required=True, help="the .npz file to write")

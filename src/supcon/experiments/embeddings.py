@@ -28,7 +28,7 @@ from supcon.runs import RunDir
 from supcon.runs.load import data_for_run, load_encoder, load_linear, load_projection
 from supcon.stages.pictures import tsne_picture
 
-SPLITS = ("train", "val", "both")
+SPLITS = ("train", "val", "test", "all")
 
 
 def _embedding_models(run: RunDir, projection: bool, device: torch.device
@@ -73,13 +73,13 @@ def val_embeddings(run_dir: str | Path, max_points: int = TSNE_POINTS, batch_siz
                          list(data.val.class_names), cfg.seed)
 
 
-def embed_run(run_dir: str | Path, out: str | Path, dataset: str | None = None, split: str = "both",
+def embed_run(run_dir: str | Path, out: str | Path, dataset: str | None = None, split: str = "all",
               projection: bool = False, batch_size: int = 512) -> Path:
     """Export the encoder embeddings of a run's data (or ``dataset``) as ``.npz``.
 
-    Keys: ``train_x``/``val_x`` (embeddings, float32 ``[N, D]``), ``train_y``/``val_y`` (labels) for the
-    ``split`` asked for, ``class_names``, and with ``projection`` also ``train_proj``/``val_proj`` (the
-    projection head's output, pretrain runs only).
+    Keys: ``SPLIT_x`` (embeddings, float32 ``[N, D]``) and ``SPLIT_y`` (labels) for each split asked for
+    (``train``, ``val``, ``test``, or ``all`` three), ``class_names``, and with ``projection`` also ``SPLIT_proj``
+    (the projection head's output, pretrain runs only).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
@@ -88,7 +88,7 @@ def embed_run(run_dir: str | Path, out: str | Path, dataset: str | None = None, 
     models, cfg, inputs = _embedding_models(run, projection, device)
     data = data_for_run(run.path, cfg, inputs, dataset)
     arrays: dict[str, np.ndarray] = {"class_names": np.array(data.train.class_names, dtype=str)}
-    for name in (("train", "val") if split == "both" else (split,)):
+    for name in (("train", "val", "test") if split == "all" else (split,)):
         part = getattr(data, name)
         for key, model in models.items():
             arrays[f"{name}_{key}"] = outputs(model, part.images, transform=inputs.plain(), device=device,

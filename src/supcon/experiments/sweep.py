@@ -270,8 +270,8 @@ def run_sweep(sweep: Sweep, out: str | Path, jobs: int = 1, log: Callable[[str],
             summaries[(name, cfg.seed)] = done
         else:
             todo.append((name, method, cfg, run_dir))
-    log(f"sweep: {len(units)} runs ({len(sweep.cells())} cells x {sweep.base.seeds} seeds), {len(summaries)} "
-        f"already finished, {len(todo)} to run")
+    seeds = f" x {sweep.base.seeds} seeds = {len(units)} runs" if sweep.base.seeds > 1 else ""
+    log(f"sweep: {len(sweep.cells())} cells{seeds}, {len(summaries)} already finished, {len(todo)} to run")
 
     def finished(name: str, seed: int, summary: dict[str, Any]) -> None:
         summaries[(name, seed)] = summary

@@ -1,0 +1,91 @@
+"""The statistics of a comparison, each checked against an independent computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from supcon.experiments.statistics import (
+    correctness,
+    difference,
+    method_summary,
+    paired_bootstrap,
+    t_interval,
+    verdict,
+)
+
+
+def test_t_interval_is_scipys():
+    values = [0.71, 0.74, 0.69, 0.73]
+    low, high = t_interval(values)
+    expected = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    assert (low, high) == pytest.approx(expected, abs=1e-12)
+    assert t_interval([0.7]) is None  # one seed: no spread to estimate
+
+
+def test_paired_bootstrap_over_images_matches_scipys_on_one_seed():
+    rng = np.random.default_rng(1)
+    a = rng.random(120) < 0.75
+    b = rng.random(120) < 0.65
+    mean, low, high = paired_bootstrap(a, b, resamples=20_000, seed=0)
+    # scipy resamples the per-image differences; the statistic is their mean
+    ref = stats.bootstrap((a.astype(float) - b.astype(float),), np.mean, n_resamples=20_000, method="percentile",
+                          random_state=np.random.default_rng(7)).confidence_interval
+    assert mean == pytest.approx(a.mean() - b.mean())
+    assert low == pytest.approx(ref.low, abs=0.008) and high == pytest.approx(ref.high, abs=0.008)
+
+
+def test_paired_bootstrap_over_seeds_and_images_matches_a_plain_loop():
+    """Three seeds of two methods on 40 images: the vectorised resampling against the definition, written out."""
+    rng = np.random.default_rng(2)
+    a = rng.random((3, 40)) < np.array([[0.8], [0.7], [0.75]])
+    b = rng.random((3, 40)) < 0.7
+    _, low, high = paired_bootstrap(a, b, resamples=20_000, seed=0)
+    draws = np.random.default_rng(11)
+    diffs = []
+    for _ in range(20_000):
+        seeds = draws.integers(0, 3, size=3)
+        images = draws.integers(0, 40, size=40)
+        diffs.append(np.mean([a[s, images].mean() - b[s, images].mean() for s in seeds]))
+    ref_low, ref_high = np.quantile(diffs, [0.025, 0.975])
+    assert low == pytest.approx(ref_low, abs=0.01) and high == pytest.approx(ref_high, abs=0.01)
+
+
+def test_the_interval_narrows_with_more_images_and_seeds():
+    rng = np.random.default_rng(3)
+    widths = []
+    for seeds, images in ((1, 100), (1, 1000), (5, 1000)):
+        a = rng.random((seeds, images)) < 0.8
+        b = rng.random((seeds, images)) < 0.7
+        _, low, high = paired_bootstrap(a, b, resamples=4000)
+        widths.append(high - low)
+    assert widths[0] > widths[1] > widths[2]
+
+
+def test_verdicts():
+    assert verdict(0.01, 0.05) == "supcon_better"
+    assert verdict(-0.05, -0.01) == "ce_better"
+    assert verdict(-0.03, 0.02) == "no_significant_difference"
+
+
+def _run(method: str, seed: int, hits: str, val: float) -> dict:
+    return {"method": method, "seed": seed, "val_acc": val, "test_acc": hits.count("1") / len(hits),
+            "test_correct": hits}
+
+
+def test_method_summary_and_difference_from_run_summaries():
+    sup = [_run("supcon", 0, "1101", 0.8), _run("supcon", 1, "1111", 0.9)]
+    ce = [_run("ce", 0, "1001", 0.7), _run("ce", 1, "1011", 0.8)]
+    summary = method_summary(sup)
+    assert summary["test_acc"] == pytest.approx(0.875) and summary["val_acc"] == pytest.approx(0.85)
+    assert summary["per_seed"] == [{"seed": 0, "val_acc": 0.8, "test_acc": 0.75},
+                                   {"seed": 1, "val_acc": 0.9, "test_acc": 1.0}]
+    d = difference(sup, ce, resamples=2000)
+    assert d["supcon_minus_ce"] == pytest.approx(0.25) and d["seeds"] == 2 and d["test_images"] == 4
+    assert d["verdict"] in ("supcon_better", "no_significant_difference") and d["ci"][0] <= 0.25 <= d["ci"][1]
+    assert correctness(sup[0]).tolist() == [True, True, False, True]
+    with pytest.raises(ValueError, match="the same seeds"):
+        difference(sup, ce[::-1])
+    with pytest.raises(ValueError, match="no per-image test results"):
+        correctness({"method": "ce", "seed": 0, "test_acc": 0.5})
