@@ -94,15 +94,16 @@ def test_the_tutorial_notebook_trains_pictures_and_predicts(tmp_path):
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert all(not cell.outputs and cell.execution_count is None for cell in code)  # stored without outputs
     assert "supcon compare" not in "".join(cell.source for cell in code)  # the library, not the command
-    NotebookClient(notebook, timeout=120, kernel_name="python3",
+    # a cell may wait for the CPU on a loaded machine: a generous limit, not a measurement
+    NotebookClient(notebook, timeout=900, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     text = "".join(out.get("text", "") for cell in code for out in cell.outputs if out.output_type == "stream")
     pictures = [out for cell in code for out in cell.outputs if "image/png" in out.get("data", {})]
     assert len(pictures) == 2  # the t-SNE and the predicted images
-    assert "digits: 1527 train / 270 val" in text
-    probe, ce = (float(v) for v in re.findall(r"val acc (\d\.\d+)", text)[:2])
+    assert "digits: 1257 train / 270 val / 270 test" in text
+    probe, ce = (float(v) for v in re.findall(r"test acc (\d\.\d+)", text)[:2])
     assert probe > 0.85 and ce > 0.85, text
-    # predicting the whole validation split with the trained model gives the probe's own accuracy
-    measured, predicted = re.search(r"validation images: (\d\.\d+) predicted right \(the probe measured (\d\.\d+)\)",
+    # predicting the whole test split with the trained model gives the probe's own test accuracy
+    measured, predicted = re.search(r"test images: (\d\.\d+) predicted right \(the probe measured (\d\.\d+)\)",
                                     text).groups()
     assert measured == predicted == f"{probe:.3f}"

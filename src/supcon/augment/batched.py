@@ -1,8 +1,52 @@
 """Augmentation of whole batches: the ``none``, ``crop`` and ``simclr`` policies with per-image random parameters
-drawn from transforms.v2's distributions, applied to a ``[B, C, H, W]`` batch at once, in float.
+drawn from transforms.v2's distributions, applied to a ``[B, C, H, W]`` batch at once, in float, on the device
+the images are on.
 
-One transforms.v2 call per image took 13 % of a ResNet-18 step at 64 px on 2 quiet CPU cores and over half of it
-on loaded ones; the batched path takes 4 % (``benchmarks/bench_train.py``).
+Two ways of applying the same parameters, which give the same views (to float rounding, 1e-6):
+
+- the **device path** (:func:`color_jitter`, :func:`random_grayscale`, :func:`random_gaussian_blur`; the default
+  wherever the images are not on the CPU): a fixed sequence of batched operations whose number does not depend
+  on the parameters, with no host synchronisation and no host work per batch: the random parameters are drawn
+  on the images' device, nothing is read back (no ``.item()``, ``.tolist()``, ``nonzero()``), and every per-image
+  choice is a ``torch.where`` or a per-image factor. Crop, resize and flip are two batched matrix products with
+  per-image interpolation weights built on the device, all channels in each; colour jitter runs as four *slots*,
+  slot ``k`` applying to every image the adjustment its random order puts ``k``-th (brightness, contrast and
+  saturation as one per-image blend ``clamp(a x + b gray(x) + c mean(gray(x)))``, hue computed for the whole
+  batch and selected by ``torch.where``); grayscale by ``torch.where``; blur as one grouped convolution with a
+  per-image kernel, a delta (identity) kernel for the images not blurred.
+- the **grouped path** (the CPU default): the images sorted by their order of colour adjustments, so that each
+  adjustment runs in place on a slice of the batch, and grayscale and blur only on the images drawn for them. On
+  the CPU it does about a quarter of the device path's arithmetic (the slots compute every adjustment for every
+  image), which is what counts there; it reads the group sizes back to the host, which on a GPU would wait for
+  the device once per batch and launch a few hundred small kernels.
+
+``BatchedView(..., device_path=True/False)`` picks a path (None: by device), so that both run and are tested on
+the CPU.
+
+Where the result differs from transforms.v2 (``policy_transform`` on uint8 images), and why:
+
+1. **Float throughout.** transforms.v2 on uint8 rounds to 8 bits after every step (the resize rounds, the colour
+   adjustments truncate, contrast's grey mean is floored, the blur rounds); here nothing is rounded, so each
+   step can differ from the uint8 pipeline by up to one grey level. With the same parameters, each step agrees
+   with the transforms.v2 kernel applied to float images to 1e-5 (``tests/augment/test_batched.py``), and the
+   whole policy with a per-image composition of those kernels.
+2. **Random numbers.** The parameters are the distributions of transforms.v2's ``make_params``, drawn
+   independently for every image (and every view), but not the same draws: RandomResizedCrop's up to ten
+   attempts are drawn at once and the first that fits is kept (the same distribution as stopping at it), the
+   box is placed by ``floor(u * (slack + 1))`` rather than ``randint``, the factors are drawn in float64, and the
+   order of the four adjustments is the ``argsort`` of four uniforms (a uniform permutation, like
+   ``randperm(4)``). On a GPU the draws come from that device's generator (Philox), so a seed gives other views
+   on a GPU than on the CPU.
+3. **Device path only:** an image is clamped to [0, 1] in every slot, also where that slot changes nothing, which
+   moves only values that the resize left above 1 by a rounding error (at most a few 1e-7); hue's round trip
+   through HSV is computed for every image in every slot but kept only where the slot applies it, so the kept
+   values are the same numbers; blur's delta kernel with reflect padding reproduces the image exactly.
+4. **Several views of one batch** with the same settings are drawn and transformed as one stacked batch of
+   ``views * B`` images: each image's views still get independent parameters.
+
+No ``torch.compile`` or CUDA graph: the device path is some two hundred kernels per stacked batch, with no host
+synchronisation, so on a GPU they queue behind the previous step's work; whether fusing them pays has to be
+measured on one (``benchmarks/gpu.sh``).
 """
 
 from __future__ import annotations
@@ -16,9 +60,9 @@ import torch
 from torch import Tensor
 
 BATCHED_POLICIES = ("none", "crop", "simclr")
-# The batched augmentation is a few hundred small operations. With more than one thread, each is a fork and a
-# join, and on a loaded CPU a join waits for a descheduled thread: a 256-image batch took 0.3-5 s on 2 threads
-# and 0.17-0.20 s on one, with other jobs running; quiet, it is about 4 % of a ResNet-18 step at 64 px either way.
+# The grouped path is a few hundred small operations. With more than one thread, each is a fork and a join, and
+# on a loaded CPU a join waits for a descheduled thread: a 256-image batch took 0.3-5 s on 2 threads and
+# 0.17-0.20 s on one, with other jobs running; quiet, it is about 4 % of a ResNet-18 step at 64 px either way.
 AUGMENT_THREADS = 1
 
 # The SimCLR policy's constants, shared by both implementations.
@@ -28,6 +72,8 @@ JITTER_P = 0.8
 GRAYSCALE_P = 0.2
 BLUR_P = 0.5
 BLUR_SIGMA = (0.1, 2.0)
+# ITU-R 601 luma, the weights of transforms.v2's rgb_to_grayscale.
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 
 
 def blur_kernel_size(image_size: int) -> int:
@@ -35,41 +81,47 @@ def blur_kernel_size(image_size: int) -> int:
     return max(3, int(0.1 * image_size) // 2 * 2 + 1)
 
 
+def _uniform(n: int, low: float, high: float, generator, *shape: int, device=None) -> Tensor:
+    return torch.empty(n, *shape, dtype=torch.float64, device=device).uniform_(low, high, generator=generator)
 
-def _uniform(n: int, low: float, high: float, generator, *shape: int) -> Tensor:
-    return torch.empty(n, *shape, dtype=torch.float64).uniform_(low, high, generator=generator)
+
+def _rand(n: int, generator, *shape: int, device=None) -> Tensor:
+    return torch.rand(n, *shape, generator=generator, device=device)
 
 
 def sample_crops(n: int, height: int, width: int, scale: tuple[float, float], ratio=CROP_RATIO,
-                 generator: torch.Generator | None = None) -> Tensor:
-    """``n`` independent RandomResizedCrop boxes ``[n, 4]`` (top, left, height, width), int64.
+                 generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Tensor:
+    """``n`` independent RandomResizedCrop boxes ``[n, 4]`` (top, left, height, width), int64, drawn on ``device``
+    (default: the generator's, else the CPU) without reading anything back to the host.
 
     The distribution of transforms.v2's ``RandomResizedCrop.make_params``: up to ten attempts of an area share
     uniform in ``scale`` and a log-uniform aspect ratio; the first box that fits is placed uniformly; if none
     fits, the largest centred box within ``ratio``.
     """
+    device = _draw_device(device, generator)
     attempts = 10
-    target = height * width * _uniform(n, scale[0], scale[1], generator, attempts)
-    aspect = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), generator, attempts).exp_()
+    target = height * width * _uniform(n, scale[0], scale[1], generator, attempts, device=device)
+    aspect = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), generator, attempts, device=device).exp_()
     w = (target * aspect).sqrt_().round_()
     h = (target / aspect).sqrt_().round_()
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
     first = fits.to(torch.uint8).argmax(1, keepdim=True)  # argmax returns the first maximum
     w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
-    u = _uniform(n, 0.0, 1.0, generator, 2)
+    u = _uniform(n, 0.0, 1.0, generator, 2, device=device)
     top = (u[:, 0] * (height - h + 1)).floor_().clamp_(max=height - h)
     left = (u[:, 1] * (width - w + 1)).floor_().clamp_(max=width - w)
+    # The fallback box depends on the sizes only: selected with where, so that nothing is read back.
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fw, fh = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        fw, fh = round(height * max(ratio)), height
+    else:
+        fw, fh = width, height
     none_fit = ~fits.any(1)
-    if bool(none_fit.any()):
-        in_ratio = width / height
-        if in_ratio < min(ratio):
-            fw, fh = width, round(width / min(ratio))
-        elif in_ratio > max(ratio):
-            fw, fh = round(height * max(ratio)), height
-        else:
-            fw, fh = width, height
-        w[none_fit], h[none_fit] = fw, fh
-        top[none_fit], left[none_fit] = (height - fh) // 2, (width - fw) // 2
+    w, h = torch.where(none_fit, float(fw), w), torch.where(none_fit, float(fh), h)
+    top = torch.where(none_fit, float((height - fh) // 2), top)
+    left = torch.where(none_fit, float((width - fw) // 2), left)
     return torch.stack([top, left, h, w], 1).long()
 
 
@@ -77,45 +129,50 @@ def resize_weights(start: Tensor, length: Tensor, out_size: int, in_size: int,
                    flip: Tensor | None = None) -> Tensor:
     """``[n, out_size, in_size]`` matrices that crop ``[start, start + length)`` and resize it to ``out_size``
     along one axis, as bilinear ``interpolate(..., antialias=True)`` does (a triangle filter widened by the
-    scale when shrinking), reversed along the output where ``flip``."""
+    scale when shrinking), reversed along the output where ``flip``; built on ``start``'s device."""
+    device = start.device
     length = length.float()
     scale = length / out_size
     support = scale.clamp(min=1.0)
-    centre = scale[:, None] * (torch.arange(out_size, dtype=torch.float32) + 0.5)  # [n, out], crop coordinates
+    centre = scale[:, None] * (torch.arange(out_size, dtype=torch.float32, device=device) + 0.5)  # [n, out]
     if flip is not None:
         centre = torch.where(flip[:, None], centre.flip(1), centre)
-    k = torch.arange(in_size, dtype=torch.float32) + 0.5 - start[:, None].float()  # [n, in], crop coordinates
+    k = torch.arange(in_size, dtype=torch.float32, device=device) + 0.5 - start[:, None].float()  # [n, in]
     inside = ((k > 0) & (k < length[:, None])).float()
     weights = (k[:, None, :] - centre[:, :, None]).div_(support[:, None, None]).abs_().neg_().add_(1).clamp_(min=0)
     weights.mul_(inside[:, None, :])
     return weights.div_(weights.sum(-1, keepdim=True))
 
 
+def _rows_major(x: Tensor) -> Tensor:
+    """``x`` ``[n, C, H, W]`` as ``[n, H, C, W]`` contiguous memory (no copy where it already is)."""
+    return x.transpose(1, 2).contiguous()
+
+
 def resized_crop(x: Tensor, boxes: Tensor, size: int, flip: Tensor | None = None) -> Tensor:
     """Crop each image of a float batch ``[n, C, H, W]`` to its box and resize it to ``size`` (bilinear, with
-    antialiasing), then flip it horizontally where ``flip``: two batched matrix products per channel with
-    per-image interpolation weights.
+    antialiasing), then flip it horizontally where ``flip``: two batched matrix products, each over all channels
+    at once, with per-image interpolation weights built on the images' device.
 
-    Channel-major memory (``x.transpose(0, 1)`` contiguous, as :class:`BatchedMultiView` converts its input)
-    needs no copies; the result is laid out so too (a ``[n, C, S, S]`` view of a contiguous ``[C, n, S, S]``),
-    which keeps each channel contiguous for the colour adjustments.
+    The channels ride in the matrices' rows: with the images in ``[n, H, C, W]`` memory (as
+    :class:`BatchedMultiView` converts them; others are copied so once), the columns are resized by ``[n, H*C,
+    W] @ [n, W, S]`` and the rows by ``[n, S, H] @ [n, H, C*S]``, with no copies between. The result is a
+    ``[n, C, S, S]`` view of ``[n, S, C, S]`` memory.
     """
     n, c, height, width = x.shape
-    planes = x.transpose(0, 1).contiguous()  # [C, n, H, W]
-    boxes = boxes.cpu()
-    rows = resize_weights(boxes[:, 0], boxes[:, 2], size, height).to(x.device, x.dtype)  # [n, S, H]
-    cols = resize_weights(boxes[:, 1], boxes[:, 3], size, width, None if flip is None else flip.cpu())
-    cols = cols.to(x.device, x.dtype).transpose(1, 2)  # [n, W, S]
-    out = x.new_empty(c, n, size, size)
-    for channel in range(c):
-        torch.bmm(rows, torch.bmm(planes[channel], cols), out=out[channel])
-    return out.transpose(0, 1)
+    boxes = boxes.to(x.device)
+    rows = resize_weights(boxes[:, 0], boxes[:, 2], size, height).to(x.dtype)  # [n, S, H]
+    cols = resize_weights(boxes[:, 1], boxes[:, 3], size, width, None if flip is None else flip.to(x.device))
+    cols = cols.to(x.dtype).transpose(1, 2)  # [n, W, S]
+    across = torch.bmm(_rows_major(x).view(n, height * c, width), cols)  # [n, H, C, S]
+    out = torch.bmm(rows, across.view(n, height, c * size))  # [n, S, C, S]
+    return out.view(n, size, c, size).transpose(1, 2)
 
 
 def _grayscale(x: Tensor) -> Tensor:
     """``[n, 1, H, W]``; the ITU-R 601 weights of transforms.v2."""
     r, g, b = x.unbind(1)
-    return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(1)
+    return r.mul(GRAY_WEIGHTS[0]).add_(g, alpha=GRAY_WEIGHTS[1]).add_(b, alpha=GRAY_WEIGHTS[2]).unsqueeze(1)
 
 
 def _factor(factor: Tensor, x: Tensor, dims: int = 3) -> Tensor:
@@ -144,12 +201,11 @@ def _saturation_(x: Tensor, factor: Tensor) -> Tensor:
     return x if x.shape[1] == 1 else _blend_(x, _grayscale(x), factor)
 
 
-def _hue_(x: Tensor, factor: Tensor) -> Tensor:
-    """Rotate the hue by ``factor`` (a share of the circle): the hue as transforms.v2 computes it (in sixths,
-    ``H``), shifted, and back to RGB with the closed form ``max - (max - min) clamp(min(k, 4 - k), 0, 1)``,
-    ``k = (H + m) mod 6`` (m = 5, 3, 1 for R, G, B), which is what transforms.v2's sector table gives."""
-    if x.shape[1] == 1:
-        return x
+def _hue(x: Tensor, factor: Tensor) -> Tensor:
+    """``x`` with its hue rotated by ``factor`` (a share of the circle), out of place: the hue as transforms.v2
+    computes it (in sixths, ``H``), shifted, and back to RGB with the closed form ``max - (max - min) clamp(min(k,
+    4 - k), 0, 1)``, ``k = (H + m) mod 6`` (m = 5, 3, 1 for R, G, B), which is what transforms.v2's sector table
+    gives; the three channels at once."""
     r, g, b = x.unbind(1)
     maxc = torch.maximum(torch.maximum(r, g), b)
     spread = maxc - torch.minimum(torch.minimum(r, g), b)
@@ -157,11 +213,14 @@ def _hue_(x: Tensor, factor: Tensor) -> Tensor:
     h = torch.where(maxc == r, (g - b).mul_(inv),
                     torch.where(maxc == g, (b - r).mul_(inv).add_(2), (r - g).mul_(inv).add_(4)))
     h.add_(_factor(factor, x, 2), alpha=6).remainder_(6)
-    for channel, m in enumerate((5, 3, 1)):
-        k = h.add(m).remainder_(6)
-        torch.minimum(k, 4 - k, out=k).clamp_(0, 1)
-        torch.sub(maxc, k.mul_(spread), out=x[:, channel])
-    return x
+    offsets = torch.arange(5, 0, -2, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)  # m = 5, 3, 1
+    k = h[:, None].add(offsets).remainder_(6)
+    k = torch.minimum(k, 4 - k).clamp_(0, 1)
+    return maxc[:, None] - k.mul_(spread[:, None])
+
+
+def _hue_(x: Tensor, factor: Tensor) -> Tensor:
+    return x if x.shape[1] == 1 else x.copy_(_hue(x, factor))
 
 
 def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
@@ -181,21 +240,84 @@ def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
 
 def adjust_hue(x: Tensor, factor: Tensor) -> Tensor:
     """Per-image ``adjust_hue`` on a float RGB batch ``[n, 3, H, W]``, ``factor`` ``[n]`` (in turns, -0.5 to 0.5)."""
-    return _hue_(x.clone(), factor)
+    return x.clone() if x.shape[1] == 1 else _hue(x, factor)
+
+
+def _gaussian_kernels(kernel_size: int, sigma: Tensor, dtype: torch.dtype, device) -> Tensor:
+    """``[n, kernel_size]`` normalised Gaussians, one per ``sigma``, as transforms.v2's 1-D kernel."""
+    t = torch.arange(kernel_size, dtype=torch.float64, device=device) - (kernel_size - 1) / 2
+    return torch.softmax(-0.5 * (t / sigma.to(device, torch.float64)[:, None]) ** 2, dim=1).to(dtype)
 
 
 def gaussian_blur(x: Tensor, kernel_size: int, sigma: Tensor) -> Tensor:
     """A separable Gaussian blur with one ``sigma`` per image, reflect-padded as transforms.v2's."""
     n, c, height, width = x.shape
-    t = torch.arange(kernel_size, dtype=torch.float64, device=x.device) - (kernel_size - 1) / 2
-    kernel = torch.softmax(-0.5 * (t / sigma.to(x.device, torch.float64)[:, None]) ** 2, dim=1).to(x.dtype)
-    kernel = kernel.repeat_interleave(c, 0)  # [n * C, k]
+    kernel = _gaussian_kernels(kernel_size, sigma, x.dtype, x.device).repeat_interleave(c, 0)  # [n * C, k]
     pad = kernel_size // 2
     y = torch.nn.functional.pad(x.reshape(1, n * c, height, width), [pad] * 4, mode="reflect")
     y = torch.nn.functional.conv2d(y, kernel[:, None, None, :], groups=n * c)
     y = torch.nn.functional.conv2d(y, kernel[:, None, :, None], groups=n * c)
     return y.view(n, c, height, width)
 
+
+# ---------------------------------------------------------------------------------------------- device path
+
+
+def color_jitter(x: Tensor, jitter: Tensor, order: Tensor, factors: Tensor) -> Tensor:
+    """transforms.v2's ``ColorJitter`` with per-image parameters, on a float batch ``[n, C, H, W]``, out of place
+    and without host synchronisation: where ``jitter``, image ``i`` gets the adjustments ``order[i]`` (a
+    permutation of 0 brightness, 1 contrast, 2 saturation, 3 hue) in that order, with ``factors[i]`` ``[n, 4]``.
+
+    Four slots; slot ``k`` applies to each image the adjustment ``order[:, k]``. Brightness, contrast and
+    saturation are each a blend ``f x + (1 - f) other`` (other: 0, the grey mean, the grey image), so a slot
+    applies whichever of them an image has as ``clamp(a x + b gray(x) + c mean(gray(x)), 0, 1)`` with per-image
+    ``a, b, c`` (``a = 1, b = c = 0`` where the slot holds hue or nothing, which leaves the image as it is). Hue
+    is computed for the whole batch and kept where the slot holds it. Saturation and hue leave one-channel images
+    alone, as in transforms.v2.
+    """
+    n, c = x.shape[:2]
+    factors = factors.to(x.device, x.dtype)
+    order = order.to(x.device)
+    jitter = jitter.to(x.device)
+    for slot in range(4):
+        op = order[:, slot]
+        factor = factors.gather(1, op[:, None])[:, 0]
+        brightness, contrast = jitter & (op == 0), jitter & (op == 1)
+        saturation, hue = jitter & (op == 2) & (c == 3), jitter & (op == 3) & (c == 3)
+        keep = torch.where(brightness | contrast | saturation, factor, 1.0).view(n, 1, 1, 1)
+        to_gray = torch.where(saturation, 1 - factor, 0.0).view(n, 1, 1, 1)
+        to_mean = torch.where(contrast, 1 - factor, 0.0).view(n, 1, 1, 1)
+        gray = _grayscale(x) if c == 3 else x
+        mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x * keep).add_(gray * to_gray).add_(mean * to_mean).clamp_(0, 1)
+        if c == 3:
+            x = torch.where(hue.view(n, 1, 1, 1), _hue(x, factor), x)
+    return x
+
+
+def random_grayscale(x: Tensor, mask: Tensor) -> Tensor:
+    """The images where ``mask`` turned to grey (the luma in every channel), out of place, without host
+    synchronisation; one-channel images are returned as they are, as transforms.v2 does."""
+    if x.shape[1] != 3:
+        return x
+    return torch.where(mask.to(x.device).view(-1, 1, 1, 1), _grayscale(x).expand_as(x), x)
+
+
+def random_gaussian_blur(x: Tensor, kernel_size: int, sigma: Tensor, mask: Tensor) -> Tensor:
+    """The images where ``mask`` blurred with their own ``sigma`` (transforms.v2's ``gaussian_blur``: one 2-D
+    convolution with the outer product of the 1-D kernel, reflect-padded), the others unchanged: one grouped
+    convolution over the batch, with a delta kernel (the identity) for the images not blurred."""
+    n, c, height, width = x.shape
+    kernel = _gaussian_kernels(kernel_size, sigma, x.dtype, x.device)  # [n, k]
+    centre = torch.arange(kernel_size, device=x.device) == kernel_size // 2
+    kernel = torch.where(mask.to(x.device)[:, None], kernel, centre.to(x.dtype))
+    kernel2d = (kernel[:, :, None] * kernel[:, None, :]).repeat_interleave(c, 0)  # [n * C, k, k]
+    pad = kernel_size // 2
+    y = torch.nn.functional.pad(x.reshape(1, n * c, height, width), [pad] * 4, mode="reflect")
+    return torch.nn.functional.conv2d(y, kernel2d[:, None], groups=n * c).view(n, c, height, width)
+
+
+# ---------------------------------------------------------------------------------------------- grouped path
 
 # In the order of ColorJitter's fn_idx.
 _JITTER_OPS = (_brightness_, _contrast_, _saturation_, _hue_)
@@ -210,65 +332,139 @@ def _where_(x: Tensor, mask: Tensor, fn, *args: Tensor) -> Tensor:
     return x
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are one, ``cuda`` meaning the current CUDA device."""
+    if a.type != b.type:
+        return False
+    if a.index is None or b.index is None:
+        current = torch.cuda.current_device() if a.type == "cuda" else 0
+        return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+    return a.index == b.index
+
+
+def _draw_device(device, generator: torch.Generator | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return generator.device if generator is not None else torch.device("cpu")
+
+
 class BatchedView:
     """One view of a whole uint8 batch ``[B, C, H, W]``, returned as float ``[B, C, S, S]``.
 
     The policy's random parameters are drawn independently for every image, from the distributions of the
     per-image transforms.v2 pipeline (:func:`policy_transform`): a RandomResizedCrop box, a flip with p=1/2,
     and for ``simclr`` colour jitter with p=0.8 (independent factors and a random order of the four
-    adjustments per image), grayscale with p=0.2 and, with ``blur``, a Gaussian blur with p=0.5. They are then
-    applied to the batch at once, in float32: the crop and resize are two batched matrix products with
-    per-image interpolation weights (bilinear with antialiasing, flips folded in), the colour adjustments are
-    the transforms.v2 formulas with per-image factors. Unlike the uint8 pipeline, nothing is rounded to 8 bits
-    between the steps. Random numbers come from ``generator`` (default: torch's global generator). On the CPU
-    it runs on one thread (see ``AUGMENT_THREADS``); on a GPU it runs where the images are.
+    adjustments per image), grayscale with p=0.2 and, with ``blur``, a Gaussian blur with p=0.5. They are
+    drawn on the images' device and applied to the batch at once, in float32, there: the crop and resize are two
+    batched matrix products with per-image interpolation weights (bilinear with antialiasing, flips folded in),
+    the colour adjustments are the transforms.v2 formulas with per-image factors. Unlike the uint8 pipeline,
+    nothing is rounded to 8 bits between the steps (the module docstring lists every difference).
+
+    ``generator``: a ``torch.Generator``, or several (one per device), that the random numbers of images on its
+    device come from; images on a device without one raise. None (the default): torch's default generator of the
+    images' device, so that ``torch.manual_seed`` makes the views reproducible on each device.
+    ``device_path``: True applies the parameters with the device path (no host synchronisation), False with the
+    grouped path, None (the default) the device path wherever the images are not on the CPU. On the CPU the view
+    runs on one thread (see ``AUGMENT_THREADS``).
     """
 
     def __init__(self, policy: str, image_size: int, *, crop_scale: float = 0.2, hflip: bool = True,
-                 blur: bool = False, mean=None, std=None, generator: torch.Generator | None = None):
+                 blur: bool = False, mean=None, std=None,
+                 generator: torch.Generator | Sequence[torch.Generator] | None = None,
+                 device_path: bool | None = None):
         if policy not in BATCHED_POLICIES:
             raise ValueError(f"batched augmentation supports {', '.join(BATCHED_POLICIES)}; got {policy!r}")
         self.policy, self.image_size, self.crop_scale = policy, image_size, crop_scale
-        self.hflip, self.blur = hflip, blur
+        self.hflip, self.blur, self.device_path = hflip, blur, device_path
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std, or neither")
-        self.mean = None if mean is None else torch.tensor(list(mean), dtype=torch.float32)
-        self.std = None if std is None else torch.tensor(list(std), dtype=torch.float32)
-        self.generator = generator
+        self.mean = None if mean is None else [float(m) for m in mean]
+        self.std = None if std is None else [float(s) for s in std]
+        self._stats: dict[torch.device, tuple[Tensor, Tensor]] = {}  # mean and std, made once per device
+        self.generators = (() if generator is None
+                           else (generator,) if isinstance(generator, torch.Generator) else tuple(generator))
+
+    @property
+    def generator(self) -> torch.Generator | None:
+        """The first of the view's generators (None: torch's default ones)."""
+        return self.generators[0] if self.generators else None
 
     def __repr__(self) -> str:
         return (f"BatchedView({self.policy!r}, {self.image_size}, crop_scale={self.crop_scale}, "
                 f"hflip={self.hflip}, blur={self.blur})")
 
-    def sample(self, n: int, channels: int, height: int, width: int) -> dict[str, Tensor]:
-        """The random parameters of ``n`` images (all on the CPU)."""
-        g = self.generator
+    def generator_for(self, device: torch.device | str) -> torch.Generator | None:
+        """The generator that draws for images on ``device`` (None: torch's default generator there)."""
+        if not self.generators:
+            return None
+        device = torch.device(device)
+        for g in self.generators:
+            if _same_device(g.device, device):
+                return g
+        raise ValueError(f"{self!r} has generators on {', '.join(str(g.device) for g in self.generators)}, "
+                         f"none on {device}, where the images are: give one generator per device")
+
+    def settings(self) -> tuple:
+        """What decides how the view's images are drawn and transformed: views with equal settings can be drawn as
+        one stacked batch."""
+        return (self.policy, self.image_size, self.crop_scale, self.hflip, self.blur, self.device_path,
+                tuple(id(g) for g in self.generators), self.mean and tuple(self.mean), self.std and tuple(self.std))
+
+    def sample(self, n: int, channels: int, height: int, width: int,
+               device: torch.device | str | None = None) -> dict[str, Tensor]:
+        """The random parameters of ``n`` images, drawn on ``device`` (default: that of the view's generator,
+        else the CPU) from the view's generator for it; nothing is read back to the host."""
+        device = _draw_device(device, self.generator)
+        g = self.generator_for(device)
         params: dict[str, Tensor] = {}
         if self.policy == "none":
             return params
-        params["boxes"] = sample_crops(n, height, width, (self.crop_scale, 1.0), generator=g)
+        params["boxes"] = sample_crops(n, height, width, (self.crop_scale, 1.0), generator=g, device=device)
         if self.hflip:
-            params["flip"] = torch.rand(n, generator=g) < 0.5
+            params["flip"] = _rand(n, g, device=device) < 0.5
         if self.policy == "simclr":
-            params["jitter"] = torch.rand(n, generator=g) < JITTER_P
-            params["order"] = torch.rand(n, 4, generator=g).argsort(1)  # a uniform permutation per image
+            params["jitter"] = _rand(n, g, device=device) < JITTER_P
+            params["order"] = _rand(n, g, 4, device=device).argsort(1)  # a uniform permutation per image
             b, c, s, h = JITTER
-            params["factors"] = torch.stack([_uniform(n, 1 - b, 1 + b, g), _uniform(n, 1 - c, 1 + c, g),
-                                             _uniform(n, 1 - s, 1 + s, g), _uniform(n, -h, h, g)], 1).float()
-            params["grayscale"] = torch.rand(n, generator=g) < GRAYSCALE_P
+            params["factors"] = torch.stack([_uniform(n, 1 - b, 1 + b, g, device=device),
+                                             _uniform(n, 1 - c, 1 + c, g, device=device),
+                                             _uniform(n, 1 - s, 1 + s, g, device=device),
+                                             _uniform(n, -h, h, g, device=device)], 1).float()
+            params["grayscale"] = _rand(n, g, device=device) < GRAYSCALE_P
             if self.blur:
-                params["blur"] = torch.rand(n, generator=g) < BLUR_P
-                params["sigma"] = _uniform(n, *BLUR_SIGMA, g)
+                params["blur"] = _rand(n, g, device=device) < BLUR_P
+                params["sigma"] = _uniform(n, *BLUR_SIGMA, g, device=device)
         return params
+
+    def uses_device_path(self, device: torch.device) -> bool:
+        """Whether images on ``device`` go through the device path."""
+        return self.device_path if self.device_path is not None else device.type != "cpu"
 
     def apply(self, x: Tensor, params: dict[str, Any]) -> Tensor:
         """The policy with the given parameters on a float batch in [0, 1]; not normalised."""
-        y, order = self._apply(x, params)
-        return y if order is None else torch.empty_like(y).index_copy_(0, order.to(y.device), y)
+        params = {k: v.to(x.device) for k, v in params.items()}
+        if self.uses_device_path(x.device):
+            return self._apply_device(x, params)
+        y, order = self._apply_grouped(x, params)
+        return y if order is None else torch.empty_like(y).index_copy_(0, order, y)
 
-    def _apply(self, x: Tensor, params: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
-        """:meth:`apply`, but the images may come back reordered: ``(y, order)`` with ``y[k]`` the image
-        ``order[k]`` (``order`` None: in order), so that the caller's one copy into place also undoes it."""
+    def _apply_device(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
+        """:meth:`apply` on the device path: a fixed sequence of batched operations, nothing read back."""
+        if self.policy == "none":
+            return x
+        x = resized_crop(x, params["boxes"], self.image_size, params.get("flip"))
+        if self.policy == "crop":
+            return x
+        x = color_jitter(x, params["jitter"], params["order"], params["factors"])
+        x = random_grayscale(x, params["grayscale"])
+        if self.blur:
+            x = random_gaussian_blur(x, blur_kernel_size(self.image_size), params["sigma"], params["blur"])
+        return x
+
+    def _apply_grouped(self, x: Tensor, params: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """:meth:`apply` on the grouped path, but the images may come back reordered: ``(y, order)`` with ``y[k]``
+        the image ``order[k]`` (``order`` None: in order), so that the caller's one copy into place also undoes
+        it."""
         if self.policy == "none":
             return x, None
         if self.policy == "crop":
@@ -276,10 +472,11 @@ class BatchedView:
         jitter, order = params["jitter"], params["order"]
         # Images sorted by their sequence of colour adjustments (24 orders, or none), so that each adjustment
         # runs on a slice of the batch in place, with no gathering or scattering per adjustment.
-        code = torch.where(jitter, (order * torch.tensor([64, 16, 4, 1])).sum(1), 256)
+        weights = torch.tensor([64, 16, 4, 1], device=order.device)
+        code = torch.where(jitter, (order * weights).sum(1), 256)
         code, perm = code.sort(stable=True)
         params = {k: v[perm] for k, v in params.items()}
-        x = x.transpose(0, 1).index_select(1, perm.to(x.device)).transpose(0, 1)  # keeps [C, n, H, W] in memory
+        x = _rows_major(x).index_select(0, perm).transpose(1, 2)  # keeps [n, H, C, W] in memory
         x = resized_crop(x, params["boxes"], self.image_size, params.get("flip"))
         values, counts = torch.unique_consecutive(code, return_counts=True)
         start = 0
@@ -297,37 +494,62 @@ class BatchedView:
             _where_(x, params["blur"], lambda v, sigma: gaussian_blur(v, kernel, sigma), params["sigma"])
         return x, perm
 
-    def _into(self, out: Tensor, x: Tensor) -> Tensor:
-        """This view of the float batch ``x`` written into ``out`` (same shape, any layout), normalised."""
-        y, order = self._apply(x, self.sample(len(x), *x.shape[1:]))
-        if order is None:
-            out.copy_(y)
+    def _views(self, x: Tensor, out: Sequence[Tensor]) -> None:
+        """``len(out)`` views of the float batch ``x`` (``[n, C, H, W]``, ``[n, H, C, W]`` in memory), stacked as
+        ``len(out)`` copies of it, drawn and transformed at once and written into ``out`` (each ``[n, C, S, S]``,
+        any layout), normalised."""
+        n, copies = len(x), len(out)
+        if self.policy == "none":
+            for o in out:
+                self.normalize_(o.copy_(x))
+            return
+        stacked = x if copies == 1 else _rows_major(x).repeat(copies, 1, 1, 1).transpose(1, 2)
+        params = self.sample(copies * n, *x.shape[1:], device=x.device)
+        if self.uses_device_path(x.device):
+            y, order = self._apply_device(stacked, params), None
         else:
-            out.index_copy_(0, order.to(out.device), y)
-        return self.normalize_(out)
+            y, order = self._apply_grouped(stacked, params)
+        if order is None:
+            for j, o in enumerate(out):
+                o.copy_(y[j * n:(j + 1) * n])
+        elif copies == 1:
+            out[0].index_copy_(0, order, y)
+        else:
+            # Undo the sort straight into place: stacked image k is image k % n of view k // n.
+            whole = torch.empty_like(y).index_copy_(0, order, y)
+            for j, o in enumerate(out):
+                o.copy_(whole[j * n:(j + 1) * n])
+        for o in out:
+            self.normalize_(o)
 
     def normalize_(self, x: Tensor) -> Tensor:
         """``x`` normalised in place with the view's mean and std (unchanged without them); returns ``x``."""
-        if self.mean is not None:
-            x.sub_(self.mean.to(x.device).view(-1, 1, 1)).div_(self.std.to(x.device).view(-1, 1, 1))
-        return x
+        if self.mean is None:
+            return x
+        stats = self._stats.get(x.device)
+        if stats is None:  # once per device: a tensor made from host values is a copy the device waits for
+            stats = self._stats[x.device] = (torch.tensor(self.mean, device=x.device).view(-1, 1, 1),
+                                             torch.tensor(self.std, device=x.device).view(-1, 1, 1))
+        return x.sub_(stats[0]).div_(stats[1])
 
     def __call__(self, images: Tensor) -> Tensor:
         single = images.ndim == 3
-        x = _to_float_planes(images[None] if single else images)
+        x = _to_float_rows(images[None] if single else images)
         size = x.shape[-2:] if self.policy == "none" else (self.image_size, self.image_size)
+        out = x.new_empty(*x.shape[:2], *size)
         with _cpu_threads(x.device, AUGMENT_THREADS):
-            out = self._into(x.new_empty(*x.shape[:2], *size), x)
+            self._views(x, [out])
         return out[0] if single else out
 
 
-def _to_float_planes(images: Tensor) -> Tensor:
-    """uint8 ``[n, C, H, W]`` to float in [0, 1] (as :func:`to_float`), laid out channel-major, ``[C, n, H, W]``
-    in memory, the layout :func:`resized_crop` multiplies without copies."""
+def _to_float_rows(images: Tensor) -> Tensor:
+    """uint8 ``[n, C, H, W]`` to float in [0, 1] (as :func:`to_float`), laid out ``[n, H, C, W]`` in memory, the
+    layout :func:`resized_crop` multiplies without copies."""
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ValueError(f"expected uint8 images [n, C, H, W]; got {images.dtype} {tuple(images.shape)}")
-    planes = torch.empty(images.shape[1], images.shape[0], *images.shape[2:], device=images.device)
-    return planes.copy_(images.transpose(0, 1)).mul_(1.0 / 255).transpose(0, 1)
+    n, c, height, width = images.shape
+    rows = torch.empty(n, height, c, width, device=images.device)
+    return rows.copy_(images.transpose(1, 2)).mul_(1.0 / 255).transpose(1, 2)
 
 
 @contextlib.contextmanager
@@ -346,7 +568,9 @@ def _cpu_threads(device: torch.device, threads: int | None):
 
 class BatchedMultiView:
     """Several :class:`BatchedView` of one batch: uint8 ``[B, C, H, W]`` to float ``[B, V, C, S, S]`` (a list of
-    ``V`` views for a single ``[C, H, W]`` image, as :class:`MultiViewTransform`)."""
+    ``V`` views for a single ``[C, H, W]`` image, as :class:`MultiViewTransform`). Views with the same settings
+    (two ``simclr`` views, say) are drawn and transformed as one stacked batch, with independent parameters for
+    every image of every view: half the operations for two views."""
 
     def __init__(self, views: Sequence[BatchedView]):
         if not views:
@@ -356,14 +580,21 @@ class BatchedMultiView:
     def __len__(self) -> int:
         return len(self.transforms)
 
+    def _groups(self) -> list[list[int]]:
+        """The views' indices, grouped by equal settings."""
+        groups: dict[tuple, list[int]] = {}
+        for v, t in enumerate(self.transforms):
+            groups.setdefault(t.settings(), []).append(v)
+        return list(groups.values())
+
     def __call__(self, images: Tensor) -> Tensor | list[Tensor]:
         single = images.ndim == 3
-        x = _to_float_planes(images[None] if single else images)  # converted once for all views
+        x = _to_float_rows(images[None] if single else images)  # converted once for all views
         sizes = {tuple(x.shape[-2:]) if t.policy == "none" else (t.image_size,) * 2 for t in self.transforms}
         if len(sizes) != 1:
             raise ValueError("the views of a batched multi-view transform must have one size")
         out = x.new_empty(len(x), len(self.transforms), x.shape[1], *sizes.pop())
         with _cpu_threads(x.device, AUGMENT_THREADS):
-            for v, t in enumerate(self.transforms):
-                t._into(out[:, v], x)
+            for members in self._groups():
+                self.transforms[members[0]]._views(x, [out[:, v] for v in members])
         return list(out[0]) if single else out
