@@ -73,7 +73,7 @@ class PageLoad:
 
 
 def load_page(page: Path, screenshot: Path | None = None, *, probe: bool = True, hover: bool = False,
-              size: tuple[int, int] = (1400, 1000), timeout: float = 120) -> PageLoad:
+              size: tuple[int, int] = (1400, 1000), timeout: float = 600) -> PageLoad:
     """Load ``page`` (a copy, with the console hook and the offline policy in front and, with ``probe``, the
     report probe at the end) in headless Chromium from file:// with no network; screenshot to ``screenshot``."""
     chromium = find_chromium()

@@ -68,7 +68,7 @@ def test_the_documentation_site_builds_strictly_with_the_readme_and_the_api_refe
     _require("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python")
     site = tmp_path / "site"
     done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+                          capture_output=True, text=True, timeout=900, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert done.returncode == 0, done.stderr[-3000:]  # strict: a broken link or anchor is an error
     index = (site / "index.html").read_text()
     # the quick start is the README, its docs/ links made relative to the site

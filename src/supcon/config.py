@@ -42,8 +42,11 @@ DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3}
 AUTO_OPTIMIZER = {"supcon": "sgd", "ce": "adamw"}
 # How tables and picture titles name each stage-1 loss, each method (a run summary's "method") and its encoder.
 LOSS_NAMES = {"supcon": "SupCon", "supcon_in": "SupCon (L_in)", "simclr": "SimCLR", "maxmargin": "max-margin",
-              "npairs": "npairs"}
+              "npairs": "npairs", "supcon+ce": "SupCon + CE"}
 METHOD_NAMES = {"supcon": "SupCon + linear", "simclr": "SimCLR + linear", "ce": "cross-entropy"}
+# What `compare --methods` trains: each name, how its tables name it.
+METHODS = {"ce": "cross-entropy", "supcon": "SupCon + linear", "supcon-finetune": "SupCon + fine-tuning",
+           "supcon+ce": "SupCon + CE, joint"}
 ENCODER_TITLES = {"supcon": "SupCon encoder", "simclr": "SimCLR encoder", "ce": "cross-entropy encoder"}
 # --encoder: these, or timm:NAME (supcon.models builds them; named here so that a typo fails before training)
 ENCODERS = ("auto", "smallcnn", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -144,9 +147,20 @@ class Config:
                            "meant for GPUs and long runs")
     # loss
     loss: str = option("supcon", "stage-1 loss: supcon (L_out), supcon_in (L_in), simclr (labels ignored), "
-                       "maxmargin (pairwise max-margin, what the study's notebooks trained with) or npairs (the "
-                       "Keras example's multi-class N-pair loss)", STAGE1,
-                       choices=("supcon", "supcon_in", "simclr", "maxmargin", "npairs"))
+                       "maxmargin (pairwise max-margin, what the study's notebooks trained with), npairs (the "
+                       "Keras example's multi-class N-pair loss), or supcon+ce (SupCon on the projection and CE on a "
+                       "linear classifier over the encoder's features, in one stage; see --ce-weight)", STAGE1,
+                       choices=("supcon", "supcon_in", "simclr", "maxmargin", "npairs", "supcon+ce"))
+    ce_weight: float = option(0.1, "--loss supcon+ce trains on (1 - W) x SupCon + W x CE; 0.1 is Gunel et al. "
+                              "(2021)'s best weighting (lambda = 0.9 on the contrastive term)", STAGE1, metavar="W")
+    ce_stop_grad: bool = option(False, "--loss supcon+ce: stop CE's gradient at the encoder's features, so that only "
+                                "SupCon shapes them and the classifier learns on the side (the SupCon paper's joint "
+                                "variant)", STAGE1)
+    queue: int = option(0, "a memory of the last K projected embeddings and their labels, made by a momentum copy of "
+                        "the encoder and head (MoCo-style), used as extra contrast vectors by the supcon losses: "
+                        "more positives and negatives per step at a small batch (0: off)", STAGE1, metavar="K")
+    momentum_encoder: float = option(0.999, "momentum of the copy that fills --queue: after each step its weights "
+                                     "become M x its own + (1 - M) x the trained ones", STAGE1, metavar="M")
     temperature: float = option(0.1, "temperature of the contrastive loss (supcon, supcon_in, simclr, npairs)",
                                 STAGE1)
     margin: float = option(1.0, "margin of the maxmargin loss: negative pairs closer than this are pushed apart",
@@ -187,6 +201,16 @@ class Config:
     linear_optimizer: str = option("adam", "optimizer of the linear probe", STAGE2,
                                    choices=("sgd", "adam", "adamw", "rmsprop"))
     linear_lr: float = option(1e-2, "learning rate of the linear probe", STAGE2)
+    stage2: str = option("linear", "stage 2: linear (a linear classifier on the frozen encoder, as in the study) or "
+                         "finetune (the encoder and the classifier trained together with cross-entropy from the "
+                         "stage-1 weights, the encoder at --finetune-lr, with --augment)", STAGE2,
+                         choices=("linear", "finetune"))
+    finetune_lr: float = option(1e-4, "learning rate of the encoder when --stage2 finetune (the classifier keeps "
+                                "--linear-lr): a hundredth of the classifier's, so that fine-tuning adjusts the "
+                                "stage-1 features rather than relearning them", STAGE2)
+    methods: str = option("ce,supcon", "compare: the methods trained side by side, comma-separated: ce (the "
+                          "baseline), supcon (stage 1 + linear probe), supcon-finetune (stage 1, then fine-tuned "
+                          "with CE), supcon+ce (the joint objective)", ("compare",), metavar="LIST")
     linear_augment: str = option("none", "augmentation while training the linear probe (none: features are "
                                  "computed once)", STAGE2,
                                  choices=("none", "crop", "simclr", "autoaugment", "randaugment"))
@@ -207,8 +231,8 @@ class Config:
     seed: int = option(0, "random seed of the training: initial weights, shuffles, augmentation (runs are "
                        "deterministic on CPU)")
     seeds: int = option(1, "train every method (or sweep cell) with this many seeds, --seed, --seed + 1, ...; the "
-                        "test accuracy is then a mean with a 95 percent t-interval over the seeds", ("compare", "sweep"),
-                        metavar="K")
+                        "test accuracy is then a mean with a 95 percent t-interval over the seeds",
+                        ("compare", "sweep"), metavar="K")
     device: str = option("auto", "device: auto (cuda, mps, then cpu), cpu, cuda, cuda:N, mps", runtime=True)
     amp: str = option("auto", "mixed precision on CUDA: auto (bf16 where supported), bf16, fp16, none",
                       choices=("auto", "bf16", "fp16", "none"))
@@ -269,7 +293,7 @@ class Config:
         check_encoder_name(self.encoder)
         positive = ["epochs", "batch_size", "temperature", "views", "proj_dim", "proj_hidden",
                     "linear_epochs", "linear_lr", "eval_batch_size", "step_epochs", "margin", "knn_k",
-                    "knn_temperature", "nproc", "seeds"]
+                    "knn_temperature", "nproc", "seeds", "finetune_lr"]
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive; got {getattr(self, name)!r}")
@@ -300,12 +324,41 @@ class Config:
         if self.contrast_mode != "all" and self.loss in ("maxmargin", "npairs"):
             raise ValueError(f"contrast_mode {self.contrast_mode} is an option of the supcon, supcon_in and simclr "
                              f"losses; {self.loss} takes every view as an anchor")
+        self._validate_supcon_forms()
         if self.weight_decay < 0 or self.warmup_epochs < 0 or self.patience < 0 or self.momentum < 0:
             raise ValueError("weight_decay, warmup_epochs, patience and momentum must not be negative")
         if self.ckpt_every < 0 or self.keep_checkpoints < 0:
             raise ValueError("ckpt_every and keep_checkpoints must not be negative")
         if self.resume is not None and self.keep_checkpoints == 0:
             raise ValueError("resume needs checkpoints; keep_checkpoints 0 turns them off")
+
+    def _validate_supcon_forms(self) -> None:
+        if not 0 <= self.ce_weight <= 1:
+            raise ValueError(f"ce_weight must be in [0, 1] (the CE share of the joint loss); got {self.ce_weight}")
+        if not 0 <= self.momentum_encoder < 1:
+            raise ValueError(f"momentum_encoder must be in [0, 1); got {self.momentum_encoder}")
+        if self.queue < 0:
+            raise ValueError(f"queue must not be negative (0: off); got {self.queue}")
+        if self.queue and self.loss not in ("supcon", "supcon_in", "supcon+ce"):
+            raise ValueError(f"--queue needs a supervised supcon loss (supcon, supcon_in, supcon+ce); got {self.loss}")
+        if self.queue and self.nproc > 1:
+            raise ValueError("--queue does not run distributed yet: each process would keep a queue of its own")
+        if self.queue and self.chunk_size is not None:
+            raise ValueError("--queue and --chunk-size do not go together yet: the gradient cache takes the loss of "
+                             "the batch alone")
+        if self.loss == "supcon+ce" and self.nproc > 1:
+            raise ValueError("--loss supcon+ce does not run distributed yet")
+        if self.finetune_lr <= 0:
+            raise ValueError(f"finetune_lr must be positive; got {self.finetune_lr}")
+        methods = self.method_list()
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown or not methods or len(set(methods)) < len(methods):
+            raise ValueError(f"methods must be distinct names among {', '.join(METHODS)}, comma-separated; got "
+                             f"{self.methods!r}")
+
+    def method_list(self) -> list[str]:
+        """``methods`` as a list: the methods a comparison trains."""
+        return [m.strip() for m in self.methods.split(",") if m.strip()]
 
     def lr_factor(self) -> float:
         """What ``lr_scale`` multiplies every learning rate by, from the (global) ``batch_size``."""

@@ -215,15 +215,28 @@ class ProjectionHead(nn.Module):
 
 
 class SupConModel(nn.Module):
-    """Encoder followed by the projection head: images to unit vectors of size ``head.out_dim``."""
+    """Encoder followed by the projection head: images to unit vectors of size ``head.out_dim``.
 
-    def __init__(self, encoder: Encoder, head: ProjectionHead | None = None):
+    With a ``classifier`` (the joint objective, ``--loss supcon+ce``) the forward pass returns the unit vectors
+    and the classifier's logits on the encoder's features; ``stop_grad`` keeps the classifier's gradient out of
+    the encoder (the SupCon paper's joint variant).
+    """
+
+    def __init__(self, encoder: Encoder, head: ProjectionHead | None = None, classifier: nn.Linear | None = None,
+                 stop_grad: bool = False):
         super().__init__()
         self.encoder = encoder
         self.head = head if head is not None else ProjectionHead(encoder.out_dim)
+        if classifier is not None:  # registered only when used: a plain model's state dict stays as it was
+            self.classifier = classifier
+        self.stop_grad = stop_grad
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x))
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)
+        z = self.head(h)
+        if not hasattr(self, "classifier"):
+            return z
+        return z, self.classifier(h.detach() if self.stop_grad else h)
 
 
 class Classifier(nn.Module):

@@ -191,10 +191,10 @@ def test_compare_with_seeds_prints_the_interval_table_and_the_verdict(tmp_path, 
     assert code == 0
     assert "| method | test acc (95% CI) | val acc |" in out and out.count(" ± ") == 2
     line = re.search(r"(no significant difference|SupCon better|cross-entropy better) at this budget: SupCon − CE = "
-                     r"([+-]\d+\.\d) points, 95 % CI \[([+-]\d+\.\d), ([+-]\d+\.\d)\] \(paired bootstrap over 3 "
+                     r"([+−]\d+\.\d) points, 95 % CI \[([+−]\d+\.\d), ([+−]\d+\.\d)\] \(paired bootstrap over 3 "
                      r"seeds x 270 test images\)", out)
     assert line, out
-    low, mid, high = float(line[3]), float(line[2]), float(line[4])
+    low, mid, high = (float(line[i].replace("−", "-")) for i in (3, 2, 4))
     assert low <= mid <= high
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["seeds"] == [0, 1, 2] and results["splits"] == {"train": 300, "val": 150, "test": 270}

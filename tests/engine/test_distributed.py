@@ -190,7 +190,7 @@ def _supcon(*args: str, nproc: int = 1) -> subprocess.CompletedProcess:
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):  # a launcher around pytest must not leak into the runs
         env.pop(name, None)
     command = [sys.executable, "-m", "supcon", *args, "--nproc", str(nproc)]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
 
 
 @pytest.mark.slow

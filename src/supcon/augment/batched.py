@@ -201,26 +201,29 @@ def _saturation_(x: Tensor, factor: Tensor) -> Tensor:
     return x if x.shape[1] == 1 else _blend_(x, _grayscale(x), factor)
 
 
-def _hue(x: Tensor, factor: Tensor) -> Tensor:
-    """``x`` with its hue rotated by ``factor`` (a share of the circle), out of place: the hue as transforms.v2
-    computes it (in sixths, ``H``), shifted, and back to RGB with the closed form ``max - (max - min) clamp(min(k,
+def _hue(x: Tensor, factor: Tensor, out: Tensor | None = None) -> Tensor:
+    """``x`` with its hue rotated by ``factor`` (a share of the circle), into ``out`` (which may be ``x``) or a new
+    tensor: the hue as transforms.v2 computes it (in sixths, ``H``, from the channel that holds the maximum, red
+    before green before blue), shifted, and back to RGB with the closed form ``max - (max - min) clamp(min(k,
     4 - k), 0, 1)``, ``k = (H + m) mod 6`` (m = 5, 3, 1 for R, G, B), which is what transforms.v2's sector table
-    gives; the three channels at once."""
-    r, g, b = x.unbind(1)
-    maxc = torch.maximum(torch.maximum(r, g), b)
-    spread = maxc - torch.minimum(torch.minimum(r, g), b)
+    gives; the three channels at once, in a fixed number of operations."""
+    minc, maxc = torch.aminmax(x, dim=1)
+    spread = maxc - minc
     inv = spread.clamp(min=1e-30).reciprocal_()  # a grey pixel (spread 0) has differences 0: any hue will do
-    h = torch.where(maxc == r, (g - b).mul_(inv),
-                    torch.where(maxc == g, (b - r).mul_(inv).add_(2), (r - g).mul_(inv).add_(4)))
+    # (g - b, b - r, r - g) / spread + (0, 2, 4): the hue seen from each channel as the largest; argmax keeps the
+    # first largest channel, the precedence of transforms.v2's masks.
+    sixths = (x.roll(-1, 1) - x.roll(-2, 1)).mul_(inv[:, None])
+    sixths.add_(torch.arange(0, 6, 2, dtype=x.dtype, device=x.device).view(1, 3, 1, 1))
+    h = sixths.gather(1, x.argmax(1, keepdim=True))[:, 0]
     h.add_(_factor(factor, x, 2), alpha=6).remainder_(6)
     offsets = torch.arange(5, 0, -2, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)  # m = 5, 3, 1
     k = h[:, None].add(offsets).remainder_(6)
-    k = torch.minimum(k, 4 - k).clamp_(0, 1)
-    return maxc[:, None] - k.mul_(spread[:, None])
+    k = torch.minimum(k, 4 - k).clamp_(0, 1).mul_(spread[:, None])
+    return torch.sub(maxc[:, None], k) if out is None else torch.sub(maxc[:, None], k, out=out)
 
 
 def _hue_(x: Tensor, factor: Tensor) -> Tensor:
-    return x if x.shape[1] == 1 else x.copy_(_hue(x, factor))
+    return x if x.shape[1] == 1 else _hue(x, factor, out=x)
 
 
 def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
@@ -276,22 +279,21 @@ def color_jitter(x: Tensor, jitter: Tensor, order: Tensor, factors: Tensor) -> T
     alone, as in transforms.v2.
     """
     n, c = x.shape[:2]
-    factors = factors.to(x.device, x.dtype)
-    order = order.to(x.device)
-    jitter = jitter.to(x.device)
+    factors, order = factors.to(x.device, x.dtype), order.to(x.device)
+    slot_factor = factors.gather(1, order).view(n, 4, 1, 1, 1)  # the factor of each slot's adjustment
+    op = torch.where(jitter.to(x.device)[:, None], order, 4)  # [n, 4]; 4: nothing (an image not jittered)
+    if c == 1:
+        op = torch.where(op >= 2, 4, op)  # saturation and hue leave one channel alone
+    op = op.view(n, 4, 1, 1, 1)
+    keep = torch.where(op <= 2, slot_factor, 1.0)  # brightness, contrast and saturation scale the image by f
+    to_mean = torch.where(op == 1, 1 - slot_factor, 0.0)
+    to_gray = torch.where(op == 2, 1 - slot_factor, 0.0)
     for slot in range(4):
-        op = order[:, slot]
-        factor = factors.gather(1, op[:, None])[:, 0]
-        brightness, contrast = jitter & (op == 0), jitter & (op == 1)
-        saturation, hue = jitter & (op == 2) & (c == 3), jitter & (op == 3) & (c == 3)
-        keep = torch.where(brightness | contrast | saturation, factor, 1.0).view(n, 1, 1, 1)
-        to_gray = torch.where(saturation, 1 - factor, 0.0).view(n, 1, 1, 1)
-        to_mean = torch.where(contrast, 1 - factor, 0.0).view(n, 1, 1, 1)
         gray = _grayscale(x) if c == 3 else x
         mean = gray.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x * keep).add_(gray * to_gray).add_(mean * to_mean).clamp_(0, 1)
+        x = (x * keep[:, slot]).addcmul_(gray, to_gray[:, slot]).addcmul_(mean, to_mean[:, slot]).clamp_(0, 1)
         if c == 3:
-            x = torch.where(hue.view(n, 1, 1, 1), _hue(x, factor), x)
+            x = torch.where(op[:, slot] == 3, _hue(x, slot_factor[:, slot, 0, 0, 0]), x)
     return x
 
 
@@ -494,33 +496,30 @@ class BatchedView:
             _where_(x, params["blur"], lambda v, sigma: gaussian_blur(v, kernel, sigma), params["sigma"])
         return x, perm
 
-    def _views(self, x: Tensor, out: Sequence[Tensor]) -> None:
-        """``len(out)`` views of the float batch ``x`` (``[n, C, H, W]``, ``[n, H, C, W]`` in memory), stacked as
-        ``len(out)`` copies of it, drawn and transformed at once and written into ``out`` (each ``[n, C, S, S]``,
-        any layout), normalised."""
-        n, copies = len(x), len(out)
+    def _views(self, x: Tensor, out: Tensor, members: Sequence[int]) -> None:
+        """The views ``members`` of ``out`` (``[n, V, C, S, S]``, contiguous) from the float batch ``x`` (``[n, C,
+        H, W]``, ``[n, H, C, W]`` in memory): ``len(members)`` copies of ``x`` stacked, drawn and transformed at
+        once, written into place and normalised."""
+        n, copies = len(x), len(members)
         if self.policy == "none":
-            for o in out:
-                self.normalize_(o.copy_(x))
+            for v in members:
+                self.normalize_(out[:, v].copy_(x))
             return
         stacked = x if copies == 1 else _rows_major(x).repeat(copies, 1, 1, 1).transpose(1, 2)
         params = self.sample(copies * n, *x.shape[1:], device=x.device)
         if self.uses_device_path(x.device):
-            y, order = self._apply_device(stacked, params), None
+            y = self._apply_device(stacked, params)
+            for j, v in enumerate(members):
+                out[:, v].copy_(y[j * n:(j + 1) * n])
         else:
+            # Undo the sort straight into place: stacked image k is image k % n of view members[k // n].
             y, order = self._apply_grouped(stacked, params)
-        if order is None:
-            for j, o in enumerate(out):
-                o.copy_(y[j * n:(j + 1) * n])
-        elif copies == 1:
-            out[0].index_copy_(0, order, y)
-        else:
-            # Undo the sort straight into place: stacked image k is image k % n of view k // n.
-            whole = torch.empty_like(y).index_copy_(0, order, y)
-            for j, o in enumerate(out):
-                o.copy_(whole[j * n:(j + 1) * n])
-        for o in out:
-            self.normalize_(o)
+            views = len(out[0])
+            place = torch.tensor(members, device=x.device).repeat_interleave(n)
+            place += torch.arange(n, device=x.device).repeat(copies) * views
+            out.view(n * views, *out.shape[2:]).index_copy_(0, place if order is None else place[order], y)
+        for v in members:
+            self.normalize_(out[:, v])
 
     def normalize_(self, x: Tensor) -> Tensor:
         """``x`` normalised in place with the view's mean and std (unchanged without them); returns ``x``."""
@@ -536,10 +535,10 @@ class BatchedView:
         single = images.ndim == 3
         x = _to_float_rows(images[None] if single else images)
         size = x.shape[-2:] if self.policy == "none" else (self.image_size, self.image_size)
-        out = x.new_empty(*x.shape[:2], *size)
+        out = x.new_empty(len(x), 1, x.shape[1], *size)
         with _cpu_threads(x.device, AUGMENT_THREADS):
-            self._views(x, [out])
-        return out[0] if single else out
+            self._views(x, out, [0])
+        return out[0, 0] if single else out[:, 0]
 
 
 def _to_float_rows(images: Tensor) -> Tensor:
@@ -580,11 +579,13 @@ class BatchedMultiView:
     def __len__(self) -> int:
         return len(self.transforms)
 
-    def _groups(self) -> list[list[int]]:
-        """The views' indices, grouped by equal settings."""
-        groups: dict[tuple, list[int]] = {}
+    def _groups(self, device: torch.device) -> list[list[int]]:
+        """The views' indices, grouped by equal settings where they take the device path; one view at a time on
+        the grouped path, whose cost is arithmetic, not launches, and on the CPU the stacked batch's larger
+        temporaries cost more in fresh pages than the fewer operations save."""
+        groups: dict[Any, list[int]] = {}
         for v, t in enumerate(self.transforms):
-            groups.setdefault(t.settings(), []).append(v)
+            groups.setdefault(t.settings() if t.uses_device_path(device) else v, []).append(v)
         return list(groups.values())
 
     def __call__(self, images: Tensor) -> Tensor | list[Tensor]:
@@ -595,6 +596,6 @@ class BatchedMultiView:
             raise ValueError("the views of a batched multi-view transform must have one size")
         out = x.new_empty(len(x), len(self.transforms), x.shape[1], *sizes.pop())
         with _cpu_threads(x.device, AUGMENT_THREADS):
-            for members in self._groups():
-                self.transforms[members[0]]._views(x, [out[:, v] for v in members])
+            for members in self._groups(x.device):
+                self.transforms[members[0]]._views(x, out, members)
         return list(out[0]) if single else out

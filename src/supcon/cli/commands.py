@@ -93,7 +93,8 @@ def _run(command: str, cfg: Config, args: argparse.Namespace) -> int:
 
         results = compare(cfg, out, log=say)
         show(comparison_text(results))
-        runs = "ce/, supcon/" if cfg.seeds == 1 else f"seed-{cfg.seed}/ ... seed-{cfg.seed + cfg.seeds - 1}/"
+        runs = (", ".join(f"{m}/" for m in cfg.method_list()) if cfg.seeds == 1
+                else f"seed-{cfg.seed}/ ... seed-{cfg.seed + cfg.seeds - 1}/")
         show(f"compare finished: outputs (results.json, results.md, tsne.png, {runs}) in {out}")
         return 0
     data = load_data(cfg)

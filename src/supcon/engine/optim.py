@@ -31,12 +31,19 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": _sgd, "adam": _adam, "adamw": _adamw, "rmsprop": _rmsprop}
 
 
-def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0,
+def build_optimizer(name: str, params: Iterable, lr: float, weight_decay: float = 0.0,
                     momentum: float = 0.9, nesterov: bool = False) -> torch.optim.Optimizer:
-    """SGD (with ``momentum``, optionally Nesterov), Adam, AdamW or RMSprop on the parameters that need gradients."""
+    """SGD (with ``momentum``, optionally Nesterov), Adam, AdamW or RMSprop on the parameters that need gradients.
+
+    ``params`` are parameters, or parameter groups (dicts with ``params`` and their own ``lr``, as in torch)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
-    return OPTIMIZERS[name]([p for p in params if p.requires_grad], lr, weight_decay, momentum, nesterov)
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+    else:
+        params = [p for p in params if p.requires_grad]
+    return OPTIMIZERS[name](params, lr, weight_decay, momentum, nesterov)
 
 
 def _fixed(progress: float, step: int, step_epochs: int, step_gamma: float, steps_per_epoch: int) -> float:

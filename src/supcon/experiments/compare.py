@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from supcon.config import LOSS_NAMES, TSNE_POINTS, Config
+from supcon.config import LOSS_NAMES, METHODS, TSNE_POINTS, Config
 from supcon.data import DataSplits, describe
 from supcon.engine import distributed
 from supcon.engine.tracking import open_tracker
@@ -32,8 +32,6 @@ from supcon.runs.rundir import SEED_PREFIX
 from supcon.stages import RunResult, load_data, train_run
 from supcon.stages.pictures import tsne_points
 from supcon.stages.run import data_facts
-
-METHODS = ("supcon", "ce")  # the order of results.json's runs and of the tables
 
 
 def seeds_of(cfg: Config) -> list[int]:
@@ -54,57 +52,94 @@ def compare(cfg: Config, out: str | Path, data: DataSplits | None = None,
         data = load_data(cfg)
     log(describe(data))
     seeds = seeds_of(cfg)
-    trained: dict[str, list[RunResult]] = {method: [] for method in METHODS}
+    methods = ordered_methods(cfg)
+    trained: dict[str, list[RunResult]] = {method: [] for method in methods}
     for i, seed in enumerate(seeds):
         home = run.path if len(seeds) == 1 else run.path / f"{SEED_PREFIX}{seed}"
         where = f" (seed {seed}, {i + 1} of {len(seeds)})" if len(seeds) > 1 else ""
-        seeded = cfg.replace(seed=seed)
-        kept = cfg.resume is not None and RunDir(home / "ce").stage_finished("ce") is not None
-        log(f"1/2 cross-entropy baseline{where}" + (": finished before, kept" if kept else ""))
-        trained["ce"].append(_method_run("ce", seeded, data, home, run.path.name))
-        log(f"2/2 {LOSS_NAMES[cfg.loss]}{where}: stage 1 (contrastive) then stage 2 (linear probe)")
-        trained["supcon"].append(_method_run("supcon", seeded, data, home, run.path.name))
+        for n, method in enumerate(methods, 1):
+            kept = cfg.resume is not None and RunDir(home / method).is_run()
+            log(f"{n}/{len(methods)} {_describe(method, cfg)}{where}" + (": finished before, kept" if kept else ""))
+            trained[method].append(_method_run(method, cfg.replace(seed=seed), data, home, run.path.name,
+                                               "supcon" in methods))
     results = comparison_results(data, {m: [r.summary for r in runs] for m, runs in trained.items()})
     if not distributed.is_main():
         return results
     run.write_results(results, data.skipped)
     atomic_write_text(run.file("results.md"), comparison_text(results) + "\n")
     redraw = cfg.resume is not None and len(data.val) >= MIN_POINTS
-    sup, ce = trained["supcon"][0], trained["ce"][0]
-    if cfg.tsne and (sup.tsne_xy is not None or redraw) and (ce.tsne_xy is not None or redraw):
-        _draw_side_by_side(cfg.replace(seed=seeds[0]), data, sup, ce, run.file("tsne.png"))
+    firsts = [trained[m][0] for m in methods]
+    if cfg.tsne and all(r.tsne_xy is not None or redraw for r in firsts):
+        _draw_side_by_side(cfg.replace(seed=seeds[0]), data, methods, firsts, run.file("tsne.png"))
     return results
 
 
+def ordered_methods(cfg: Config) -> list[str]:
+    """The methods of ``cfg.methods`` in the order they train and are shown: SupCon's forms first (a fine-tuned
+    SupCon starts from the linear one's stage 1), cross-entropy last, as in the tables."""
+    chosen = cfg.method_list()
+    return [m for m in METHODS if m in chosen and m != "ce"] + (["ce"] if "ce" in chosen else [])
+
+
+def _describe(method: str, cfg: Config) -> str:
+    if method == "ce":
+        return "cross-entropy baseline"
+    if method == "supcon+ce":
+        return "SupCon + CE, joint: one stage"
+    stage2 = "fine-tuning" if method == "supcon-finetune" else "linear probe"
+    return f"{LOSS_NAMES[cfg.loss]}: stage 1 (contrastive) then stage 2 ({stage2})"
+
+
 def comparison_results(data: DataSplits, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """``results.json`` of a comparison: the data, every run (SupCon's and CE's of each seed in turn), each method's
-    test accuracy over the seeds, and SupCon's difference from CE."""
-    seeds = [r.get("seed") for r in runs["supcon"]]
-    return {"dataset": data.name, "class_names": data.train.class_names, **data_facts(data), "seeds": seeds,
-            "runs": [runs[m][i] for i in range(len(seeds)) for m in METHODS],
-            "methods": {m: method_summary(runs[m]) for m in METHODS},
-            "difference": difference(runs["supcon"], runs["ce"])}
+    """``results.json`` of a comparison: the data, every run (each seed's runs in turn, each tagged with its
+    ``form``, the method of ``--methods`` it trained), each method's test accuracy over the seeds, and each SupCon
+    form's difference from CE (``differences``; SupCon + linear's is ``difference`` too)."""
+    methods = list(runs)
+    seeds = [r.get("seed") for r in runs[methods[0]]]
+    results = {"dataset": data.name, "class_names": data.train.class_names, **data_facts(data), "seeds": seeds,
+               "runs": [{**runs[m][i], "form": m} for i in range(len(seeds)) for m in methods],
+               "methods": {m: method_summary(runs[m]) for m in methods}}
+    if "ce" in runs:
+        results["differences"] = {m: difference(runs[m], runs["ce"]) for m in methods if m != "ce"}
+        if "supcon" in results["differences"]:
+            results["difference"] = results["differences"]["supcon"]
+    return results
 
 
-def _method_run(kind: str, cfg: Config, data: DataSplits, home: Path, name: str) -> RunResult:
-    """One method's run in ``home/<kind>/``, tracked under the comparison's name (wandb would call every sub-run
-    just "ce" or "supcon"), in one group; resumed, a finished one is kept."""
-    label = f"{name}/{home.name}/{kind}" if home.name.startswith(SEED_PREFIX) else f"{name}/{kind}"
-    with open_tracker(cfg, home / kind, label, name) as track:
-        result = train_run(kind, cfg, data, home / kind, track, keep_finished=True)
+def _method_run(method: str, cfg: Config, data: DataSplits, home: Path, name: str, with_linear: bool
+                ) -> RunResult:
+    """One method's run in ``home/<method>/``, tracked under the comparison's name (wandb would call every sub-run
+    just "ce" or "supcon"), in one group; resumed, a finished one is kept. A fine-tuned SupCon continues the
+    linear one's stage 1 where the comparison trains both (``with_linear``), else trains its own."""
+    label = f"{name}/{home.name}/{method}" if home.name.startswith(SEED_PREFIX) else f"{name}/{method}"
+    kind, out = "supcon", home / method
+    if method == "ce":
+        kind = "ce"
+    elif method == "supcon+ce":
+        cfg = cfg.replace(loss="supcon+ce")
+    elif method == "supcon-finetune":
+        cfg = cfg.replace(stage2="finetune")
+        if with_linear:
+            kind, cfg = "transfer", cfg.replace(encoder_from=str(home / "supcon"))
+    else:
+        cfg = cfg.replace(stage2="linear")
+    with open_tracker(cfg, out, label, name) as track:
+        result = train_run(kind, cfg, data, out, track, keep_finished=True)
         track.log_summary(result.summary)
     return result
 
 
-def _draw_side_by_side(cfg: Config, data: DataSplits, sup: RunResult, ce: RunResult, path: Path) -> None:
-    """Both encoders' t-SNE, on the points their own ``tsne.png`` drew (same subset and seed); a run kept from
-    before a resume has none in memory, and its encoder gives the same points again."""
+def _draw_side_by_side(cfg: Config, data: DataSplits, methods: list[str], results: list[RunResult], path: Path
+                       ) -> None:
+    """Every method's encoder t-SNE, side by side, on the points their own ``tsne.png`` drew (same subset and
+    seed); a run kept from before a resume has none in memory, and its encoder gives the same points again."""
     def points(result: RunResult):
         if result.tsne_xy is not None:
             return result.tsne_xy
         return tsne_points(result.encoder, data, result.inputs, cfg.seed, cfg.eval_batch_size)
 
     labels = data.val.labels.numpy()[tsne_subset(data.val.labels, TSNE_POINTS, cfg.seed)]
-    panels = [(f"{title} (val acc {result.summary['val_acc']:.3f})", points(result))
-              for title, result in ((f"{LOSS_NAMES[cfg.loss]} encoder", sup), ("cross-entropy encoder", ce))]
+    titles = {"supcon": f"{LOSS_NAMES[cfg.loss]} encoder", "ce": "cross-entropy encoder"}
+    panels = [(f"{titles.get(m, METHODS[m] + ' encoder')} (val acc {r.summary['val_acc']:.3f})", points(r))
+              for m, r in zip(methods, results, strict=True)]
     plot_embeddings(panels, labels, data.val.class_names, path)

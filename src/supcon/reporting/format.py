@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from supcon.config import LOSS_NAMES, METHOD_NAMES
+from supcon.config import LOSS_NAMES, METHOD_NAMES, METHODS
 
 COLUMNS = ("method", "test acc", "val acc", "stage-1 loss", "kNN acc", "train acc", "time")
 COMPARISON_COLUMNS = ("method", "test acc (95% CI)", "val acc", "stage-1 loss", "kNN acc", "train acc",
@@ -57,6 +57,11 @@ def results_rows(runs: list[dict[str, Any]], names: list[str] | None = None) -> 
     return columns, rows
 
 
+def results_table(runs: list[dict[str, Any]], names: list[str] | None = None) -> str:
+    """The runs as a Markdown table (one row per run; ``names`` adds a first column naming each run)."""
+    return markdown_table(*results_rows(runs, names))
+
+
 def _mean(runs: list[dict[str, Any]], key: str) -> float | None:
     values = [r[key] for r in runs if r.get(key) is not None]
     return sum(values) / len(values) if values else None
@@ -74,25 +79,45 @@ def comparison_rows(results: dict[str, Any]) -> tuple[tuple[str, ...], list[list
     validation accuracy and the rest as means over seeds."""
     rows = []
     for method, line in results["methods"].items():
-        runs = [r for r in results["runs"] if r["method"] == method or (method == "supcon" and r["method"] != "ce")]
-        rows.append([method_name(runs[0]), with_interval(line["test_acc"], line["test_acc_ci"]),
+        runs = [r for r in results["runs"] if r.get("form", _form(r)) == method]
+        rows.append([form_name(method, runs[0]), with_interval(line["test_acc"], line["test_acc_ci"]),
                      num(line["val_acc"]), num(_mean(runs, "stage1_loss")), num(_mean(runs, "knn_acc")),
                      num(_mean(runs, "train_acc")), seconds(_mean(runs, "seconds"))])
     return COMPARISON_COLUMNS, rows
 
 
-def verdict_line(results: dict[str, Any]) -> str:
-    """The comparison's answer in one line: the verdict, the difference and its interval, in points."""
-    d = results["difference"]
+def _form(run: dict[str, Any]) -> str:
+    """The ``--methods`` name of a run written before runs carried one: ``ce`` or ``supcon``."""
+    return "ce" if run["method"] == "ce" else "supcon"
+
+
+def form_name(form: str, run: dict[str, Any]) -> str:
+    """How a table names a method of ``--methods``: SupCon + linear names its stage-1 loss as :func:`method_name`
+    does; the other forms by :data:`~supcon.config.METHODS`."""
+    return method_name(run) if form in ("ce", "supcon") else METHODS.get(form, form)
+
+
+def verdict_line(results: dict[str, Any], form: str = "supcon") -> str:
+    """A comparison's answer in one line: the verdict, SupCon's (or another ``form``'s) difference from CE and
+    its interval, in points."""
+    d = results["difference"] if form == "supcon" and "difference" in results else results["differences"][form]
     low, high = d["ci"]
     seeds = results.get("seeds") or []
     what = (f"{len(seeds)} seeds x {d['test_images']} test images" if len(seeds) > 1
             else f"{d['test_images']} test images, one seed")
-    return (f"{VERDICTS[d['verdict']]}: SupCon − CE = {100 * d['supcon_minus_ce']:+.1f} points, "
-            f"{round(100 * d.get('confidence', 0.95))} % CI [{100 * low:+.1f}, {100 * high:+.1f}] "
+    name = "SupCon" if form == "supcon" else METHODS.get(form, form)
+    verdict = VERDICTS[d["verdict"]].replace("SupCon", name)
+    return (f"{verdict}: {name} − CE = {points(d['supcon_minus_ce'])} points, "
+            f"{round(100 * d.get('confidence', 0.95))} % CI [{points(low)}, {points(high)}] "
             f"(paired bootstrap over {what})")
 
 
-def results_table(runs: list[dict[str, Any]], names: list[str] | None = None) -> str:
-    """The runs as a Markdown table (one row per run; ``names`` adds a first column naming each run)."""
-    return markdown_table(*results_rows(runs, names))
+def points(share: float) -> str:
+    """A difference of accuracies in percentage points, signed, with a true minus: ``−3.2``, ``+1.5``."""
+    return f"{100 * share:+.1f}".replace("-", "−")
+
+
+def verdict_lines(results: dict[str, Any]) -> list[str]:
+    """One :func:`verdict_line` per SupCon form the comparison trained beside CE."""
+    forms = list(results.get("differences") or ({"supcon": None} if "difference" in results else {}))
+    return [verdict_line(results, form) for form in forms]

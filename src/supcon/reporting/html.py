@@ -24,7 +24,7 @@ import numpy as np
 
 from supcon.config import ENCODER_TITLES, MAP_POINTS
 from supcon.io import atomic_write_text
-from supcon.reporting.format import comparison_rows, results_rows, verdict_line
+from supcon.reporting.format import comparison_rows, results_rows, verdict_lines
 from supcon.reporting.markdown import commands_of, config_changes, facts_sentence, run_link, table_entries
 from supcon.runs import FoundRun, find_runs
 
@@ -231,8 +231,8 @@ def _html_section(run: FoundRun, number: int, base: Path, thumbnails: Thumbnails
     code = lambda text: f"<code>{html.escape(str(text))}</code>"  # noqa: E731
     parts = [f"<section><h2>{html.escape(run_link(run.path, base))}</h2>", f"<p>{facts_sentence(results, code)}</p>"]
     if "methods" in results:  # a comparison: its methods over the seeds, on test, and the verdict
-        parts += [_html_table(*comparison_rows(results)),
-                  f"<p><strong>{html.escape(verdict_line(results))}</strong></p>"]
+        parts += [_html_table(*comparison_rows(results))]
+        parts += [f"<p><strong>{html.escape(line)}</strong></p>" for line in verdict_lines(results)]
     changes = config_changes(run.path, commands_of(run.run))
     if changes:
         parts.append(_html_table(("option", "value", "default"), [(k, "–" if v is None else v, d)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from supcon.config import LOSS_NAMES
-from supcon.reporting.format import comparison_rows, markdown_table, results_table, verdict_line
+from supcon.reporting.format import comparison_rows, markdown_table, results_table, verdict_lines
 
 # What the kNN monitor must show before compare speaks. "No gain" is less than FLAT (5 images of a 250-image
 # validation split) or, near the top, less than a tenth of the way left to 1 (an untrained CNN already scores 0.94
@@ -101,7 +101,7 @@ def comparison_text(results: dict[str, Any]) -> str:
     if "methods" not in results:
         text, runs = results_table(results["runs"]), results["runs"]
     else:
-        text = markdown_table(*comparison_rows(results)) + "\n\n" + verdict_line(results)
-        runs = results["runs"][:2]
+        text = markdown_table(*comparison_rows(results)) + "".join("\n\n" + line for line in verdict_lines(results))
+        runs = results["runs"][:len(results["methods"])]
     note = compare_notes(runs)
     return text + ("\n\n" + note if note else "")

@@ -34,8 +34,10 @@ def output_size(head: str, num_classes: int) -> int:
     return num_classes
 
 
-def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Encoder, Config, Inputs]:
-    """A finished run's encoder (in eval mode, placed on ``device`` as training placed it), config and inputs."""
+def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu", weights: str | Path | None = None
+                 ) -> tuple[Encoder, Config, Inputs]:
+    """A finished run's encoder (in eval mode, placed on ``device`` as training placed it), config and inputs;
+    ``weights`` reads another file of the run's encoder (stage 1's, while a run fine-tunes)."""
     run = RunDir(run_dir)
     results = run.record()
     cfg = run.config()
@@ -45,7 +47,7 @@ def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu") -> tup
     inputs = Inputs(**results["input"])
     method = results["runs"][0]["method"]
     encoder = build_encoder(cfg.encoder, inputs.channels, inputs.image_size, cfg.stem, normalize=method != "ce")
-    load_weights(run.weights("encoder"), encoder)
+    load_weights(weights if weights is not None else run.weights("encoder"), encoder)
     device = torch.device(device) if not isinstance(device, torch.device) else device
     return place(encoder, device).eval(), cfg, inputs
 

@@ -31,11 +31,12 @@ CONFIG, RESULTS, METRICS, SKIPPED, FAILED = "config.yaml", "results.json", "metr
     "failed.json"
 PARTS = ("supcon", "ce")  # a comparison's runs, in the order its tables show them
 SEED_PREFIX = "seed-"  # a comparison of several seeds keeps each seed's runs in seed-S/
-STAGES = ("pretrain", "linear", "ce")
+STAGES = ("pretrain", "linear", "finetune", "ce")
 # Summary keys renamed since: a run written before still reads as one written now.
 RENAMED = {"supcon_loss": "stage1_loss", "supcon_loss_start": "stage1_loss_start",
            "supcon_loss_floor": "stage1_loss_floor"}
 FINISHED_SUFFIX = "-finished.json"  # a finished stage's summary, kept until the run's results.json is written
+STAGE1_ENCODER = "pretrain-encoder.safetensors"  # stage 1's encoder while fine-tuning changes the run's own
 
 
 def upgrade_summary(summary: dict[str, Any]) -> dict[str, Any]:
@@ -208,6 +209,10 @@ class RunDir:
                 return record
         raise ValueError(f"{self.path} is not a run directory (no results.json)")
 
+    def stage1_encoder(self) -> Path:
+        """Where a run that fine-tunes keeps its stage-1 encoder until it finishes (a resumed stage 2 starts there)."""
+        return self.path / DIRNAME / STAGE1_ENCODER
+
     def refuse_finished(self, stage: str) -> None:
         """A one-line error: ``--resume`` of a stage that has finished has nothing to do."""
         if self.stage_finished(stage) is not None:
@@ -222,8 +227,8 @@ class RunDir:
         if fresh:
             for name in (METRICS, RESULTS, FAILED):
                 (self.path / name).unlink(missing_ok=True)
-            for marker in (self.path / DIRNAME).glob(f"*{FINISHED_SUFFIX}"):
-                marker.unlink()
+            for marker in (*(self.path / DIRNAME).glob(f"*{FINISHED_SUFFIX}"), self.stage1_encoder()):
+                marker.unlink(missing_ok=True)
         cfg.save(self.path / CONFIG)
 
     def drop_stage_metrics(self, stage: str) -> None:
@@ -259,7 +264,7 @@ class RunDir:
         directory = self.path / DIRNAME
         if directory.is_dir():
             for p in directory.iterdir():
-                if p.is_file() and (p.name.endswith(FINISHED_SUFFIX) or "-epoch" in p.name):
+                if p.is_file() and (p.name.endswith(FINISHED_SUFFIX) or "-epoch" in p.name or p.name == STAGE1_ENCODER):
                     p.unlink(missing_ok=True)
             try:
                 directory.rmdir()

@@ -24,15 +24,21 @@ from supcon.engine import distributed
 from supcon.engine.batches import EpochBatches
 from supcon.engine.gradcache import GradCache
 from supcon.engine.loop import Trainable, fit
+from supcon.engine.queue import MemoryQueue
+from supcon.evaluate.inference import accuracy, outputs, predicted_class
 from supcon.losses import MaxMarginContrastiveLoss, NPairsLoss, SupConLoss
-from supcon.models import ProjectionHead, SupConModel, build_encoder
+from supcon.models import Classifier, ProjectionHead, SupConModel, build_encoder
+from supcon.runs.load import output_size
 from supcon.stages.common import (
     StageContext,
     StageResult,
+    classification_loss,
     compiled,
     optimizer_and_schedule,
     policy_options,
     scaler_for,
+    test_metrics,
+    validation_metrics,
 )
 from supcon.stages.knn_monitor import KnnMonitor
 
@@ -40,13 +46,20 @@ PAIRWISE_LOSSES = ("maxmargin", "npairs")  # no anchors= option: they cannot run
 
 
 def stage1_criterion(cfg: Config) -> nn.Module:
-    """The stage-1 loss ``cfg.loss`` names, with its options."""
+    """The stage-1 loss ``cfg.loss`` names, with its options (the contrastive part of ``supcon+ce``)."""
     if cfg.loss == "maxmargin":
         return MaxMarginContrastiveLoss(cfg.margin, cfg.margin_distance, block_size=cfg.loss_block_size)
     if cfg.loss == "npairs":
         return NPairsLoss(cfg.temperature, block_size=cfg.loss_block_size)
     return SupConLoss(cfg.temperature, cfg.base_temperature, variant="in" if cfg.loss == "supcon_in" else "out",
                       contrast_mode=cfg.contrast_mode, block_size=cfg.loss_block_size)
+
+
+def joint_loss(contrastive: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, ce_weight: float
+               ) -> torch.Tensor:
+    """``--loss supcon+ce``: ``(1 - w) x`` the contrastive loss ``+ w x`` cross-entropy of the classifier's
+    ``logits`` (one row per view) against ``labels`` (one per view)."""
+    return (1 - ce_weight) * contrastive + ce_weight * classification_loss(logits, labels)
 
 
 def loss_floor(labels: torch.Tensor | None, views: int, loss: str = "supcon") -> float:
@@ -87,12 +100,15 @@ class Stage1:
         return self.trainable.batches
 
 
-def build_stage1(cfg: Config, data: DataSplits, device: torch.device, dtype: torch.dtype | None) -> Stage1:
-    """Model, loss, augmentation, batches, optimizer and step of stage 1 (seed the global RNG first)."""
+def build_stage1(cfg: Config, data: DataSplits, device: torch.device, dtype: torch.dtype | None,
+                 extra_state: dict[str, Any] | None = None) -> Stage1:
+    """Model, loss, augmentation, batches, optimizer and step of stage 1 (seed the global RNG first).
+    ``extra_state`` is the dict the loop checkpoints, where a memory queue (``cfg.queue``) keeps itself."""
     inputs = Inputs.of_images(data.train.images, cfg.normalize)
     encoder = build_encoder(cfg.encoder, data.channels, data.image_size, cfg.stem, pretrained=cfg.pretrained)
     head = ProjectionHead(encoder.out_dim, cfg.proj_hidden, cfg.proj_dim, cfg.projection)
-    model = place(SupConModel(encoder, head), device)
+    classifier = nn.Linear(encoder.out_dim, output_size(cfg.head, data.num_classes)) if _joint(cfg) else None
+    model = place(SupConModel(encoder, head, classifier, cfg.ce_stop_grad), device)
     forward = compiled(distributed.wrap(model, device, cfg.sync_bn), cfg)
     criterion = stage1_criterion(cfg)
     if distributed.is_distributed():
@@ -106,56 +122,97 @@ def build_stage1(cfg: Config, data: DataSplits, device: torch.device, dtype: tor
     optimizer, scheduler = optimizer_and_schedule(cfg, model.parameters(), batches.steps, cfg.epochs,
                                                   cfg.resolved_optimizer("supcon"), cfg.resolved_lr("supcon"),
                                                   cfg.weight_decay)
-    use_labels = cfg.loss != "simclr"
+    queue = (MemoryQueue(model, cfg.queue, cfg.views, cfg.proj_dim, cfg.momentum_encoder,
+                         extra_state if extra_state is not None else {}, device) if cfg.queue else None)
     backward = None
     if cfg.chunk_size is not None:
-        cache = GradCache(model, criterion, cfg.chunk_size, device, dtype, forward, use_labels)
+        cache = GradCache(model, criterion, cfg.chunk_size, device, dtype, forward, cfg.loss != "simclr")
         step, backward = cache.step, cache.backward
     else:
-        def step(batch):
-            x, y = batch  # x: [B, V, C, H, W]
-            b, v = x.shape[:2]
-            with autocast(device, dtype):
-                z = forward(as_model_input(x.flatten(0, 1), device)).view(b, v, -1)
-            return criterion(z.float(), y if use_labels else None), None
-
-    trainable = Trainable(model, step, batches, batches.steps, optimizer, scheduler, scaler_for(dtype), backward)
+        step = _step(cfg, forward, criterion, device, dtype, queue)
+    trainable = Trainable(model, step, batches, batches.steps, optimizer, scheduler, scaler_for(dtype), backward,
+                          extra_state=extra_state)
     return Stage1(model, criterion, views, trainable, inputs)
 
 
-def _tracking_progress(step: Callable, reference: dict[str, Any], use_labels: bool, loss: str) -> Callable:
-    """``step`` that also records the first batch's loss and each batch's floor (:func:`loss_floor`), which
-    tell afterwards how far stage 1 got."""
+def _joint(cfg: Config) -> bool:
+    return cfg.loss == "supcon+ce"
+
+
+def _step(cfg: Config, forward, criterion: nn.Module, device: torch.device, dtype: torch.dtype | None,
+          queue: MemoryQueue | None):
+    """Stage 1's step: the views embedded, the contrastive loss (against the queue too, with one), and for the
+    joint objective the classifier's cross-entropy (its hits counted as the training accuracy)."""
+    use_labels = cfg.loss != "simclr"
+
+    def step(batch):
+        x, y = batch  # x: [B, V, C, H, W]
+        b, v = x.shape[:2]
+        flat = as_model_input(x.flatten(0, 1), device)
+        with autocast(device, dtype):
+            keys = queue.keys(flat, b) if queue is not None else None
+            out = forward(flat)
+        z, logits = out if isinstance(out, tuple) else (out, None)
+        z = z.float().view(b, v, -1)
+        labels = y if use_labels else None
+        if queue is not None:
+            z, labels, anchors = queue.contrast(z, y)
+            loss = criterion(z, labels, anchors=anchors) if anchors is not None else criterion(z, labels)
+            queue.push(keys, y)
+        else:
+            loss = criterion(z, labels)
+        if logits is None:
+            return loss, None
+        per_view = y.repeat_interleave(v)  # the views are flattened image-major
+        logits = logits.float()
+        hits = int((predicted_class(logits) == per_view).sum()) / v  # in images, as the loop counts them
+        return joint_loss(loss, logits, per_view, cfg.ce_weight), hits
+
+    return step
+
+
+def _tracking_progress(step: Callable, reference: dict[str, Any], use_labels: bool, loss: str,
+                       scale: float = 1.0) -> Callable:
+    """``step`` that also records the first batch's loss and each batch's floor (:func:`loss_floor`, times
+    ``scale``, the contrastive share of a joint loss), which tell afterwards how far stage 1 got."""
     def tracked(batch):
-        value, _ = step(batch)
+        value, hits = step(batch)
         if reference["start"] is None:
             reference["start"] = value.item()
         labels = distributed.gather(batch[1])  # the floor of the global batch, which the loss is taken on
-        reference["floor"] += loss_floor(labels if use_labels else None, batch[0].shape[1], loss)
+        reference["floor"] += scale * loss_floor(labels if use_labels else None, batch[0].shape[1], loss)
         reference["batches"] += 1
-        return value, None
+        return value, hits
     return tracked
 
 
 def pretrain(ctx: StageContext, data: DataSplits) -> StageResult:
     """Stage 1: train encoder and projection head with the stage-1 loss ``cfg.loss`` (SupCon by default;
     SimCLR's ignores the labels), with the kNN monitor of ``cfg.knn_every``. Writes nothing but its metrics and
-    checkpoints: :func:`supcon.stages.train_run` writes the run's files."""
+    checkpoints: :func:`supcon.stages.train_run` writes the run's files.
+
+    With ``--loss supcon+ce`` its classifier trains in the same stage: every epoch is validated by it as well,
+    early stopping on ``cfg.monitor`` restores the best epoch, and the summary holds its accuracies (the run then
+    needs no stage 2)."""
     cfg, ctx = ctx.cfg, ctx.for_stage("pretrain")
     started = time.perf_counter()
-    stage = build_stage1(cfg, data, ctx.device, ctx.dtype)
-    use_labels = cfg.loss != "simclr"
     reference: dict[str, Any] = {"start": None, "floor": 0.0, "batches": 0}
+    stage = build_stage1(cfg, data, ctx.device, ctx.dtype, extra_state=reference)
     task = stage.trainable
-    task.step = _tracking_progress(task.step, reference, use_labels, cfg.loss)
-    task.extra_state = reference
+    scale = 1 - cfg.ce_weight if _joint(cfg) else 1.0
+    task.step = _tracking_progress(task.step, reference, cfg.loss != "simclr", cfg.loss, scale)
     monitor = KnnMonitor(cfg, data, stage.model.encoder, stage.inputs, ctx.device, ctx.dtype, state=reference)
     if monitor.on:
         if not ctx.resuming():  # a resumed run gets its curve back from the checkpoint
             monitor.initial()
         task.batches = monitor.batches(task.batches)
+    classify = _joint_classifier(stage, cfg, ctx.device, ctx.dtype) if _joint(cfg) else None
+    if classify is not None:
+        task.evaluate = lambda: {**validation_metrics(classify(data.val.images), data.val.labels),
+                                 **(monitor.evaluate() if monitor.on else {})}
+    elif monitor.on:
         task.evaluate = monitor.evaluate
-    result = fit(task, ctx.fit_options("pretrain", cfg.epochs))
+    result = fit(task, ctx.fit_options("pretrain", cfg.epochs, cfg.patience if classify is not None else 0))
     final = result.history[-1]["loss"]
     floor = reference["floor"] / max(1, reference["batches"])
     start = reference["start"]
@@ -163,5 +220,20 @@ def pretrain(ctx: StageContext, data: DataSplits) -> StageResult:
                "stage1_loss": final, "stage1_loss_start": start, "stage1_loss_floor": floor,
                "stage1_progress": (start - final) / (start - floor) if start - floor > 1e-6 else None,
                **monitor.summary(), "val_acc": None, "train_acc": None, "epochs": len(result.history)}
+    if classify is not None:  # the joint classifier, measured once training and its choices are over
+        summary.update(train_acc=accuracy(classify(data.train.images), data.train.labels),
+                       val_acc=accuracy(classify(data.val.images), data.val.labels),
+                       **test_metrics(classify(data.test.images), data.test.labels), best_epoch=result.best_epoch,
+                       stopped_early=result.stopped_early)
     summary["seconds"] = summary["pretrain_seconds"] = time.perf_counter() - started + result.earlier_seconds
     return StageResult(summary, result, stage.model.encoder, stage.model, stage.inputs)
+
+
+def _joint_classifier(stage: Stage1, cfg: Config, device: torch.device, dtype: torch.dtype | None):
+    """The joint objective's classifier on images: the encoder and its linear layer, without augmentation."""
+    model = Classifier(stage.model.encoder, stage.model.classifier)
+    plain = stage.inputs.plain()
+
+    def logits(images: torch.Tensor) -> torch.Tensor:
+        return outputs(model, images, transform=plain, device=device, batch_size=cfg.eval_batch_size, dtype=dtype)
+    return logits

@@ -24,9 +24,9 @@ from torch import nn
 from supcon.augment import Inputs
 from supcon.config import ENCODER_TITLES, LOSS_NAMES, Config
 from supcon.data import DataSplits
-from supcon.device import place
 from supcon.engine.loop import FitResult
 from supcon.engine.tracking import Tracker, open_tracker
+from supcon.io import save_weights
 from supcon.models import Encoder
 from supcon.runs import RunDir
 from supcon.runs.load import check_inputs, load_encoder
@@ -34,7 +34,7 @@ from supcon.stages.ce import train_ce
 from supcon.stages.common import StageContext, StageResult, load_data, stage_context
 from supcon.stages.pictures import draw_run_pictures, log_projector
 from supcon.stages.pretrain import pretrain
-from supcon.stages.probe import linear_probe
+from supcon.stages.probe import second_stage
 
 KINDS = ("pretrain", "supcon", "ce", "linear", "transfer")
 
@@ -135,12 +135,20 @@ def _pretrain_run(ctx: StageContext, data: DataSplits | None) -> RunResult:
     _begin(ctx, "pretrain")
     data = _data(ctx, data)
     stage1 = pretrain(ctx, data)
-    _finish(ctx, data, stage1.summary, stage1.inputs,
-            {"encoder": stage1.model.encoder, "projection": stage1.model.head})
+    _finish(ctx, data, stage1.summary, stage1.inputs, _stage1_weights(stage1))
     xy = _stage1_pictures(ctx, data, stage1)
     if ctx.run is not None:
         ctx.run.finish()
     return RunResult(stage1.summary, stage1.encoder, stage1.model, stage1.inputs, stage1.fit, xy)
+
+
+def _stage1_weights(stage1: StageResult) -> dict[str, nn.Module]:
+    """Stage 1's modules as the run directory stores them; the joint objective's classifier is the run's linear
+    head."""
+    weights = {"encoder": stage1.model.encoder, "projection": stage1.model.head}
+    if hasattr(stage1.model, "classifier"):
+        weights["linear"] = stage1.model.classifier
+    return weights
 
 
 def _stage1_pictures(ctx: StageContext, data: DataSplits, stage1: StageResult, curves: bool = True) -> Any:
@@ -152,28 +160,37 @@ def _stage1_pictures(ctx: StageContext, data: DataSplits, stage1: StageResult, c
 
 
 def _supcon_run(ctx: StageContext, data: DataSplits | None) -> RunResult:
-    """Stage 1, then the linear probe on its encoder; one run directory. A resumed run keeps a finished stage 1
-    (its weights and record wait in the directory until the run finishes)."""
+    """Stage 1, then stage 2 on its encoder (the linear probe, or fine-tuning); one run directory. A resumed run
+    keeps a finished stage 1 (its weights and record wait in the directory until the run finishes). The joint
+    objective (``--loss supcon+ce``) trains its classifier in stage 1 and has no stage 2."""
+    if ctx.cfg.loss == "supcon+ce":
+        return _pretrain_run(ctx, data)
     _begin(ctx, "pretrain", refuse=False)
     data = _data(ctx, data)
+    finetuning = ctx.cfg.stage2 == "finetune"
+    # fine-tuning changes the encoder: stage 1's waits in checkpoints/ and the run's own is written at the end
+    stage1_file = ctx.run.stage1_encoder() if ctx.run is not None and finetuning else None
     xy = None
     if ctx.cfg.resume is not None and ctx.run is not None and ctx.run.stage_finished("pretrain") is not None:
         stage1_summary = ctx.run.stage_finished("pretrain")
-        encoder, _, inputs = load_encoder(ctx.run.path, ctx.device)
-        place(encoder, ctx.device)
+        encoder, _, inputs = load_encoder(ctx.run.path, ctx.device, weights=stage1_file)
     else:
         stage1 = pretrain(ctx, data)
         stage1_summary, encoder, inputs = stage1.summary, stage1.encoder, stage1.inputs
         if ctx.run is not None:
-            ctx.run.save_weights({"encoder": stage1.model.encoder, "projection": stage1.model.head})
+            if finetuning:
+                save_weights(stage1_file, encoder)
+                ctx.run.save_weights({"projection": stage1.model.head})
+            else:
+                ctx.run.save_weights({"encoder": stage1.model.encoder, "projection": stage1.model.head})
             if ctx.cfg.keep_checkpoints > 0:  # what --resume keeps of stage 1 if stage 2 is killed
                 ctx.run.mark_stage_finished("pretrain", _results(data, stage1_summary, inputs))
             ctx.run.checkpoints("pretrain").clear()
         xy = _stage1_pictures(ctx, data, stage1, curves=False)  # the curves are drawn once, with stage 2's
-    stage2 = linear_probe(ctx, data, encoder, inputs)
+    stage2 = second_stage(ctx, data, encoder, inputs)
     summary = {**stage1_summary, **stage2.summary,
                "seconds": stage1_summary["pretrain_seconds"] + stage2.summary["linear_seconds"]}
-    _finish(ctx, data, summary, inputs, {"linear": stage2.model.fc})
+    _finish(ctx, data, summary, inputs, {"linear": stage2.model.fc, **({"encoder": encoder} if finetuning else {})})
     if ctx.run is not None:
         draw_run_pictures(ctx.cfg, ctx.run, ctx.tracker, data, None, None, "")
         ctx.run.finish()
@@ -210,10 +227,11 @@ def _probe_added(ctx: StageContext, data: DataSplits | None) -> RunResult:
         raise ValueError(f"the encoder in {run.path} expects {inputs.channels}x{inputs.image_size}x"
                          f"{inputs.image_size} images; {data.name} gives {data.channels}x{data.image_size}x"
                          f"{data.image_size} (set --image-size)")
-    stage2 = linear_probe(ctx, data, encoder, inputs)
+    stage2 = second_stage(ctx, data, encoder, inputs)
     summary = {**previous, **stage2.summary,
                "seconds": previous.get("pretrain_seconds", previous["seconds"]) + stage2.summary["linear_seconds"]}
-    _finish(ctx, data, summary, inputs, {"linear": stage2.model.fc})
+    _finish(ctx, data, summary, inputs, {"linear": stage2.model.fc,
+                                         **({"encoder": encoder} if ctx.cfg.stage2 == "finetune" else {})})
     xy = None
     if ctx.run is not None:
         draw_run_pictures(ctx.cfg, ctx.run, ctx.tracker, data, None, None, "")
@@ -225,7 +243,8 @@ def _probe_added(ctx: StageContext, data: DataSplits | None) -> RunResult:
 
 
 def _transfer_run(ctx: StageContext, data: DataSplits | None) -> RunResult:
-    """A linear probe on the frozen encoder of ``cfg.encoder_from`` (a pretrain or ce run), on ``cfg.dataset``.
+    """Stage 2 on the encoder of ``cfg.encoder_from`` (a pretrain or ce run), on ``cfg.dataset``: a linear probe on
+    the frozen encoder, or with ``--stage2 finetune`` the encoder fine-tuned (a copy: the source keeps its own).
 
     The images are resized to the encoder's input size and fed as its training did (same scaling and
     normalisation statistics). The run directory gets a copy of the encoder, so that ``tsne``, ``embed`` and
@@ -241,11 +260,14 @@ def _transfer_run(ctx: StageContext, data: DataSplits | None) -> RunResult:
         if cfg.resume is not None:
             ctx.run.refuse_finished("linear")
         ctx.run.start(cfg, fresh=cfg.resume is None)
-    stage2 = linear_probe(ctx, data, encoder, inputs)
+    stage2 = second_stage(ctx, data, encoder, inputs)
     summary = {"method": previous["method"], "loss": previous.get("loss"), "seed": cfg.seed,
                "encoder_from": str(source.path),
                "encoder_dataset": source.results().get("dataset"), "stage1_loss": None,
                **stage2.summary, "seconds": stage2.summary["linear_seconds"]}
+    if cfg.stage2 == "finetune" and source.results().get("dataset") == data.name:
+        # the source's stage 1 on the same data and this fine-tuning are one method: its time counts in
+        summary["seconds"] += previous.get("pretrain_seconds", 0.0)
     _finish(ctx, data, summary, inputs, {"encoder": encoder, "linear": stage2.model.fc})
     xy = None
     if ctx.run is not None:
