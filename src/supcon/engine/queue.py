@@ -56,6 +56,15 @@ class MemoryQueue:
         out = out[0] if isinstance(out, tuple) else out
         return out.float().view(batch, self.views, -1)
 
+    def loss(self, criterion: nn.Module, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``criterion``'s mean over the batch's anchors (every view of each image of ``z`` ``[B, V, D]``) against
+        the batch and the queue. ``anchors=`` gives the anchors' share of the mean over every row, so it is
+        scaled back to theirs alone."""
+        features, every, anchors = self.contrast(z, labels)
+        if anchors is None:
+            return criterion(features, every)
+        return criterion(features, every, anchors=anchors) * (len(features) / len(anchors))
+
     def contrast(self, z: torch.Tensor, labels: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The loss's input: the batch's ``z`` ``[B, V, D]`` and ``labels`` followed by the queue's filled entries,

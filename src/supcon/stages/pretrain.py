@@ -156,8 +156,7 @@ def _step(cfg: Config, forward, criterion: nn.Module, device: torch.device, dtyp
         z = z.float().view(b, v, -1)
         labels = y if use_labels else None
         if queue is not None:
-            z, labels, anchors = queue.contrast(z, y)
-            loss = criterion(z, labels, anchors=anchors) if anchors is not None else criterion(z, labels)
+            loss = queue.loss(criterion, z, y)
             queue.push(keys, y)
         else:
             loss = criterion(z, labels)
