@@ -1,6 +1,9 @@
-"""Tests for the batched augmentation (supcon.augment.BatchedView / BatchedMultiView): each step against the
-transforms.v2 kernel it replaces, with per-image parameters; the parameter distributions against
-transforms.v2's; identity at neutral parameters; shapes, ranges, seeding and the fallbacks."""
+"""Tests for the batched augmentation (supcon.augment.BatchedView / BatchedMultiView): each step of both paths (the
+grouped one, the CPU default, and the device path, which never reads back to the host) against the transforms.v2
+kernel it replaces, with per-image parameters; the two paths against each other; the parameter and view
+distributions against transforms.v2's; identity at neutral parameters; that the device path reads nothing back;
+shapes, ranges, seeding, generators and the fallbacks. The device path runs on the CPU here, on CUDA too where
+there is one."""
 
 from __future__ import annotations
 
@@ -14,8 +17,12 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from supcon import augment as A
+from supcon.augment import batched as B
 
 NPZ = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "imagenet5_64.npz"
+PATHS = {"grouped": False, "device": True}  # BatchedView(device_path=...)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def floats(n: int, channels: int, height: int, width: int | None = None, seed: int = 0) -> torch.Tensor:
@@ -81,11 +88,13 @@ def test_gaussian_blur_matches_transforms_v2():
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("blur", [False, True])
-def test_whole_policy_matches_transforms_v2_with_the_same_parameters(photos, blur):
+def test_whole_policy_matches_transforms_v2_with_the_same_parameters(photos, blur, path):
     """Every step, in its per-image random order, against the transforms.v2 kernels applied one image at a
     time with the same parameters (in float; the uint8 pipeline would also round after each step)."""
-    view = A.BatchedView("simclr", 48, blur=blur, generator=torch.Generator().manual_seed(3))
+    view = A.BatchedView("simclr", 48, blur=blur, generator=torch.Generator().manual_seed(3),
+                         device_path=PATHS[path])
     x = photos.float() / 255
     params = view.sample(len(x), 3, 64, 64)
     ours = view.apply(x, params)
@@ -104,8 +113,9 @@ def test_whole_policy_matches_transforms_v2_with_the_same_parameters(photos, blu
     torch.testing.assert_close(ours, torch.stack(ref), atol=1e-5, rtol=0)
 
 
-def test_neutral_parameters_are_the_identity(photos):
-    view = A.BatchedView("simclr", 64, blur=True)
+@pytest.mark.parametrize("path", PATHS)
+def test_neutral_parameters_are_the_identity(photos, path):
+    view = A.BatchedView("simclr", 64, blur=True, device_path=PATHS[path])
     n = len(photos)
     params = {"boxes": torch.tensor([[0, 0, 64, 64]] * n), "flip": torch.zeros(n, dtype=torch.bool),
               "jitter": torch.ones(n, dtype=torch.bool), "order": torch.arange(4).repeat(n, 1),
@@ -120,10 +130,13 @@ def test_neutral_parameters_are_the_identity(photos):
 # ---------------------------------------------------------------- parameter distributions
 
 
-def test_crop_boxes_follow_random_resized_crop():
-    g = torch.Generator().manual_seed(4)
+@pytest.mark.parametrize("device", DEVICES)
+def test_crop_boxes_follow_random_resized_crop(device):
+    g = torch.Generator(device).manual_seed(4)
     n, scale = 4000, (0.2, 1.0)
-    boxes = A.sample_crops(n, 64, 64, scale, generator=g).double()
+    boxes = A.sample_crops(n, 64, 64, scale, generator=g)
+    assert boxes.device.type == device
+    boxes = boxes.cpu().double()
     top, left, h, w = boxes.unbind(1)
     assert bool(((top >= 0) & (left >= 0) & (top + h <= 64) & (left + w <= 64) & (h > 0) & (w > 0)).all())
     share = h * w / 64**2
@@ -142,9 +155,10 @@ def test_crop_boxes_follow_random_resized_crop():
     assert abs(((top + 0.5) / (65 - h)).mean() - 0.5) < 0.02 and abs(((left + 0.5) / (65 - w)).mean() - 0.5) < 0.02
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("height, width", [(4, 64), (64, 4), (2, 2)])
-def test_crop_fallback_is_the_centred_box_of_transforms_v2(height, width):
-    ours = A.sample_crops(300, height, width, (0.9, 1.0), generator=torch.Generator().manual_seed(6))
+def test_crop_fallback_is_the_centred_box_of_transforms_v2(height, width, device):
+    ours = A.sample_crops(300, height, width, (0.9, 1.0), generator=torch.Generator(device).manual_seed(6)).cpu()
     rrc = v2.RandomResizedCrop(8, scale=(0.9, 1.0))
     torch.manual_seed(0)
     ref = {tuple(p[k] for k in ("top", "left", "height", "width"))
@@ -152,10 +166,13 @@ def test_crop_fallback_is_the_centred_box_of_transforms_v2(height, width):
     assert {tuple(b) for b in ours.tolist()} <= ref | {(0, 0, height, width)}
 
 
-def test_per_image_parameters_are_independent_and_have_the_policy_probabilities():
+@pytest.mark.parametrize("device", DEVICES)
+def test_per_image_parameters_are_independent_and_have_the_policy_probabilities(device):
     n = 6000
-    view = A.BatchedView("simclr", 32, blur=True, generator=torch.Generator().manual_seed(7))
-    p = view.sample(n, 3, 32, 32)
+    view = A.BatchedView("simclr", 32, blur=True, generator=torch.Generator(device).manual_seed(7))
+    p = view.sample(n, 3, 32, 32, device=device)
+    assert {v.device.type for v in p.values()} == {device}  # drawn where the images are
+    p = {k: v.cpu() for k, v in p.items()}
 
     def near(mask, prob):  # within 5 binomial standard deviations
         return abs(mask.float().mean().item() - prob) < 5 * math.sqrt(prob * (1 - prob) / n)

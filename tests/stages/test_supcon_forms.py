@@ -130,10 +130,36 @@ def test_the_joint_objective_is_one_stage_with_its_own_classifier(digits, tmp_pa
     assert {r["stage"] for r in lines} == {"pretrain"} and all("val_acc" in r and "train_acc" in r for r in lines)
 
 
-def test_pretraining_with_a_queue_trains_and_resumes_its_state(digits):
-    cfg = Config(**{**QUICK, "epochs": 1, "queue": 128, "momentum_encoder": 0.9})
-    result = pretrain(stage_context(cfg), digits)
-    assert result.summary["stage1_loss"] > 0
+def test_a_run_with_a_queue_resumes_to_the_same_result(tmp_path):
+    """Ctrl-C mid-epoch: the checkpoint holds the queue and the momentum copy, and the resumed run ends as the
+    uninterrupted one, bit for bit (one thread)."""
+    import os
+    import subprocess
+    import sys
+
+    from supcon.engine.loop import SIGNAL_AT
+
+    args = ["pretrain", "--max-train", "200", "--max-val", "100", "--epochs", "2", "--batch-size", "32",
+            "--queue", "96", "--momentum-encoder", "0.9", "--knn-every", "1", "--no-tsne", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop(SIGNAL_AT, None)
+
+    def supcon(*more, extra=None):
+        done = subprocess.run([sys.executable, "-m", "supcon", *more], env={**env, **(extra or {})},
+                              capture_output=True, text=True, timeout=600)
+        return done
+
+    assert supcon(*args, "--out", str(tmp_path / "ref")).returncode == 0
+    stopped = supcon(*args, "--out", str(tmp_path / "run"), extra={SIGNAL_AT: "SIGINT:9"})  # epoch 2, step 3
+    assert stopped.returncode == 130, stopped.stderr
+    assert supcon("pretrain", "--resume", str(tmp_path / "run")).returncode == 0
+
+    def outcome(d):
+        lines = [{k: v for k, v in json.loads(x).items() if "seconds" not in k}
+                 for x in (d / "metrics.jsonl").read_text().splitlines()]
+        return lines, json.loads((d / "results.json").read_text())["runs"][0]["stage1_loss"]
+
+    assert outcome(tmp_path / "run") == outcome(tmp_path / "ref")
 
 
 @pytest.mark.parametrize("options, message", [
