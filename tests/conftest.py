@@ -44,6 +44,18 @@ def _two_threads():
 
 
 @pytest.fixture(scope="session")
+def _data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("supcon-data")
+
+
+@pytest.fixture(autouse=True)
+def _own_data_dir(_data_dir, monkeypatch):
+    # Decoded caches and downloads go to the session's own folder, never the user's ~/.cache (a test that needs
+    # another sets its own).
+    monkeypatch.setenv("SUPCON_DATA_DIR", str(_data_dir))
+
+
+@pytest.fixture(scope="session")
 def digits():
     """scikit-learn's digits, 300 training and 150 validation images (as QUICK loads them)."""
     return load_dataset("digits", max_train=300, max_val=150)

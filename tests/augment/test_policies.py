@@ -1,5 +1,7 @@
 """Tests for supcon.augment: every policy on 1- and 3-channel uint8 images (synthetic, digits, ImageNet-5),
-the multi-view transform, per-image randomness in apply_batch, seeding, normalisation and the errors."""
+the multi-view transform, per-image randomness in apply_batch, seeding, normalisation and the errors. The
+statistical and randomness tests run on the per-image transforms.v2 pipeline and on both batched paths (the
+grouped one and the device path, run on the CPU)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from torchvision.transforms import v2
 
 from supcon.augment import (
     POLICIES,
+    BatchedMultiView,
+    BatchedView,
     MultiViewTransform,
     apply_batch,
     multiview_transform,
@@ -52,6 +56,31 @@ def imagenet() -> torch.Tensor:
         x, y = d["x_train"], d["y_train"]
     idx = np.concatenate([np.flatnonzero(y == 0)[:3], np.flatnonzero(y == 2)[:3]])
     return torch.from_numpy(np.ascontiguousarray(x[idx].transpose(0, 3, 1, 2)))
+
+
+IMPLEMENTATIONS = ["per-image", "batched", "batched-device"]
+
+
+def implemented(transform, implementation: str):
+    """``transform`` with its batched views set to the device path for ``batched-device``."""
+    if implementation == "batched-device":
+        views = transform.transforms if isinstance(transform, BatchedMultiView) else [transform]
+        for view in views:
+            if isinstance(view, BatchedView):
+                view.device_path = True
+    return transform
+
+
+def views_of(policy: str, size: int, views: int = 2, implementation: str = "per-image", **options):
+    """:func:`multiview_transform` in one of the three implementations (a policy without a batched form falls back
+    to per image)."""
+    mv = multiview_transform(policy, size, views, batched=implementation != "per-image", **options)
+    return implemented(mv, implementation)
+
+
+def view_of(policy: str, size: int, implementation: str = "per-image", **options):
+    """:func:`view_transform` in one of the three implementations."""
+    return implemented(view_transform(policy, size, batched=implementation != "per-image", **options), implementation)
 
 
 def leaf_transforms(t) -> list:
@@ -183,13 +212,14 @@ def test_first_view_crop_structure():
     assert v2.ColorJitter in {type(leaf) for leaf in leaf_transforms(same.transforms[0])}
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("policy", ["simclr", "autoaugment", "randaugment"])
-def test_first_view_crop_keeps_colour(policy):
+def test_first_view_crop_keeps_colour(policy, implementation):
     # Crop, resize and flip cannot change the colour of a uniformly coloured image; the colour policies do.
     colour = torch.tensor([200, 40, 90], dtype=torch.uint8).view(3, 1, 1)
     x = colour.expand(3, SIZE, SIZE).contiguous()
     torch.manual_seed(0)
-    mv = multiview_transform(policy, SIZE, views=2, first_view="crop")
+    mv = views_of(policy, SIZE, 2, implementation, first_view="crop")
     changed = 0
     for _ in range(30):
         v0, v1 = mv(x)
@@ -199,11 +229,12 @@ def test_first_view_crop_keeps_colour(policy):
 
 
 @needs_npz
-def test_first_view_crop_keeps_colour_statistics_of_real_images(imagenet):
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_first_view_crop_keeps_colour_statistics_of_real_images(imagenet, implementation):
     # Over many views, the crop-only view keeps each image's channel means close to the original's, while
     # SimCLR's jitter and grayscale move them.
     torch.manual_seed(0)
-    mv = multiview_transform("simclr", 64, views=2, first_view="crop")
+    mv = views_of("simclr", 64, 2, implementation, first_view="crop")
     orig = imagenet.float().div(255.0).mean(dim=(2, 3))  # [6, 3]
     crop_dev, simclr_dev = [], []
     for _ in range(4):
@@ -230,24 +261,26 @@ def test_apply_batch_shapes(policy, channels):
 
 
 @needs_npz
-def test_apply_batch_draws_params_per_image(imagenet):
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_apply_batch_draws_params_per_image(imagenet, implementation):
     # The same photo four times in one batch: each copy gets its own crop.
     x = imagenet[:1].expand(4, -1, -1, -1).contiguous()
     torch.manual_seed(0)
-    out = apply_batch(view_transform("crop", 64), x)
+    out = apply_batch(view_of("crop", 64, implementation), x)
     for i in range(4):
         for j in range(i + 1, 4):
             assert not torch.equal(out[i], out[j]), (i, j)
     # and so does each view of each copy
     torch.manual_seed(1)
-    multi = apply_batch(multiview_transform("crop", 64, views=2), x).flatten(0, 1)
+    multi = apply_batch(views_of("crop", 64, 2, implementation), x).flatten(0, 1)
     assert len({m.numpy().tobytes() for m in multi}) == 8
 
 
-def test_apply_batch_draws_params_per_image_digits(eight_digits):
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_apply_batch_draws_params_per_image_digits(eight_digits, implementation):
     x = eight_digits[3:4].expand(6, -1, -1, -1).contiguous()
     torch.manual_seed(0)
-    out = apply_batch(view_transform("crop", 8, crop_scale=0.2), x)
+    out = apply_batch(view_of("crop", 8, implementation, crop_scale=0.2), x)
     assert len({o.numpy().tobytes() for o in out}) >= 5
 
 
@@ -259,10 +292,11 @@ def test_apply_batch_none_equals_x_over_255():
 # ---------------------------------------------------------------- seeding
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("policy", POLICIES)
-def test_seed_makes_augmentation_reproducible(policy):
+def test_seed_makes_augmentation_reproducible(policy, implementation):
     x = synthetic(3, n=4, seed=3)
-    mv = multiview_transform(policy, SIZE, views=2, blur=True)
+    mv = views_of(policy, SIZE, 2, implementation, blur=True)
     torch.manual_seed(123)
     a = apply_batch(mv, x)
     torch.manual_seed(123)

@@ -23,6 +23,7 @@ from PIL import Image
 
 from supcon.cli import main
 from supcon.data import available_datasets, describe, load_dataset
+from supcon.data import cache as cache_module
 from supcon.data import downloads as dl
 
 FLOWERS = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
@@ -169,21 +170,24 @@ def test_flowers5_download_once_split_and_cache(remote, tmp_path, monkeypatch):
     assert min(_counts(s.val.labels, 5)) == min(_counts(s.test.labels, 5)) == 1
     assert min(_counts(s.train.labels, 5)) == 4
     assert (cache / "flower_photos.tgz").is_file() and (cache / "flower_photos" / dl.MARKER).is_file()
-    assert (cache / "flowers5_16px.npz").is_file()
-    assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no scratch or partial files left
+    (decoded,) = (cache / "decoded").iterdir()  # the decoded cache: one raw file per split, memory-mapped
+    assert {p.name for p in decoded.iterdir()} == {"train.u8", "val.u8", "test.u8", "meta.json"}
+    assert not [p for p in [*cache.iterdir(), *(cache / "decoded").iterdir()] if p.name.startswith(".")]
 
     # Second load: no download, no extraction, no decoding; the same split from the cache.
     def fail(*args, **kwargs):
         raise AssertionError("must not run again")
 
-    monkeypatch.setattr(dl, "_extract", fail)
-    monkeypatch.setattr(dl, "_decode_all", fail)
-    again = load_dataset("flowers5", image_size=16)
+    with monkeypatch.context() as m:
+        m.setattr(dl, "_extract", fail)
+        m.setattr(cache_module, "_write", fail)
+        again = load_dataset("flowers5", image_size=16)
     assert remote.fetches == [dl.SOURCES["flowers5"].url]
     assert torch.equal(again.val.images, s.val.images) and torch.equal(again.train.labels, s.train.labels)
     assert torch.equal(again.test.images, s.test.images)
-    # seeded: a different split seed gives a different (still stratified) split
+    # seeded: a different split seed gives a different (still stratified) split, decoded into a cache of its own
     other = load_dataset("flowers5", image_size=16, split_seed=1)
+    assert len(list((cache / "decoded").iterdir())) == 2
     assert len(other.test) == 6 and not torch.equal(other.test.images, s.test.images)
     assert min(_counts(other.test.labels, 5)) == 1
 
@@ -196,9 +200,8 @@ def test_flowers5_default_size_is_128(remote):
 
 def test_cats_vs_dogs_skips_and_counts_bad_files(remote, tmp_path):
     remote.serve("cats_vs_dogs")
-    # A quick run first: only its subsample is decoded, and no cache is written for it.
+    # A quick run first: only its subsample is decoded (and cached under a key of its own).
     quick = load_dataset("cats_vs_dogs", image_size=16, max_train=6, max_val=2, split_seed=3)
-    assert not (tmp_path / "cache" / "cats_vs_dogs_16px.npz").exists()
     s = load_dataset("cats_vs_dogs", image_size=16)
     assert s.train.class_names == ["cat", "dog"]
     assert {p for p, _ in s.skipped} == {str(tmp_path / "cache" / m) for m in BAD_PETS}

@@ -6,7 +6,8 @@ Two implementations of the same policies:
   the last step scales them to float in [0, 1] (and optionally normalises with a mean and std). Every policy.
 - per batch (``batched=True``; ``none``, ``crop`` and ``simclr``): :class:`BatchedView` draws the same random
   parameters from the same distributions, independently for each image, but applies them to a whole
-  ``[B, C, H, W]`` batch at once, in float. This is what training uses: one transforms.v2 call per image took
+  ``[B, C, H, W]`` batch at once, in float, on the images' device (on a GPU with no host synchronisation; see
+  :mod:`supcon.augment.batched`). This is what training uses: one transforms.v2 call per image took
   13 % of a ResNet-18 step at 64 px on 2 quiet CPU cores and over half of it on loaded ones; the batched path
   takes 4 % (``benchmarks/bench_train.py``).
 
@@ -40,7 +41,10 @@ from supcon.augment.batched import (
     adjust_hue,
     adjust_saturation,
     blur_kernel_size,
+    color_jitter,
     gaussian_blur,
+    random_gaussian_blur,
+    random_grayscale,
     resize_weights,
     resized_crop,
     sample_crops,
@@ -49,9 +53,9 @@ from supcon.augment.batched import (
 POLICIES = ("none", "crop", "simclr", "autoaugment", "randaugment")
 __all__ = ["BATCHED_POLICIES", "BLUR_P", "BLUR_SIGMA", "CROP_RATIO", "GRAYSCALE_P", "JITTER", "JITTER_P", "POLICIES",
            "BatchedMultiView", "BatchedView", "Inputs", "MultiViewTransform", "adjust_brightness", "adjust_contrast",
-           "adjust_hue", "adjust_saturation", "apply_batch", "blur_kernel_size", "gaussian_blur", "is_batched",
-           "multiview_transform", "policy_transform", "resize_weights", "resized_crop", "sample_crops", "to_float",
-           "view_transform"]
+           "adjust_hue", "adjust_saturation", "apply_batch", "blur_kernel_size", "color_jitter", "gaussian_blur",
+           "is_batched", "multiview_transform", "policy_transform", "random_gaussian_blur", "random_grayscale",
+           "resize_weights", "resized_crop", "sample_crops", "to_float", "view_transform"]
 
 
 def to_float(mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> v2.Transform:

@@ -50,6 +50,7 @@ class DataSplits:
     name: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
     noisy_labels: int = 0  # training (and val) labels changed on purpose (supcon.data.noise); test is never noisy
+    input_size: int | None = None  # the training size, where the images are stored larger (a decoded cache)
 
     @property
     def num_classes(self) -> int:
@@ -63,7 +64,13 @@ class DataSplits:
 
     @property
     def image_size(self) -> int:
-        """The images' side in pixels (they are square)."""
+        """The side in pixels of the images the models see (square): the stored size, or the training size the
+        views crop and resize the stored images to."""
+        return self.input_size or self.stored_size
+
+    @property
+    def stored_size(self) -> int:
+        """The side in pixels of the images as stored (square)."""
         return int(self.train.images.shape[2])
 
 
@@ -72,6 +79,7 @@ class LoadOptions:
     """The keyword arguments of `load_dataset`, handed to every loader."""
 
     image_size: int | None = None
+    store_size: int | None = None  # the decoded cache's size; None: image_size (or the files' own)
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     split_seed: int = 0
@@ -123,7 +131,7 @@ def _checked_options(o: LoadOptions) -> LoadOptions:
         raise ValueError(f"val_fraction + test_fraction must leave images to train on; got {o.val_fraction} + "
                          f"{o.test_fraction}")
     ints = {}
-    for key in ("image_size", "max_train", "max_val", "max_test"):
+    for key in ("image_size", "store_size", "max_train", "max_val", "max_test"):
         v = getattr(o, key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1):
             raise ValueError(f"{key} must be a positive int or None, got {v!r}")
@@ -136,6 +144,7 @@ def load_dataset(
     spec: str = "digits",
     *,
     image_size: int | None = None,
+    store_size: int | None = None,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     split_seed: int = 0,
@@ -158,12 +167,14 @@ def load_dataset(
     from all. Carving is stratified and seeded with `split_seed`, which is not the training seed: runs
     of several seeds see the same splits. `image_size` resizes to a square once at load time (None
     keeps the stored size, which must then be square; the named photo sets, whose photos differ in
-    size, default to 128). `max_train` / `max_val` / `max_test` take a seeded, class-balanced
-    subsample. Raises ValueError (one line) on a bad spec, a missing path or malformed data.
+    size, default to 128). `store_size` (the folder and named photo sets) decodes the files at that
+    size into a cache on disk that the images then memory-map (see :mod:`supcon.data.cache`); the
+    views crop from it and resize to `image_size`. `max_train` / `max_val` / `max_test` take a
+    seeded, class-balanced subsample. Raises ValueError (one line) on a bad spec, a missing path or malformed data.
     """
     where = None if data_dir is None else str(data_dir)
-    opts = _checked_options(LoadOptions(image_size, val_fraction, test_fraction, split_seed, max_train, max_val,
-                                        max_test, progress, where))
+    opts = _checked_options(LoadOptions(image_size, store_size, val_fraction, test_fraction, split_seed, max_train,
+                                        max_val, max_test, progress, where))
     scheme, sep, arg = spec.partition(":")
     entry = _LOADERS.get(scheme)
     if entry is None or entry.takes_path != bool(sep) or (entry.takes_path and not arg):
@@ -172,8 +183,10 @@ def load_dataset(
             hint = f" (did you mean {'folder' if Path(spec).is_dir() else 'npz'}:{spec}?)"
         raise ValueError(f"unknown data set {spec!r}; valid forms: {', '.join(available_datasets())}{hint}")
     splits = entry.fn(arg, opts)
+    # a decoded cache keeps its stored size (the views resize); arrays in memory are resized once, here
+    resize = None if splits.input_size is not None else opts.image_size
     for name, most in (("train", opts.max_train), ("val", opts.max_val), ("test", opts.max_test)):
-        part = _finish(getattr(splits, name), most, opts.split_seed, opts.image_size, f"{splits.name} {name}")
+        part = _finish(getattr(splits, name), most, opts.split_seed, resize, f"{splits.name} {name}")
         setattr(splits, name, part)
     h, w = splits.train.images.shape[2:]
     if h != w:  # the models and augmentations downstream take one image_size
@@ -225,9 +238,12 @@ def _take(ds: ImageDataset, idx: np.ndarray) -> ImageDataset:
 def describe(splits: DataSplits) -> str:
     """One line: "npz:imagenet5_64: 1062 train / 188 val / 250 test, 5 classes, 3×64×64"."""
     c, h, w = splits.train.images.shape[1:]
+    size = f"{c}×{h}×{w}"
+    if splits.image_size != h:
+        size = f"{c}×{splits.image_size}×{splits.image_size} (views of the {h} px images stored)"
     text = (
         f"{splits.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test, "
-        f"{splits.num_classes} classes, {c}×{h}×{w}"
+        f"{splits.num_classes} classes, {size}"
     )
     if splits.skipped:
         text += f", {len(splits.skipped)} unreadable files skipped"

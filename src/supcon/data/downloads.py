@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cache import decoded_splits
 from .core import DataSplits, ImageDataset, LoadOptions, register_loader, split_indices, three_splits
-from .folder import _decode_all
 
 log = logging.getLogger(__name__)
 
@@ -276,83 +276,24 @@ def _list(tree: Path, src: Source) -> tuple[list[str], np.ndarray, np.ndarray]:
     return files, np.asarray(labels, dtype=np.int64), np.asarray(test, dtype=bool)
 
 
-def _load_photos(name: str, tree: Path, cache: Path, opts: LoadOptions) -> DataSplits:
+def _load_photos(name: str, tree: Path, opts: LoadOptions) -> DataSplits:
     src = SOURCES[name]
-    size = opts.image_size or src.image_size
+    size = opts.store_size or opts.image_size or src.image_size
     files, labels, test = _list(tree, src)
-    # Split and subsample the file list, not the decoded images, so that a quick run decodes only what it
-    # uses and gets the same images whether or not the decoded cache exists.
-    tr, va, te = split_indices(labels, test if src.own_split else None, opts, name)
-    need = np.union1d(np.union1d(tr, va), te)
-
-    decoded = _read_cache(cache, files, labels)
-    if decoded is None:
-        everything = len(need) == len(files)
-        decoded = _decode(tree, files, np.arange(len(files)) if everything else need, size, opts.progress)
-        if everything:
-            _write_cache(cache, files, labels, *decoded)
-    images, index, bad_index, bad_why = decoded
-    row = np.full(len(files), -1)
-    row[index] = np.arange(len(index))
-
-    classes = list(src.classes)
-
-    def part(idx: np.ndarray, what: str) -> ImageDataset:
-        ok = idx[row[idx] >= 0]
-        missing = sorted(set(range(len(classes))) - set(labels[ok].tolist()))
+    # Split and subsample the file list, not the decoded images, so that a quick run decodes only what it uses.
+    split = split_indices(labels, test if src.own_split else None, opts, name)
+    parts, skipped, _ = decoded_splits(name, tree, [tree / f for f in files], labels, split, list(src.classes), size,
+                                       _data_dir(opts), opts.progress)
+    for part_name, part in parts.items():
+        missing = sorted(set(range(len(src.classes))) - set(part.labels.tolist()))
         if missing:
-            raise ValueError(f"{name}: class '{classes[missing[0]]}' has no readable images in the {what} split")
-        return ImageDataset(images[torch.from_numpy(row[ok])], torch.from_numpy(labels[ok]), classes)
-
-    wanted = np.isin(bad_index, need)
-    skipped = [(str(tree / files[i]), why) for i, why in zip(bad_index[wanted], bad_why[wanted], strict=True)]
+            raise ValueError(f"{name}: class '{src.classes[missing[0]]}' has no readable images in the {part_name} "
+                             "split")
     for p, why in skipped:
         log.info("skipped unreadable image %s: %s", p, why)
-    return DataSplits(part(tr, "train"), part(va, "val"), part(te, "test"), name, skipped)
-
-
-Decoded = tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]  # images, their file indices, bad ones, why
-
-
-def _decode(tree: Path, files: list[str], idx: np.ndarray, size: int, progress: bool) -> Decoded:
-    images, ok, skipped = _decode_all([tree / files[i] for i in idx], size, tree, progress)
-    bad = np.setdiff1d(np.arange(len(idx)), ok)
-    return images, idx[ok], idx[bad], np.asarray([why for _, why in skipped], dtype=str)
-
-
-def _read_cache(path: Path, files: list[str], labels: np.ndarray) -> Decoded | None:
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if z["files"].tolist() != files or not np.array_equal(z["labels"], labels):
-                log.info("%s is stale (the file list changed); decoding again", path)
-                return None
-            return torch.from_numpy(z["images"]), z["index"], z["bad_index"], z["bad_why"]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
-        log.warning("ignoring unreadable cache %s (%s)", path, e)
-        return None
-
-
-def _write_cache(path: Path, files: list[str], labels: np.ndarray, images: torch.Tensor, index: np.ndarray,
-                 bad_index: np.ndarray, bad_why: np.ndarray) -> None:
-    # Uncompressed: a photo set at 128 px is about 1 GB, and compressing it costs more time than decoding saves.
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    except OSError as e:  # a read-only data dir holding someone's copy: work without the cache
-        log.warning("cannot write the decoded cache %s (%s)", path, e)
-        return
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, images=images.numpy(), index=index, bad_index=bad_index, bad_why=bad_why,
-                     files=np.asarray(files, dtype=str), labels=labels)
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        log.warning("cannot write the decoded cache %s (%s)", path, e)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    train_size = opts.image_size or src.image_size
+    return DataSplits(parts["train"], parts["val"], parts["test"], name, skipped,
+                      input_size=train_size if train_size != size else None)
 
 
 # ---------------------------------------------------------------- CIFAR: python pickle batches
@@ -422,8 +363,7 @@ def _loader(name: str) -> Callable[[str, LoadOptions], DataSplits]:
         tree = _prepare(name, root, opts.progress)
         if name.startswith("cifar"):
             return _load_cifar(name, tree, opts)
-        size = opts.image_size or SOURCES[name].image_size
-        return _load_photos(name, tree, tree.parent / f"{name}_{size}px.npz", opts)
+        return _load_photos(name, tree, opts)
 
     load.__doc__ = f"{name}: downloaded once from {SOURCES[name].url}, cached in the data dir."
     return load

@@ -5,15 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .cache import decoded_splits
 from .core import (
     DataSplits,
-    ImageDataset,
     LoadOptions,
     register_loader,
     split_indices,
@@ -24,6 +23,8 @@ log = logging.getLogger(__name__)
 
 # Pillow releases the GIL while decoding, so a few threads help even on 2 cores.
 DECODE_WORKERS = min(4, os.cpu_count() or 1)
+DATA_DIR_ENV = "SUPCON_DATA_DIR"
+DEFAULT_DATA_DIR = "~/.cache/supcon"
 
 
 @register_loader("folder", takes_path=True)
@@ -40,29 +41,44 @@ def load_folder(arg: str, opts: LoadOptions) -> DataSplits:
     if not root.is_dir():
         raise ValueError(f"folder not found: {root}")
     paths, labels, split, classes, places = _plan(root, opts)
-    # Subsampled file lists before decoding, so that quick runs on big folders stay quick.
-    order = np.concatenate(split)
-    images, ok, skipped = _decode_all([paths[i] for i in order], opts.image_size, root, opts.progress)
-    decoded_labels = labels[order][ok]
-    bounds = np.cumsum([0] + [len(idx) for idx in split])
-    parts = {}
-    for name, start, stop in zip(("train", "val", "test"), bounds[:-1], bounds[1:], strict=True):
-        mine = (ok >= start) & (ok < stop)
-        parts[name] = (images[torch.from_numpy(np.flatnonzero(mine))], decoded_labels[mine])
+    asked = opts.store_size or opts.image_size
+    size = asked or _native_size(paths, root)
+    parts, skipped, _ = decoded_splits(f"folder-{root.name}", root, paths, labels, tuple(split), classes, size,
+                                       data_dir(opts), opts.progress, native=asked is None)
+    decoded = torch.cat([part.labels for part in parts.values()])
     for c, name in enumerate(classes):
-        if not (decoded_labels == c).any():
-            bad = int((labels[order] == c).sum())
+        if not (decoded == c).any():
+            bad = int(sum((labels[idx] == c).sum() for idx in split))
             raise ValueError(f"class '{name}' has no readable images in {root} ({bad} file(s) tried, all skipped)")
-        for (_, lab), where in zip(parts.values(), places, strict=True):
-            if not (lab == c).any():
+        for part, where in zip(parts.values(), places, strict=True):
+            if not (part.labels == c).any():
                 raise ValueError(f"class '{name}' has no readable images in {where}")
     if skipped:
         for p, why in skipped:
             log.info("skipped unreadable image %s: %s", p, why)
         warnings.warn(f"{_skip_summary(skipped)} in {root} (listed in DataSplits.skipped and, for a run, in "
                       "its skipped_images.txt)", stacklevel=3)
-    train, val, test = (ImageDataset(x, torch.from_numpy(y), classes) for x, y in parts.values())
-    return DataSplits(train, val, test, f"folder:{root.name or root.resolve().name}", skipped)
+    input_size = opts.image_size if opts.image_size not in (None, size) else None
+    return DataSplits(parts["train"], parts["val"], parts["test"], f"folder:{root.name or root.resolve().name}",
+                      skipped, input_size=input_size)
+
+
+def data_dir(opts: LoadOptions) -> Path:
+    """Where downloads and decoded caches live: ``opts.data_dir``, else ``$SUPCON_DATA_DIR``, else
+    ``~/.cache/supcon``."""
+    return Path(opts.data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser()
+
+
+def _native_size(paths: list[Path], root: Path) -> int:
+    """The side of the files' own images, where no size is asked for: they must be square, and all one size."""
+    for path in paths:
+        array, _ = decode_image(path, None)
+        if array is not None:
+            h, w = array.shape[:2]
+            if h != w:
+                raise ValueError(f"{root}: images are {w}×{h}, not square; pass image_size to resize them")
+            return int(h)
+    raise ValueError(f"no readable images in {root}")
 
 
 def _plan(root: Path, opts: LoadOptions):
@@ -138,51 +154,6 @@ def _list_files(d: Path, classes: list[str], require_all: bool) -> tuple[list[Pa
     if not paths:
         raise ValueError(f"no image files in {d}")
     return paths, np.asarray(labels, dtype=np.int64)
-
-
-def _decode_all(
-    paths: list[Path], size: int | None, root: Path, progress: bool
-) -> tuple[torch.Tensor, np.ndarray, list[tuple[str, str]]]:
-    """Decode into one preallocated uint8 [N, 3, H, W] buffer; returns (images, decoded indices, skipped)."""
-    from tqdm.auto import tqdm
-
-    buf: np.ndarray | None = None
-    first = ""
-    ok: list[int] = []
-    skipped: list[tuple[str, str]] = []
-    # Pillow warns about odd files (corrupt EXIF, bad TIFF tags) without naming them, once per file; gather
-    # those into one line instead of a screenful of anonymous ones. The files are kept if they decode.
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        pool = ThreadPoolExecutor(max_workers=DECODE_WORKERS)
-        try:
-            results = pool.map(lambda p: decode_image(p, size), paths)
-            bar = tqdm(results, total=len(paths), desc=f"decoding {root.name}", unit="img", disable=not progress)
-            for i, (arr, why) in enumerate(bar):
-                if arr is None:
-                    skipped.append((str(paths[i]), why))
-                    continue
-                if buf is None:
-                    buf = np.empty((len(paths), 3, *arr.shape[:2]), dtype=np.uint8)
-                    first = f"{arr.shape[1]}×{arr.shape[0]} in {paths[i]}"
-                elif arr.shape[:2] != buf.shape[2:]:
-                    raise ValueError(
-                        f"images in {root} differ in size ({first}, {arr.shape[1]}×{arr.shape[0]} "
-                        f"in {paths[i]}); pass image_size to resize them to a square"
-                    )
-                buf[len(ok)] = arr.transpose(2, 0, 1)
-                ok.append(i)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-    if caught:
-        for w in caught:
-            log.info("decoder warning while reading %s: %s", root, w.message)
-        example = str(caught[0].message).strip().splitlines()[0]
-        warnings.warn(f"{len(caught)} decoder warning(s) while reading images in {root} (first: {example}); files "
-                      "that still decoded were kept", stacklevel=3)
-    if buf is None:
-        raise ValueError(f"no readable images in {root}: {_skip_summary(skipped)}")
-    return torch.from_numpy(buf[: len(ok)]), np.asarray(ok, dtype=np.int64), skipped
 
 
 def decode_image(path: str | Path, size: int | None) -> tuple[np.ndarray | None, str]:

@@ -28,6 +28,25 @@ exponential pass in place, a row sum, and two GEMMs for the gradient
 per-row weights scale the ``[block, D]`` operands, never the ``[block, N]``
 matrix. L_in sorts the columns by label so that a block's positives lie in one
 column window; only that window is masked.
+
+Dense path: where the ``[A, N]`` logits of all ``A`` anchors fit a budget
+(``_DENSE_MAX_BYTES``, 1 GiB: N <= 16,384 with every view an anchor), the same
+pass runs as one block with no window and no per-block Python work: one GEMM,
+the row max, one exponential pass, a row sum (L_in: one masked pass over the
+positives, with their own maximum) and the two gradient GEMMs. ``path="auto"``
+takes it off the CPU, where per-block launches and slicing, not arithmetic,
+dominated (a 4k-view batch took 3.1 ms on an H200 against a 0.5 ms floor); on
+the CPU the cache-sized blocks stay faster. ``path="dense"`` or ``"blocked"``
+forces one.
+
+Host synchronisation: none, on either path, for L_out and for L_in on the dense
+path. Labels are made dense with a sort and a cumulative sum, counted with a
+scatter, and class-sized tensors have one row per sample, so no count is read
+back (``torch.unique`` and ``bincount`` would wait for the device). Off the CPU,
+L_in's positive sums are always taken with their own maximum (one more masked
+pass), where the CPU checks each block for underflow and redoes only the rare
+block that needs it; blocked L_in reads its column windows back once per call.
+``anchors=`` is validated on the host, once per call.
 """
 
 from __future__ import annotations
@@ -43,12 +62,14 @@ from torch.autograd.function import once_differentiable
 __all__ = ["SupConLoss", "supcon_loss"]
 
 _VARIANTS = ("out", "in")
+_PATHS = ("auto", "dense", "blocked")
 _CONTRAST_MODES = ("all", "one")
 _REDUCTIONS = ("mean", "none")
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
-def _check_options(temperature, base_temperature, variant, contrast_mode, block_size, reduction) -> None:
+def _check_options(temperature, base_temperature, variant, contrast_mode, block_size, reduction,
+                   path="auto") -> None:
     # `not x > 0` also rejects NaN.
     if not temperature > 0:
         raise ValueError(f"expected temperature > 0, got {temperature}")
@@ -62,6 +83,8 @@ def _check_options(temperature, base_temperature, variant, contrast_mode, block_
         raise ValueError(f"expected reduction in {_REDUCTIONS}, got {reduction!r}")
     if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
         raise ValueError(f"expected block_size to be None (automatic) or an integer >= 1, got {block_size!r}")
+    if path not in _PATHS:
+        raise ValueError(f"expected path in {_PATHS}, got {path!r}")
 
 
 def _check_inputs(features, labels) -> Tensor | None:
@@ -116,10 +139,43 @@ def _pow2_floor(x: int) -> int:
     return 1 << max(0, x.bit_length() - 1)
 
 
-def _auto_block_size(num_anchors: int, n: int) -> int:
-    """Default ``block_size`` for ``num_anchors`` anchors against ``n`` contrast vectors."""
+# Off the CPU there is no cache to stay in, and each block costs a dozen kernel launches and a pass over the [N, D]
+# gradient: blocks of up to 512 MiB of logits (N = 65,536: 2,048 rows; N = 262,144: 512 rows).
+_DEVICE_BLOCK_ELEMS = 1 << 27
+# The dense path: all anchors in one block while their [A, N] fp32 logits take at most 1 GiB (N = 16,384 views).
+_DENSE_MAX_BYTES = 1 << 30
+
+
+def _auto_block_size(num_anchors: int, n: int, device: torch.device | None = None) -> int:
+    """Default ``block_size`` for ``num_anchors`` anchors against ``n`` contrast vectors on ``device`` (None: the
+    CPU)."""
+    if device is not None and device.type != "cpu":
+        return min(max(_pow2_floor(_DEVICE_BLOCK_ELEMS // n), 1), num_anchors)
     rows = max(_pow2_floor(_AUTO_BLOCK_ELEMS // n), _AUTO_BLOCK_MIN_ROWS)
     return min(rows, _pow2_floor(_AUTO_BLOCK_MAX_ELEMS // n), num_anchors)
+
+
+def _use_dense(path: str, block_size: int | None, num_anchors: int, n: int, device: torch.device) -> bool:
+    """Whether a call takes the dense path: forced, or automatically off the CPU when no smaller block was asked
+    for and the ``[num_anchors, n]`` logits fit :data:`_DENSE_MAX_BYTES`."""
+    if path != "auto":
+        return path == "dense"
+    return (device.type != "cpu" and (block_size is None or block_size >= num_anchors)
+            and num_anchors * n * 4 <= _DENSE_MAX_BYTES)
+
+
+def _sync_free(device: torch.device) -> bool:
+    """Whether the blocked pass must not read values back (off the CPU, where that waits for the device)."""
+    return device.type != "cpu"
+
+
+def _dense_ids(labels: Tensor) -> Tensor:
+    """``labels`` as ids ``0..C-1`` (equal ids for equal labels, in the labels' order), without reading anything
+    back: ``torch.unique`` would wait for the device to learn ``C``."""
+    values, order = labels.sort()
+    starts = torch.ones_like(values, dtype=torch.long)  # 1 where a new label value begins
+    starts[1:] = values[1:] != values[:-1]
+    return torch.empty_like(starts).scatter_(0, order, starts.cumsum(0) - 1)
 
 
 _local = threading.local()
@@ -159,11 +215,12 @@ class _Plan:
     num_anchors: int
     tau: float
     block_size: int
+    dense: bool = False  # one block, no windows, nothing read back (see _dense_pass)
     # L_in: the columns are ``z[perm]`` (sorted by label), so that a block's positives lie in one column window.
     perm: Tensor | None = None
     apos: Tensor | None = None  # positions of the anchors among the columns; None: the first num_anchors
     col_lab: Tensor | None = None  # labels of the columns (as floats where that is exact)
-    has_pos: Tensor | None = None  # per anchor (in column order): has at least one positive
+    has_pos: Tensor | None = None  # per anchor (in processing order): has at least one positive
     windows: list | None = None  # per block: the column window [w0, w1) that holds its anchors' positives
     # L_out with reduction="mean": the positive term and its gradient in closed form, from per-class sums.
     lab: Tensor | None = None  # dense label of every row of z
