@@ -5,6 +5,8 @@ pytorch-metric-learning, plus an exactness check against a float64 dense referen
     python benchmarks/bench_loss.py --n 1024 4096 --classes 10 --repeats 7
     python benchmarks/bench_loss.py --variants            # also L_in, SimCLR (no labels) and contrast_mode="one"
     python benchmarks/bench_loss.py --device cuda         # on a GPU: peak memory from torch.cuda, not the RSS
+    python benchmarks/bench_loss.py --device cuda --paths --n 4096 16384 65536 262144 --classes 10
+                                                          # the dense path against the blocked one and the floors
 
 Every configuration runs in a fresh subprocess, so that its peak memory is its own: "peak extra" is the growth
 of the process's resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs where the kernel
@@ -23,6 +25,12 @@ operations at full size on the same inputs (preallocated outputs, no masks, no r
 
 A is the number of anchors (N, or N / views for contrast_mode="one"). Where the N×N matrices would not fit
 (N = 65,536: 16 GiB each) the same operations are timed in [1024, N] row tiles instead and the table says so.
+
+``--paths`` also times, in the same interleaved rounds, the loss forced onto each of its two paths
+(``SupConLoss(path="dense")``, all anchors in one block with nothing read back, and ``path="blocked"``) and a
+second, plainer floor: forward and backward through autograd of ``logsumexp(Z_anchors Zᵀ / τ)`` summed, the
+least a dense softmax loss does (one GEMM, a log-sum-exp, its softmax and two GEMMs back). The dense path and the
+plain floor are skipped where their N×N matrices would exceed the memory limit.
 """
 
 from __future__ import annotations
@@ -49,6 +57,10 @@ TILE_ROWS = 1024
 # (dense 7.2, PML 11.6-13.0) plus a margin.
 DENSE_N2_MATRICES = 8
 PML_N2_MATRICES = 14
+# The dense path keeps the [A, N] logits (exponentiated in place) and, for L_in, the positives' exponentials; the
+# plain GEMM + logsumexp floor through autograd: the logits, the exponentials inside logsumexp and the gradient.
+DENSE_PATH_N2_MATRICES = {"out": 1.5, "in": 3}
+PLAIN_FLOOR_N2_MATRICES = 4
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -219,6 +231,18 @@ def _floor_ops(z, anchors, temperature):
     return forward, backward, exps, tiled
 
 
+def _plain_floor(anchors, z, temperature, device):
+    """Forward and backward through autograd of ``logsumexp(anchors @ z.T / tau).sum()``: a dense softmax loss at
+    its plainest (no masks, no positives)."""
+
+    def run():
+        a = anchors.detach().requires_grad_(True)
+        c = z.detach().requires_grad_(True)
+        torch.logsumexp(a @ c.T / temperature, dim=1).sum().backward()
+
+    return _synced(run, device)
+
+
 def _interleaved_ms(fns: dict, repeats: int, min_seconds: float = 2.0) -> dict:
     """Median ms of each callable, timed in interleaved rounds (one call of each per round), so that load from
     elsewhere on the machine hits all of them alike; at least ``repeats`` rounds and ``min_seconds`` in all
@@ -281,11 +305,42 @@ def worker(args) -> dict:
     for fn in (forward, backward, exps):
         for _ in range(warmup):
             fn()
-    ms = _interleaved_ms(dict(ours=run_ours, fwd=forward, bwd=backward, exp=exps), repeats)
+    timed = dict(ours=run_ours, fwd=forward, bwd=backward, exp=exps)
+    skipped = {}
+    if args.paths:
+        # The two paths forced, and the plain dense floor, in the same rounds (each warmed up first).
+        num_anchors = anchors.shape[0]
+        for path in ("dense", "blocked"):
+            need = DENSE_PATH_N2_MATRICES[variant] * num_anchors * n * 4 / 2**30 if path == "dense" else 0
+            if need > args.mem_limit_gib:
+                skipped[path] = need
+                continue
+            forced = SupConLoss(temperature=args.temperature, variant=variant, contrast_mode=contrast_mode,
+                                block_size=args.block_size, path=path)
+            timed[path] = _synced(_fwd_bwd(forced, features, labels), device)
+        need = PLAIN_FLOOR_N2_MATRICES * num_anchors * n * 4 / 2**30
+        if need > args.mem_limit_gib:
+            skipped["lse"] = need
+        else:
+            timed["lse"] = _plain_floor(anchors, z, args.temperature, device)
+        for name in ("dense", "blocked", "lse"):
+            for _ in range(max(warmup, 1) if name in timed else 0):
+                timed[name]()
+    ms = _interleaved_ms(timed, repeats)
     out = dict(n=n, classes=classes, config=args.config, ours_ms=ms["ours"], peak_mib=peak_mib,
                peak_exact=exact_peak, threads=torch.get_num_threads(), repeats=repeats,
                floor_fwd_ms=ms["fwd"], floor_bwd_ms=ms["bwd"], floor_exp_ms=ms["exp"],
                floor_ms=ms["fwd"] + ms["bwd"] + ms["exp"], floor_tiled=tiled)
+    if args.paths:
+        from supcon.losses.supcon import _use_dense
+
+        auto_dense = _use_dense("auto", args.block_size, anchors.shape[0], n, device)
+        out["auto_path"] = "dense" if auto_dense else "blocked"
+        for name in ("dense", "blocked", "lse"):
+            if name in ms:
+                out[name + "_ms"] = ms[name]
+            else:
+                out[name + "_skip_gib"] = skipped[name]
 
     # 3. The dense formulation and pytorch-metric-learning (L_out, all anchors, labels only).
     if args.config == "out":
@@ -322,8 +377,12 @@ def worker(args) -> dict:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def exactness(temperature: float, block_sizes=(None, 100, 7), device: str = "cpu") -> list[str]:
-    """Ours in fp32 against the float64 dense formulation: max relative error of the loss and the gradient."""
+EXACTNESS_RUNS = (("auto", None), ("blocked", 100), ("blocked", 7), ("dense", None))
+
+
+def exactness(temperature: float, runs=EXACTNESS_RUNS, device: str = "cpu") -> list[str]:
+    """Ours in fp32 against the float64 dense formulation: max relative error of the loss and the gradient, the
+    worst of ``runs`` (path, block size)."""
     from supcon.losses import supcon_loss
 
     rows = []
@@ -339,10 +398,10 @@ def exactness(temperature: float, block_sizes=(None, 100, 7), device: str = "cpu
                 ref = dense_supcon(x64, y, temperature, variant, mode)
                 (ref_grad,) = torch.autograd.grad(ref, x64)
                 worst_loss = worst_grad = 0.0
-                for block_size in block_sizes:
+                for path, block_size in runs:
                     x = features.float().requires_grad_(True)
                     loss = supcon_loss(x, y, temperature=temperature, variant=variant, contrast_mode=mode,
-                                       block_size=block_size)
+                                       block_size=block_size, path=path)
                     (grad,) = torch.autograd.grad(loss, x)
                     worst_loss = max(worst_loss, abs(loss.double().item() - ref.item()) / abs(ref.item()))
                     err = (grad.double() - ref_grad).abs().max() / ref_grad.abs().max()
@@ -366,6 +425,8 @@ def _run_config(args, n, classes, config) -> dict:
         cmd += ["--threads", str(args.threads)]
     if args.block_size:
         cmd += ["--block-size", str(args.block_size)]
+    if args.paths:
+        cmd += ["--paths"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
@@ -375,6 +436,16 @@ def _run_config(args, n, classes, config) -> dict:
 
 def _fmt_ms(ms: float) -> str:
     return f"{ms:,.0f}" if ms >= 100 else f"{ms:.1f}"
+
+
+def _path_ms(r: dict, key: str) -> str:
+    if key + "_ms" in r:
+        return _fmt_ms(r[key + "_ms"])
+    return f"skipped (~{r[key + '_skip_gib']:.0f} GiB)" if key + "_skip_gib" in r else "–"
+
+
+def _path_ratio(r: dict, key: str, floor: str = "floor") -> str:
+    return f"{r[key + '_ms'] / r[floor + '_ms']:.2f}" if key + "_ms" in r and floor + "_ms" in r else "–"
 
 
 def _vs_ours(r: dict, key: str) -> str:
@@ -403,6 +474,9 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu", help="where the losses run: cpu (default), cuda or cuda:N")
     parser.add_argument("--variants", action="store_true",
                         help="also time L_in, SimCLR (no labels) and contrast_mode='one' (10 classes, N <= 16k)")
+    parser.add_argument("--paths", action="store_true",
+                        help="also time the loss forced onto its dense and its blocked path, and the plain "
+                             "GEMM + logsumexp floor (a third table)")
     parser.add_argument("--no-exactness", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", default="out", help=argparse.SUPPRESS)
@@ -428,9 +502,11 @@ def main(argv=None) -> None:
     print("| N | classes | ours ms | floor ms (fwd GEMM + bwd GEMMs + exp) | ours ÷ floor | dense ÷ ours | "
           "PML ÷ ours | ours peak extra MiB |")
     print("|---:|---:|---:|---|---:|---|---|---:|", flush=True)
+    measured = []
     for n in args.n:
         for classes in args.classes:
             r = _run_config(args, n, classes, "out")
+            measured.append(r)
             if "error" in r:
                 print(f"| {n:,} | {classes} | failed (exit {r['error']}) | | | | | |", flush=True)
                 continue
@@ -438,6 +514,20 @@ def main(argv=None) -> None:
                      f"{_fmt_ms(r['floor_exp_ms'])}){' tiled' if r['floor_tiled'] else ''}")
             print(f"| {n:,} | {classes} | {_fmt_ms(r['ours_ms'])} | {floor} | {r['ours_ms'] / r['floor_ms']:.2f} | "
                   f"{_vs_ours(r, 'dense')} | {_vs_ours(r, 'pml')} | {r['peak_mib']:.0f} |", flush=True)
+
+    if args.paths:
+        print("\nThe two paths of the loss, forced, against the floor above and the plain dense floor (autograd "
+              "through logsumexp(Z Zᵀ / τ)); same rounds, L_out.\n")
+        print("| N | classes | automatic path | dense path ms | blocked path ms | floor ms | dense ÷ floor | "
+              "blocked ÷ floor | GEMM + logsumexp ms | dense ÷ GEMM + logsumexp |")
+        print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+        for r in measured:
+            if "error" in r:
+                continue
+            print(f"| {r['n']:,} | {r['classes']} | {r['auto_path']} | {_path_ms(r, 'dense')} | "
+                  f"{_path_ms(r, 'blocked')} | {_fmt_ms(r['floor_ms'])} | {_path_ratio(r, 'dense')} | "
+                  f"{_path_ratio(r, 'blocked')} | {_path_ms(r, 'lse')} | {_path_ratio(r, 'dense', 'lse')} |",
+                  flush=True)
 
     if args.variants:
         print("\n| N | configuration | ours ms | floor ms | ours ÷ floor | ours peak extra MiB |")
@@ -455,7 +545,8 @@ def main(argv=None) -> None:
 
     if not args.no_exactness:
         print("\nExactness: ours (fp32) against the dense formulation in float64, N = 2,000, D = 128, labels in "
-              "[-7, 93), block sizes auto, 100 and 7; max relative error (gradient: max |error| / max |grad|).\n")
+              "[-7, 93); the worst of the automatic path, the blocked path with blocks of 100 and 7 rows and the "
+              "dense path; max relative error (gradient: max |error| / max |grad|).\n")
         print("| variant | contrast_mode | labels | loss | gradient |")
         print("|---|---|---|---:|---:|")
         for row in exactness(args.temperature, device=args.device):

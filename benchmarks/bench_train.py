@@ -4,6 +4,8 @@ and of the gradient-cache step (`--chunk-size`) against the plain one.
     python benchmarks/bench_train.py                          # both tables: ~5 minutes on 2 quiet cores
     python benchmarks/bench_train.py --rounds 1 --no-grad-cache
     python benchmarks/bench_train.py --device cuda            # on a GPU (fp32; peak memory from torch.cuda)
+    python benchmarks/bench_train.py --device cuda --amp bf16 --encoder resnet50 \
+        --data folder:../shared/data/imagenet5_128            # ResNet-50 at 128 px, bf16 autocast
 
 The real step is `supcon.stages.pretrain.build_stage1` run by `supcon.engine.loop.fit`, the objects `pretrain`
 runs: uint8 images from memory, a seeded shuffle, two views with the default `simclr` policy, the forward pass,
@@ -12,8 +14,14 @@ The bare loop runs the same model (ResNet-18, ImageNet stem, with its projection
 prepares it) and the same optimizer on float tensors already in memory, of the same shape, with a trivial loss
 (the mean of the outputs): forward, backward and the optimizer step, nothing else.
 
+The anchor row is what the reference implementations (HobbitLong/SupContrast and others) do: the same model, loss,
+optimizer and step, fed by a `torch.utils.data.DataLoader` with `--anchor-workers` worker processes (default: one
+per CPU core), each making one image's views with the per-image transforms.v2 pipeline, batches pinned and copied to
+the device. Its workers persist across epochs and its second epoch is timed, so that starting them is not counted.
+
 Each round times, in this order and in one process, the bare loop, the real step (batched augmentation, the
-default), the real step with torchvision's per-image transforms (`--no-batch-augment`), and the loss alone,
+default), the real step with torchvision's per-image transforms (`--no-batch-augment`), the anchor row
+(`--no-anchor` skips it), and the loss alone,
 each on the same number of images (one epoch of `--images` training images; the first round is a warm-up and
 not reported, unless `--rounds 1`). The table gives medians over the rounds; the ratios are taken within each
 round, so that load from elsewhere on the machine hits both sides alike. The shares split the real step's time:
@@ -47,10 +55,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loss import _device_name, _peak_kib, _reset_peak, _rss_kib, _synced  # noqa: E402
 
+from supcon.augment import multiview_transform  # noqa: E402
 from supcon.config import Config  # noqa: E402
-from supcon.device import as_model_input  # noqa: E402
+from supcon.device import amp_dtype, as_model_input, autocast  # noqa: E402
 from supcon.engine.loop import FitOptions, fit  # noqa: E402
 from supcon.stages import load_data  # noqa: E402
+from supcon.stages.common import policy_options  # noqa: E402
 from supcon.stages.pretrain import build_stage1  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,8 +68,8 @@ DEFAULT_DATA = "npz:../shared/data/imagenet5_64.npz"
 
 
 def _config(args, **changes) -> Config:
-    return Config(dataset=args.data, encoder="resnet18", stem="imagenet", batch_size=args.batch_size, epochs=1,
-                  max_train=args.images, quiet=True, device=args.device, amp="none", **changes)
+    return Config(dataset=args.data, encoder=args.encoder, stem="imagenet", batch_size=args.batch_size, epochs=1,
+                  max_train=args.images, quiet=True, device=args.device, amp=args.amp, **changes)
 
 
 def _load(args):
@@ -67,9 +77,14 @@ def _load(args):
     return load_data(_config(args))
 
 
+def _dtype(cfg: Config) -> torch.dtype | None:
+    """The autocast dtype of ``cfg.amp`` (None: fp32), as training resolves it."""
+    return amp_dtype(cfg.amp, torch.device(cfg.device))
+
+
 def _stage(cfg: Config, data):
     torch.manual_seed(cfg.seed)
-    return build_stage1(cfg, data, torch.device(cfg.device), None)
+    return build_stage1(cfg, data, torch.device(cfg.device), _dtype(cfg))
 
 
 def _fit(stage, cfg: Config, batches=None):
@@ -91,8 +106,11 @@ def time_bare(cfg: Config, data, steps: int, channels_last: bool = True) -> floa
         model.to(memory_format=torch.contiguous_format)
         x = x.contiguous()
 
+    dtype = _dtype(cfg)
+
     def step():
-        loss = model(x).mean()
+        with autocast(device, dtype):
+            loss = model(x).float().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -127,6 +145,57 @@ def time_real(cfg: Config, data) -> tuple[float, float, int]:
     return result.history[-1]["seconds"], spent[0], images[0]
 
 
+class PerImageViews(torch.utils.data.Dataset):
+    """The training images as a data set whose items are one image's views, made by the per-image transforms.v2
+    pipeline, and its label: what a DataLoader worker runs in the reference implementations."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, views):
+        self.images, self.labels, self.views = images, labels, views
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.stack(self.views(self.images[i])), self.labels[i]
+
+
+def time_anchor(cfg: Config, data, workers: int) -> tuple[float, float, int]:
+    """:func:`time_real` for the anchor row: the same stage, its batches from a DataLoader with ``workers``
+    processes applying the per-image transforms.v2 views, pinned and copied to the device; the second of two
+    epochs timed, with the workers kept across them."""
+    cfg = cfg.replace(epochs=2)
+    stage = _stage(cfg, data)
+    device = torch.device(cfg.device)
+    options = {**policy_options(cfg), "batched": False}
+    views = multiview_transform(cfg.augment, data.image_size, cfg.views, first_view=cfg.first_view,
+                                mean=stage.inputs.mean, std=stage.inputs.std, **options)
+    train = data.train
+    loader = torch.utils.data.DataLoader(
+        PerImageViews(train.images, train.labels, views), batch_size=cfg.batch_size, shuffle=True,
+        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        drop_last=len(train) % cfg.batch_size == 1,  # as the real step's batches: BatchNorm needs two images
+        generator=torch.Generator().manual_seed(cfg.seed))
+    spent = [0.0]
+    images = [0]
+
+    def timed(epoch: int):
+        spent[0], images[0] = 0.0, 0
+        batches = iter(loader)
+        while True:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            if batch is not None:
+                batch = [t.to(device, non_blocking=True) for t in batch]
+            spent[0] += time.perf_counter() - t0
+            if batch is None:
+                return
+            images[0] += len(batch[-1])
+            yield batch
+
+    result = _fit(stage, cfg, timed)  # the persistent workers end with the loader, on return
+    return result.history[-1]["seconds"], spent[0], images[0]
+
+
 def time_loss(cfg: Config, data, steps: int) -> float:
     """Seconds of ``steps`` loss forward + backward passes on unit embeddings of the step's shape."""
     stage = _stage(cfg, data)
@@ -145,7 +214,7 @@ def time_loss(cfg: Config, data, steps: int) -> float:
 def step_table(args, data) -> None:
     cfg = _config(args)
     steps = -(-len(data.train) // cfg.batch_size)
-    rows: dict[str, list[dict]] = {"batched": [], "per-image": [], "compile": []}
+    rows: dict[str, list[dict]] = {"batched": [], "per-image": [], "compile": [], "anchor": []}
     bare_rates, loss_per_image, nchw = [], [], []
     rounds = args.rounds + (1 if args.rounds > 1 else 0)
     for r in range(rounds):
@@ -159,6 +228,9 @@ def step_table(args, data) -> None:
                               epochs=2 if name == "compile" else 1)
             seconds, data_s, images = time_real(run, data)
             measured[name] = (seconds / images, data_s / images)
+        if args.anchor:
+            seconds, data_s, images = time_anchor(cfg, data, args.anchor_workers)
+            measured["anchor"] = (seconds / images, data_s / images)
         loss = time_loss(cfg, data, steps) / (steps * cfg.batch_size)
         bare_nchw = time_bare(cfg, data, steps, channels_last=False) / (steps * cfg.batch_size) if args.nchw else None
         if r == 0 and rounds > 1:
@@ -174,9 +246,10 @@ def step_table(args, data) -> None:
             f"{k} {1 / v[0]:.1f} img/s ({bare / v[0]:.3f} of bare)" for k, v in measured.items()), flush=True)
 
     med = statistics.median
-    print(f"\nStage-1 step, ResNet-18 (ImageNet stem) at {data.image_size} px, batch {cfg.batch_size} x "
-          f"{cfg.views} views, AdamW, fp32; {len(data.train)} images per epoch; medians of {len(bare_rates)} "
-          f"round(s). Images/s count source images (each gives {cfg.views} views).\n")
+    precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[_dtype(cfg)]
+    print(f"\nStage-1 step, {cfg.encoder} (ImageNet stem) at {data.image_size} px, batch {cfg.batch_size} x "
+          f"{cfg.views} views, {cfg.resolved_optimizer('supcon')}, {precision}; {len(data.train)} images per epoch; "
+          f"medians of {len(bare_rates)} round(s). Images/s count source images (each gives {cfg.views} views).\n")
     print("| step | images/s | real ÷ bare | data + augmentation | loss | model + optimizer | other |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     print(f"| bare loop (forward, backward, optimizer step on in-memory floats) | {med(bare_rates):.1f} | 1 | | | | |")
@@ -185,7 +258,8 @@ def step_table(args, data) -> None:
               f"{med(bare_rates) * med(nchw):.1f} | {med(nchw):.3f} | | | | |")
     names = {"batched": "real, batched augmentation (default)",
              "per-image": "real, per-image transforms.v2 (`--no-batch-augment`)",
-             "compile": "real, batched augmentation, `--compile` (second epoch)"}
+             "compile": "real, batched augmentation, `--compile` (second epoch)",
+             "anchor": f"anchor: DataLoader, {args.anchor_workers} workers, per-image transforms.v2 (second epoch)"}
     for name, runs in rows.items():
         if not runs:
             continue
@@ -218,7 +292,8 @@ def worker(args) -> dict:
 
 def _run_worker(args, chunk: int | None) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--data", args.data, "--batch-size", str(args.batch_size),
-           "--threads", str(torch.get_num_threads()), "--device", args.device]
+           "--threads", str(torch.get_num_threads()), "--device", args.device, "--encoder", args.encoder,
+           "--amp", args.amp]
     if args.images:
         cmd += ["--images", str(args.images)]
     if chunk is not None:
@@ -280,6 +355,14 @@ def main(argv=None) -> None:
                         help="also the real step with --compile (its second epoch; compiling takes a minute or more)")
     parser.add_argument("--no-nchw", dest="nchw", action="store_false",
                         help="skip the bare loop in the NCHW layout (the channels-last check)")
+    parser.add_argument("--no-anchor", dest="anchor", action="store_false",
+                        help="skip the anchor row (a DataLoader with per-image transforms.v2 in worker processes)")
+    parser.add_argument("--anchor-workers", type=int, default=os.cpu_count(),
+                        help="DataLoader workers of the anchor row (default: one per CPU core)")
+    parser.add_argument("--encoder", default="resnet18", help="encoder of the stage-1 model (default resnet18)")
+    parser.add_argument("--amp", default="none", choices=["none", "auto", "bf16", "fp16"],
+                        help="mixed precision of the model on CUDA, for the bare loop and the steps alike "
+                             "(default none: fp32)")
     parser.add_argument("--chunk-sizes", type=int, nargs="*", default=[128, 32])
     parser.add_argument("--gc-rounds", type=int, default=2, help="measured rounds of the gradient-cache table")
     parser.add_argument("--no-grad-cache", action="store_true")

@@ -83,6 +83,13 @@ class Config:
     image_size: int | None = option(None, "resize images to this square size (default: the data set's own size; "
                                     "128 for flowers5, cats_vs_dogs and imagenet5, whose photos differ in size)",
                                     metavar="PX")
+    store_size: int | None = option(None, "folder: and the named photo sets: the size the files are decoded to, "
+                                    "once, into a memory-mapped cache in --data-dir (default: twice --image-size, "
+                                    "so that the random crops come from images finer than the ones trained on; "
+                                    "the files' own size without --image-size)", metavar="PX")
+    val_crop: float = option(0.875, "where the images are stored larger than --image-size: the centre share of each "
+                             "that validation, test and prediction see, resized to --image-size (torchvision's "
+                             "references: 224 of 256)")
     val_fraction: float = option(0.15, "validation share, carved (stratified) from the training images; the "
                                  "validation split alone picks epochs, cells and defaults")
     test_fraction: float = option(0.15, "test share, carved (stratified) from all the images, where the data set "
@@ -297,7 +304,7 @@ class Config:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive; got {getattr(self, name)!r}")
-        for name in ("image_size", "max_train", "max_val", "max_test", "base_temperature", "grad_clip",
+        for name in ("image_size", "store_size", "max_train", "max_val", "max_test", "base_temperature", "grad_clip",
                      "loss_block_size", "chunk_size", "lr"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -306,6 +313,8 @@ class Config:
             raise ValueError(f"views must be at least 1; got {self.views}")
         if not 0 <= self.label_noise < 1:
             raise ValueError(f"label_noise must be in [0, 1) (a share of the training labels); got {self.label_noise}")
+        if not 0 < self.val_crop <= 1:
+            raise ValueError(f"val_crop must be in (0, 1] (a share of the stored image); got {self.val_crop}")
         for name in ("val_fraction", "test_fraction"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name} must be between 0 and 1; got {getattr(self, name)}")

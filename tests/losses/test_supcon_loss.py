@@ -1,5 +1,7 @@
 """Tests for supcon.losses: an independent dense float64 reference, the official implementation's golden
-values, pytorch-metric-learning as an oracle, gradients, blocking, edge cases and input validation."""
+values, pytorch-metric-learning as an oracle, gradients, blocking, edge cases and input validation. The dense path
+(one block, nothing read back: what CUDA takes up to N x N = 1 GiB) and the blocked path, also in its sync-free
+form (what CUDA runs beyond), are each checked against the reference and against each other on the CPU."""
 
 import math
 
@@ -7,11 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import LargestTensor
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from supcon.losses import SupConLoss, supcon_loss
+from supcon.losses import supcon as supcon_module
 
 VARIANTS = ["out", "in"]
 MODES = ["all", "one"]
+PATHS = ["dense", "blocked"]
 
 
 def reference(features, labels, temperature, base_temperature=None, variant="out", contrast_mode="all"):
@@ -61,19 +67,20 @@ def loss_and_grad(fn, features, *args, **kwargs):
 LABELS = torch.tensor([3, 1, 3, 0, 1, 3])
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
 @pytest.mark.parametrize("temperature", [0.05, 0.1, 1.0])
 @pytest.mark.parametrize("use_labels", [True, False])
 @pytest.mark.parametrize("contrast_mode", MODES)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_matches_dense_reference(variant, contrast_mode, use_labels, temperature, dtype, rtol):
+def test_matches_dense_reference(variant, contrast_mode, use_labels, temperature, dtype, rtol, path):
     features = unit_features(6, 3, 5, seed=1)
     labels = LABELS if use_labels else None
     kw = dict(temperature=temperature, variant=variant, contrast_mode=contrast_mode)
     ref, ref_grad = loss_and_grad(lambda x: reference_mean(x, labels, **kw), features)
     ref_none = reference(features, labels, **kw)[0]
-    ours, grad = loss_and_grad(lambda x: supcon_loss(x, labels, **kw), features.to(dtype))
-    ours_none = supcon_loss(features.to(dtype), labels, reduction="none", **kw)
+    ours, grad = loss_and_grad(lambda x: supcon_loss(x, labels, path=path, **kw), features.to(dtype))
+    ours_none = supcon_loss(features.to(dtype), labels, reduction="none", path=path, **kw)
     assert ours.dtype == dtype and ours.shape == ()
     torch.testing.assert_close(ours.double(), ref, rtol=rtol, atol=0)
     torch.testing.assert_close(ours_none.double(), ref_none, rtol=rtol, atol=rtol * 1e-2)
@@ -88,17 +95,18 @@ def test_base_temperature_rescales(variant):
     torch.testing.assert_close(ours, supcon_loss(features, LABELS, **kw) * (0.1 / 0.07))
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 @pytest.mark.parametrize("contrast_mode", MODES)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_gradcheck(variant, contrast_mode, reduction):
+def test_gradcheck(variant, contrast_mode, reduction, path):
     # Unnormalised features, labels with a singleton class (an anchor without positives when V=1 is
     # covered separately) and a block size that does not divide N.
     g = torch.Generator().manual_seed(3)
     x = torch.randn(5, 2, 3, generator=g, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 2, 0, 2, 9])
     kw = dict(
-        temperature=0.5, variant=variant, contrast_mode=contrast_mode, reduction=reduction, block_size=3
+        temperature=0.5, variant=variant, contrast_mode=contrast_mode, reduction=reduction, block_size=3, path=path
     )
     assert torch.autograd.gradcheck(lambda x: supcon_loss(x, labels, **kw), (x,))
 
@@ -116,12 +124,13 @@ GOLDEN_FEATURES = [
 GOLDEN = {"out": [1.6755852, 1.7973773, 1.58471], "in": [1.6356678, 1.7135872, 1.58471]}
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_official_golden_values(variant, dtype):
+def test_official_golden_values(variant, dtype, path):
     features = torch.tensor(GOLDEN_FEATURES, dtype=dtype)
     per_anchor = supcon_loss(
-        features, torch.tensor([0, 0, 1]), temperature=1.0, variant=variant, reduction="none"
+        features, torch.tensor([0, 0, 1]), temperature=1.0, variant=variant, reduction="none", path=path
     )
     assert per_anchor.shape == (3, 2)
     torch.testing.assert_close(
@@ -271,12 +280,13 @@ def test_half_precision_input_returns_fp32(dtype):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("block_size", [16, None])  # blocked; dense (automatic on CUDA)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_cuda_matches_reference(dtype):
+def test_cuda_matches_reference(dtype, block_size):
     features = unit_features(64, 2, 32, seed=13)
     labels = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(0))
     x = features.to("cuda", dtype).requires_grad_(True)
-    loss = supcon_loss(x, labels.cuda(), block_size=16)
+    loss = supcon_loss(x, labels.cuda(), block_size=block_size)
     loss.backward()
     assert loss.dtype == torch.float32 and x.grad.dtype == dtype
     rtol = 1e-5 if dtype == torch.float32 else 1e-4  # the input itself is rounded for half types
@@ -327,6 +337,7 @@ def test_invariant_to_batch_permutation(variant, seed):
         (dict(reduction="sum"), "reduction"),
         (dict(block_size=0), "block_size"),
         (dict(block_size=2.5), "block_size"),
+        (dict(path="fast"), "path"),
     ],
 )
 def test_invalid_options(kwargs, fragment):
@@ -439,9 +450,10 @@ def test_automatic_block_size():
     assert SupConLoss().block_size is None
 
 
+@pytest.mark.parametrize("path", ["dense", "blocked", "blocked-sync-free"])
 @pytest.mark.parametrize("contrast_mode", MODES)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_exact_when_positives_underflow(variant, contrast_mode):
+def test_exact_when_positives_underflow(variant, contrast_mode, path, monkeypatch):
     # tau = 0.01 with anti-parallel positives: exp(s_ip - max_a s_ia) = exp(-200) underflows in fp32, so L_in
     # must fall back to a per-row positive maximum; L_out never exponentiates the positives.
     g = torch.Generator().manual_seed(24)
@@ -450,8 +462,11 @@ def test_exact_when_positives_underflow(variant, contrast_mode):
     labels = torch.arange(6)
     kw = dict(temperature=0.01, variant=variant, contrast_mode=contrast_mode)
     ref, ref_grad = loss_and_grad(lambda x: reference_mean(x, labels, **kw), features)
+    if path == "blocked-sync-free":  # CUDA's way: every positive sum with its own maximum, nothing checked
+        monkeypatch.setattr(supcon_module, "_sync_free", lambda device: True)
     for block_size in (None, 4):
-        loss, grad = loss_and_grad(supcon_loss, features.float(), labels, block_size=block_size, **kw)
+        loss, grad = loss_and_grad(supcon_loss, features.float(), labels, block_size=block_size,
+                                   path=path.removesuffix("-sync-free"), **kw)
         assert torch.isfinite(loss) and torch.isfinite(grad).all()
         torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=0)
         torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-5, atol=1e-5 * ref_grad.abs().max().item())
@@ -486,23 +501,26 @@ def test_inference_mode_then_training():
 # --- Anchor subsets: a data-parallel process's share of the batch's loss ---------------------------------------------
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("use_labels", [True, False])
 @pytest.mark.parametrize("contrast_mode", MODES)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_anchor_subsets_partition_the_loss(variant, contrast_mode, use_labels):
+def test_anchor_subsets_partition_the_loss(variant, contrast_mode, use_labels, path):
     features = unit_features(7, 3, 5, seed=21)
     labels = torch.tensor([2, 0, 2, 1, 0, 2, 5]) if use_labels else None  # sample 6 has no positive but its views
     kw = dict(variant=variant, contrast_mode=contrast_mode, temperature=0.2)
-    full, full_grad = loss_and_grad(supcon_loss, features, labels, **kw)
+    full, full_grad = loss_and_grad(supcon_loss, features, labels, path=path, **kw)
     ref_none = reference(features, labels, **kw)[0]
     parts = [torch.tensor([0, 1, 2]), torch.tensor([6, 3]), torch.tensor([5]), torch.tensor([4])]
     total, total_grad = 0, 0
     for block_size in (None, 2):
         total, total_grad = 0, 0
         for part in parts:
-            share, grad = loss_and_grad(supcon_loss, features, labels, anchors=part, block_size=block_size, **kw)
+            share, grad = loss_and_grad(supcon_loss, features, labels, anchors=part, block_size=block_size,
+                                        path=path, **kw)
             total, total_grad = total + share, total_grad + grad
-            per_anchor = supcon_loss(features, labels, anchors=part, reduction="none", block_size=block_size, **kw)
+            per_anchor = supcon_loss(features, labels, anchors=part, reduction="none", block_size=block_size,
+                                     path=path, **kw)
             torch.testing.assert_close(per_anchor, ref_none[part], rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(total, full, rtol=1e-10, atol=0)
         torch.testing.assert_close(total_grad, full_grad, rtol=1e-10, atol=1e-12)
@@ -521,3 +539,187 @@ def test_anchors_covering_the_batch_give_the_plain_loss():
 def test_invalid_anchors(anchors, fragment):
     with pytest.raises(ValueError, match=fragment):
         supcon_loss(unit_features(5, 2, 4), anchors=torch.tensor(anchors))
+
+
+# --- The dense path and the sync-free blocked path: what CUDA runs ---------------------------------------------------
+
+
+class HostReads(TorchDispatchMode):
+    """Records the operations that make the host wait for a GPU: values read back (``item``, ``bool``), and
+    outputs whose size depends on values (``nonzero``, ``unique``, ``bincount``, boolean indexing)."""
+
+    SYNCING = {"aten::_local_scalar_dense", "aten::nonzero", "aten::unique_consecutive", "aten::_unique2",
+               "aten::unique_dim", "aten::masked_select", "aten::bincount", "aten::lift_fresh"}
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        indices = args[1] if name.startswith("aten::index") and len(args) > 1 else ()
+        bool_index = isinstance(indices, list | tuple) and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
+        if name in self.SYNCING or bool_index or func is torch.ops.aten.repeat_interleave.self_Tensor:
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+class ToList(TorchFunctionMode):
+    """Records ``tolist``, ``cpu`` and ``numpy``, which read a tensor back without an operation."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in ("tolist", "cpu", "numpy"):
+            self.seen.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def sync_free(monkeypatch):
+    """The blocked pass as it runs off the CPU: nothing read back inside the block loop."""
+    monkeypatch.setattr(supcon_module, "_sync_free", lambda device: True)
+
+
+CONFIGS = [dict(variant=v, contrast_mode=m, labels=lab) for v in VARIANTS for m in MODES for lab in ("gappy", None)]
+
+
+def config_id(c):
+    return f"{c['variant']}-{c['contrast_mode']}-{'labels' if c['labels'] else 'simclr'}"
+
+
+@pytest.mark.parametrize("anchors", [None, torch.tensor([9, 0, 4, 2, 7])], ids=["all", "subset"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
+def test_dense_blocked_and_sync_free_blocked_agree_with_the_reference(config, reduction, anchors, monkeypatch):
+    """fp32, N = 33 (11 samples x 3 views, gapped labels, a singleton class): the dense path, the blocked path with
+    blocks that do not divide N, and the blocked path without reads back, against the float64 reference (1e-5)
+    and against each other (values and gradients)."""
+    features = unit_features(len(GAPPY), 3, 5, seed=30)
+    labels = GAPPY if config["labels"] else None
+    kw = dict(temperature=0.07, variant=config["variant"], contrast_mode=config["contrast_mode"])
+    ref_none = reference(features, labels, **kw)[0]
+    if anchors is not None:
+        ref_none = ref_none[anchors]
+    x = features.float()
+    runs = {}
+    for name, path, block_size in [("dense", "dense", None), ("blocked", "blocked", 4), ("blocked-7", "blocked", 7),
+                                   ("sync-free", "blocked", 4)]:
+        if name == "sync-free":
+            monkeypatch.setattr(supcon_module, "_sync_free", lambda device: True)
+        runs[name] = loss_and_grad(supcon_loss, x, labels, anchors=anchors, reduction=reduction, path=path,
+                                   block_size=block_size, **kw)
+    if reduction == "mean":
+        ref, ref_grad = loss_and_grad(lambda f: reference_mean(f, labels, **kw), features)
+        if anchors is not None:  # a subset's share: its anchors' losses over the whole batch's count
+            _, valid = reference(features, labels, **kw)
+            ref = reference(features, labels, **kw)[0][anchors].sum() / valid.sum()
+            ref_grad = None
+    for name, (loss, grad) in runs.items():
+        if reduction == "mean":
+            torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=0, msg=name)
+            if ref_grad is not None:
+                scale = ref_grad.abs().max().item()
+                torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-5, atol=1e-5 * scale, msg=name)
+        else:
+            torch.testing.assert_close(loss.double(), ref_none, rtol=1e-5, atol=1e-7, msg=name)
+        dense_loss, dense_grad = runs["dense"]
+        torch.testing.assert_close(loss, dense_loss, rtol=1e-5, atol=1e-7, msg=name)
+        torch.testing.assert_close(grad, dense_grad, rtol=1e-5, atol=1e-6 * dense_grad.abs().max().item(), msg=name)
+
+
+@pytest.mark.parametrize("contrast_mode", MODES)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_dense_and_sync_free_paths_at_moderate_n(variant, contrast_mode, sync_free):
+    """N = 2,500: the dense path (one 2,500 x 2,500 block) and the sync-free blocked path with 1,024-row blocks
+    against the vectorised float64 reference, with labels and in SimCLR mode."""
+    batch, views = 1250, 2
+    g = torch.Generator().manual_seed(31)
+    features = unit_features(batch, views, 16, seed=32)
+    labels = torch.randint(-5, 25, (batch,), generator=g) * 3
+    kw = dict(temperature=0.1, variant=variant, contrast_mode=contrast_mode)
+    for y in (labels, None):
+        ref, ref_grad = loss_and_grad(lambda x, y=y: dense_reference(x, y, **kw), features)
+        for path, block_size in (("dense", None), ("blocked", 1024)):
+            loss, grad = loss_and_grad(supcon_loss, features.float(), y, path=path, block_size=block_size, **kw)
+            torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=0)
+            torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-5, atol=1e-5 * ref_grad.abs().max().item())
+
+
+@pytest.mark.parametrize("anchors", [None, torch.tensor([3, 0, 5])], ids=["all", "subset"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
+def test_nothing_is_read_back(config, reduction, anchors, sync_free, monkeypatch):
+    """On a GPU a value read back makes the host wait for the device: the dense path reads nothing back, nor does
+    the blocked path for L_out; blocked L_in reads its column windows, once per call (not per block). Given
+    ``anchors`` are validated on the host first (once per call; left out here)."""
+    features = unit_features(len(GAPPY), 2, 5, seed=33, dtype=torch.float32)
+    labels = GAPPY if config["labels"] else None
+    kw = dict(variant=config["variant"], contrast_mode=config["contrast_mode"], reduction=reduction, anchors=anchors)
+    if anchors is not None:
+        checked = supcon_module._check_anchors(anchors, len(GAPPY), features.device)
+        monkeypatch.setattr(supcon_module, "_check_anchors", lambda anchors, batch, device: checked)
+    for path in PATHS:
+        x = features.clone().requires_grad_(True)
+        with HostReads() as reads, ToList() as lists:
+            loss = supcon_module.supcon_loss(x, labels, path=path, block_size=4, **kw)
+            loss.sum().backward()
+        assert reads.seen == [], (path, reads.seen)
+        windows = path == "blocked" and config["variant"] == "in"
+        assert lists.seen == (["tolist"] if windows else []), (path, lists.seen)
+
+
+def test_the_automatic_path():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object: no GPU needed to decide
+    use_dense = supcon_module._use_dense
+    assert not use_dense("auto", None, 4096, 4096, cpu)  # the CPU keeps its cache-sized blocks
+    assert use_dense("auto", None, 4096, 4096, cuda)
+    assert use_dense("auto", None, 16384, 16384, cuda)  # 1 GiB of logits: the budget
+    assert not use_dense("auto", None, 32768, 32768, cuda)
+    assert not use_dense("auto", 512, 4096, 4096, cuda)  # a smaller block asked for: bounded memory
+    assert use_dense("auto", 4096, 4096, 4096, cuda)
+    assert use_dense("dense", 16, 10**6, 10**6, cpu) and not use_dense("blocked", None, 8, 8, cuda)
+    features, labels = unit_features(40, 2, 6, seed=34, dtype=torch.float32), torch.arange(40) % 3
+    assert SupConLoss().path == "auto" and "path='auto'" in repr(SupConLoss())
+    torch.testing.assert_close(SupConLoss(path="dense")(features, labels), supcon_loss(features, labels))
+
+
+def test_automatic_block_size_off_the_cpu():
+    cuda = torch.device("cuda")
+    assert _auto_block_size(65536, 65536, cuda) == 2048  # 512 MiB of logits per block
+    assert _auto_block_size(262144, 262144, cuda) == 512
+    assert _auto_block_size(100, 65536, cuda) == 100
+    assert _auto_block_size(65536, 65536) == _auto_block_size(65536, 65536, torch.device("cpu")) == 512
+
+
+@pytest.mark.parametrize("labels", [torch.tensor([5, -2, 5, 10**12, -2, 0, 7]), torch.tensor([3, 3, 3, 3, 3, 3, 3]),
+                                    torch.arange(7, dtype=torch.int8)])
+def test_dense_ids_without_unique(labels):
+    ids = supcon_module._dense_ids(labels)
+    torch.testing.assert_close(ids, torch.unique(labels, return_inverse=True)[1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
+def test_cuda_paths_do_not_synchronise(config):
+    """CUDA's sync debug mode raises on a synchronising call: none in the dense path or blocked L_out; blocked
+    L_in reads its windows once per call, before the block loop (checked here by allowing it up front)."""
+    features = unit_features(64, 2, 32, seed=35).float().cuda()
+    labels = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(0)).cuda()
+    labels = labels if config["labels"] else None
+    kw = dict(variant=config["variant"], contrast_mode=config["contrast_mode"])
+    ref = reference_mean(features.double().cpu(), None if labels is None else labels.cpu(), 0.1, **kw)
+    for path in PATHS:
+        x = features.clone().requires_grad_(True)
+        supcon_loss(x, labels, path=path, block_size=16, **kw).backward()  # warm-up
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("default" if path == "blocked" and config["variant"] == "in" else "error")
+        try:
+            loss = supcon_loss(x, labels, path=path, block_size=16, **kw)
+            loss.backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        torch.testing.assert_close(loss.double().cpu(), ref, rtol=1e-5, atol=0)

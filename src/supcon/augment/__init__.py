@@ -52,10 +52,10 @@ from supcon.augment.batched import (
 
 POLICIES = ("none", "crop", "simclr", "autoaugment", "randaugment")
 __all__ = ["BATCHED_POLICIES", "BLUR_P", "BLUR_SIGMA", "CROP_RATIO", "GRAYSCALE_P", "JITTER", "JITTER_P", "POLICIES",
-           "BatchedMultiView", "BatchedView", "Inputs", "MultiViewTransform", "adjust_brightness", "adjust_contrast",
-           "adjust_hue", "adjust_saturation", "apply_batch", "blur_kernel_size", "color_jitter", "gaussian_blur",
-           "is_batched", "multiview_transform", "policy_transform", "random_gaussian_blur", "random_grayscale",
-           "resize_weights", "resized_crop", "sample_crops", "to_float", "view_transform"]
+           "BatchedMultiView", "BatchedView", "CentreView", "Inputs", "MultiViewTransform", "adjust_brightness",
+           "adjust_contrast", "adjust_hue", "adjust_saturation", "apply_batch", "blur_kernel_size", "color_jitter",
+           "gaussian_blur", "is_batched", "multiview_transform", "policy_transform", "random_gaussian_blur",
+           "random_grayscale", "resize_weights", "resized_crop", "sample_crops", "to_float", "view_transform"]
 
 
 def to_float(mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> v2.Transform:
@@ -148,31 +148,79 @@ def multiview_transform(policy: str, image_size: int, views: int = 2, *, first_v
 class Inputs:
     """How a run's images become model inputs: their size and channels, pixels scaled to [0, 1] and, for a run
     trained with ``--normalize``, standardised with its training images' per-channel ``mean`` and ``std``.
-    ``results.json`` stores it as ``input``, so that evaluation feeds a run's encoder as its training did."""
+    Where the images are stored larger than the model's input (``stored_size``, a decoded cache), validation,
+    test and prediction see the centre ``crop`` share of each, resized to ``image_size``, as torchvision's
+    references do. ``results.json`` stores it as ``input``, so that evaluation feeds a run as its training did."""
 
     image_size: int
     channels: int
     mean: list[float] | None = None
     std: list[float] | None = None
+    stored_size: int | None = None
+    crop: float = 1.0
 
     @classmethod
-    def of_images(cls, images: Tensor, normalize: bool = False) -> Inputs:
-        """The inputs of uint8 training ``images`` ``[N, C, S, S]``; with ``normalize`` their channel statistics."""
+    def of_images(cls, images: Tensor, normalize: bool = False, image_size: int | None = None,
+                  crop: float = 1.0) -> Inputs:
+        """The inputs of uint8 training ``images`` ``[N, C, S, S]`` fed at ``image_size`` (default: S, then with
+        no crop); with ``normalize`` their channel statistics, gathered a chunk at a time (a memory-mapped set is
+        never read whole into memory)."""
+        stored = int(images.shape[2])
+        image_size = image_size or stored
         mean = std = None
         if normalize:
-            x = images.float() / 255
-            mean = x.mean(dim=(0, 2, 3)).tolist()
-            std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-        return cls(int(images.shape[2]), int(images.shape[1]), mean, std)
+            total, squares, count = torch.zeros(images.shape[1], dtype=torch.float64), None, 0
+            for start in range(0, len(images), 4096):
+                x = images[start:start + 4096].double() / 255
+                total += x.sum(dim=(0, 2, 3))
+                squares = x.pow(2).sum(dim=(0, 2, 3)) + (squares if squares is not None else 0)
+                count += x.shape[0] * x.shape[2] * x.shape[3]
+            mean_t = total / count
+            std_t = ((squares / count - mean_t ** 2) * count / max(1, count - 1)).clamp_min(0).sqrt()
+            mean, std = mean_t.float().tolist(), std_t.float().clamp_min(1e-3).tolist()
+        larger = stored != image_size
+        return cls(image_size, int(images.shape[1]), mean, std, stored if larger else None, crop if larger else 1.0)
 
-    def plain(self) -> BatchedView:
+    def plain(self):
         """uint8 to the model's float input, a whole batch at a time, without augmentation."""
-        return view_transform("none", self.image_size, mean=self.mean, std=self.std, batched=True)
+        if self.stored_size in (None, self.image_size) and self.crop == 1.0:
+            return view_transform("none", self.image_size, mean=self.mean, std=self.std, batched=True)
+        return CentreView(self.image_size, self.crop, self.mean, self.std)
+
+    def pixels(self):
+        """As :meth:`plain`, but float pixels in [0, 1], not standardised (what a classifier that standardises its
+        own input takes, and what corruptions perturb)."""
+        return Inputs(self.image_size, self.channels, None, None, self.stored_size, self.crop).plain()
+
+
+class CentreView:
+    """Validation's view of stored images larger than the model's input: the centre ``crop`` share of each,
+    resized (antialiased bilinear) to ``image_size``, as one batched call; uint8 ``[B, C, S, S]`` to float."""
+
+    def __init__(self, image_size: int, crop: float = 0.875, mean=None, std=None):
+        if not 0 < crop <= 1:
+            raise ValueError(f"crop must be in (0, 1]; got {crop}")
+        self.image_size, self.crop = image_size, crop
+        self.normalize = to_float(mean, std).transforms[1:]  # the scaling is done here, in float
+
+    def __call__(self, images: Tensor) -> Tensor:
+        from torchvision.transforms.v2 import functional as F
+
+        single = images.ndim == 3
+        x = (images[None] if single else images).float().div_(255)
+        side = x.shape[-1]
+        keep = max(1, round(side * self.crop))
+        top = (side - keep) // 2
+        x = F.resized_crop(x, top, top, keep, keep, [self.image_size] * 2, antialias=True).clamp_(0, 1)
+        for step in self.normalize:
+            x = step(x)
+        return x[0] if single else x
 
 
 def is_batched(transform) -> bool:
-    """Whether ``transform`` takes a whole batch in one call (a :class:`BatchedView` or :class:`BatchedMultiView`)."""
-    return isinstance(transform, BatchedView | BatchedMultiView)
+    """Whether ``transform`` takes a whole batch in one call (a :class:`BatchedView`, :class:`BatchedMultiView` or
+    :class:`CentreView`)."""
+    return isinstance(transform, BatchedView | BatchedMultiView | CentreView)
 
 
 def apply_batch(transform, images: torch.Tensor) -> torch.Tensor:

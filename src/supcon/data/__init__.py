@@ -29,15 +29,32 @@ from .core import (
 )
 from .noise import NOISE_MODES, noisy_labels, with_label_noise
 
+DECODED = ("folder", "flowers5", "cats_vs_dogs", "imagenet5")  # the sources decoded into a cache from files
+PHOTO_SIZE = 128  # the named photo sets' training size when --image-size is not given
+
+
+def store_size(cfg) -> int | None:
+    """The size a config's files are decoded to: ``cfg.store_size``, else twice the training size for the sources
+    decoded from files (crops then come from finer images, as the reference implementations crop the decoded
+    originals); None for arrays held as they are (digits, npz, CIFAR) and for a folder without a size."""
+    if cfg.store_size is not None:
+        return cfg.store_size
+    scheme = cfg.dataset.partition(":")[0]
+    if scheme not in DECODED:
+        return None
+    size = cfg.image_size or (None if scheme == "folder" else PHOTO_SIZE)
+    return 2 * size if size else None
+
 
 def load_data(cfg, progress: bool = False) -> DataSplits:
     """The data set a :class:`~supcon.config.Config` names, with its size, split and subsampling options and its
     label noise on the training and validation labels: every command that trains or evaluates a run reads its
     data here, so the splits and the noise are the same in each. Both follow ``cfg.split_seed``, never the
     training ``cfg.seed``: the seeds of a comparison vary the training, not the data."""
-    data = load_dataset(cfg.dataset, image_size=cfg.image_size, val_fraction=cfg.val_fraction,
-                        test_fraction=cfg.test_fraction, split_seed=cfg.split_seed, max_train=cfg.max_train,
-                        max_val=cfg.max_val, max_test=cfg.max_test, data_dir=cfg.data_dir, progress=progress)
+    data = load_dataset(cfg.dataset, image_size=cfg.image_size, store_size=store_size(cfg),
+                        val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, split_seed=cfg.split_seed,
+                        max_train=cfg.max_train, max_val=cfg.max_val, max_test=cfg.max_test, data_dir=cfg.data_dir,
+                        progress=progress)
     return with_label_noise(data, cfg.label_noise, cfg.label_noise_mode, cfg.split_seed)
 
 __all__ = [

@@ -110,7 +110,10 @@ def _write(home: Path, root: Path, files: list[Path], labels: np.ndarray, split:
         counts, kept_labels, skipped, noted = {}, {}, [], []
         total = sum(len(members) for members in split)
         bar = tqdm(total=total, desc=what, unit="img", disable=not progress)
-        with ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # fork where there is one, as DataLoader's workers do: the workers decode with Pillow and numpy only, and
+        # need not import torch again (spawn costs seconds a worker, and cannot start from a script on stdin)
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context(method)) as pool:
             for name, members in zip(SPLITS, split, strict=True):
                 paths = [str(files[i]) for i in members]
                 good, bad = _decode_split(pool, paths, scratch / f"{name}.u8", size, bar, native, noted)

@@ -68,13 +68,17 @@ class RunClassifier:
     ready to classify images (see :func:`supcon.runs.load_run`)."""
 
     def __init__(self, run_dir: Path, model: nn.Module, classes: list[str], image_size: int, channels: int,
-                 method: str, device: torch.device):
+                 method: str, device: torch.device, stored_size: int | None = None, view=None):
         self.run_dir, self.model, self.classes = run_dir, model, list(classes)
-        self.image_size, self.channels, self.method, self.device = image_size, channels, method, device
+        self.channels, self.method, self.device = channels, method, device
+        # Files are read at the size the run's images were stored at (its input size, or larger for a run that
+        # cropped from a decoded cache, whose ``view`` then takes the centre crop to the input size).
+        self.image_size = stored_size or image_size
+        self.input_size, self.view = image_size, view
 
     def __repr__(self) -> str:
         return (f"RunClassifier({str(self.run_dir)!r}, method={self.method!r}, classes={self.classes}, "
-                f"input={self.channels}x{self.image_size}x{self.image_size})")
+                f"input={self.channels}x{self.input_size}x{self.input_size})")
 
     def probabilities(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Class probabilities (float32 ``[N, C]``, on the CPU) of uint8 images already at the run's size and
@@ -85,7 +89,8 @@ class RunClassifier:
                              f"{images.dtype} {tuple(images.shape)} (RunClassifier.prepare converts them)")
         if not len(images):
             return torch.empty(0, len(self.classes))
-        return probabilities(outputs(self.model, images, device=self.device, batch_size=batch_size))
+        return probabilities(outputs(self.model, images, transform=self.view, device=self.device,
+                                     batch_size=batch_size))
 
     def predict(self, images: Any, batch_size: int = 256) -> Predictions:
         """Classify ``images``: image file paths, PIL images, or a uint8 (0-255) or float (0-1) tensor batch

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from supcon.augment import apply_batch
 from supcon.data import stratified_subset
 from supcon.device import resolve_device
 from supcon.evaluate.attacks import ATTACKS, PGD_STEPS
@@ -71,7 +72,10 @@ def robustness_report(run_dirs: Sequence[str | Path], out: str | Path, *, baseli
             data = data_for_run(run.run.path, run.cfg, run.inputs, cache=cache)  # a comparison's runs share it
             keep = torch.from_numpy(stratified_subset(data.test.labels.numpy(), max_images, seed, f"{data.name} test"))
             bar.set_postfix_str(name)
-            record, margin = _evaluate(name, run, data.name, data.test.images[keep], data.test.labels[keep],
+            images = data.test.images[keep]
+            if run.inputs.stored_size:  # stored larger: the run's centre view, in [0, 1], is what is perturbed
+                images = apply_batch(run.inputs.pixels(), images)
+            record, margin = _evaluate(name, run, data.name, images, data.test.labels[keep],
                                        corruptions, severities, attacks, epsilons, pgd_steps, bins, seed,
                                        torch_device, batch_size, bar.update)
             runs.append(record)

@@ -228,6 +228,19 @@ class _Plan:
     pos_coef: Tensor | None = None  # per anchor: w_i / (tau |P(i)|)
 
 
+def _positive_sums(s: Tensor, anchor_lab: Tensor, col_lab: Tensor, has_pos: Tensor, out: Tensor):
+    """L_in's positive sums of a block of logits ``s`` ``[rows, width]`` (an anchor's own column already -inf),
+    without reading anything back: ``(q, p, pm)`` with ``pm`` each row's largest positive logit (0 without a
+    positive), ``q = exp(s - pm)`` on the positives (the columns with the anchor's label) and 0 elsewhere, written
+    into ``out``, and ``p = q.sum(1)``. Shifted by the positives' own maximum, ``p >= 1`` wherever there is a
+    positive: no underflow to check for."""
+    minus_inf = torch.full((), -math.inf, dtype=s.dtype, device=s.device)
+    q = torch.where(anchor_lab[:, None] == col_lab[None, :], s, minus_inf, out=out)
+    pm = torch.where(has_pos, q.amax(1), 0.0)
+    q.sub_(pm[:, None]).exp_()
+    return q, q.sum(1), pm
+
+
 def _blocked_pass(z, plan, weights):
     r"""One blocked pass over the ``[num_anchors, N]`` logits ``s = z_a z^T / tau``; ``z`` are the columns.
 
@@ -239,11 +252,15 @@ def _blocked_pass(z, plan, weights):
     the gradient is ``(w_i / (tau d_i)) (E z)_i`` (anchor side) plus ``E^T (w / (tau d) * z_block)``
     (contrast side), so the weights scale ``[block, D]`` operands instead of the ``[block, N]`` matrix. For
     L_in the coefficients of the positives become ``E_ij - d_i Q_ij`` (``Q`` the softmax over the positives),
-    an update of the positives' window only, and the same two GEMMs give the whole gradient.
+    an update of the positives' window only, and the same two GEMMs give the whole gradient. Off the CPU nothing
+    is read back inside the loop (see :func:`_positive_sums`).
     """
+    if plan.dense:
+        return _dense_pass(z, plan, weights)
     n, dim = z.shape
     num_anchors, tau, block_size, apos, col_lab = plan.num_anchors, plan.tau, plan.block_size, plan.apos, plan.col_lab
     contiguous = apos is None
+    sync_free = _sync_free(z.device)
     za = z[:num_anchors] if contiguous else z.index_select(0, apos)
     za_scaled = za / tau  # folds 1/tau into the forward GEMM
     rows_max = min(block_size, num_anchors)
@@ -251,7 +268,6 @@ def _blocked_pass(z, plan, weights):
     out = z.new_empty(num_anchors)
     grad = torch.empty_like(z) if weights is not None else None
     grad_anchor = z.new_empty(num_anchors, dim) if weights is not None and not contiguous else None
-    arange = None if contiguous else torch.arange(rows_max, device=z.device)
     if col_lab is not None:
         anchor_lab = col_lab[:num_anchors] if contiguous else col_lab[apos]
         pbuf = _scratch(1, rows_max * max(w1 - w0 for w0, w1 in plan.windows), z)
@@ -265,33 +281,37 @@ def _blocked_pass(z, plan, weights):
         if contiguous:
             s.diagonal(start).fill_(-math.inf)  # an anchor is never its own contrast
         else:
-            s[arange[:rows], apos[start:stop]] = -math.inf
+            s.scatter_(1, apos[start:stop, None], -math.inf)
+        if col_lab is not None:
+            w0, w1 = plan.windows[k]
+            width = w1 - w0
+            hp = plan.has_pos[start:stop]
+            q = pbuf[: rows * width].view(rows, width)
+            if sync_free:  # before the logits become exponentials in place
+                q, p, pm = _positive_sums(s[:, w0:w1], anchor_lab[start:stop], col_lab[w0:w1], hp, q)
         # Exact row max of the contrast set: stable for any temperature and no row sum below 1.
         m = s.amax(1, keepdim=True)
         e = s.sub_(m).exp_()
         d = e.sum(1)
         r = d.log().add_(m[:, 0])
         if col_lab is not None:
-            w0, w1 = plan.windows[k]
-            width = w1 - w0
             ew = e[:, w0:w1]
-            # q = E * (same label), written as a 0/1 float mask then multiplied (a bool mask is 5x slower).
-            q = pbuf[: rows * width].view(rows, width)
-            torch.eq(anchor_lab[start:stop, None], col_lab[None, w0:w1], out=q).mul_(ew)  # diagonal: 0 already
-            p = q.sum(1)
-            pm = m[:, 0]
-            hp = plan.has_pos[start:stop]
-            if bool(((p < tiny) & hp).any()):
-                # Rare (tiny tau, positives far below the row max): logits of the window with their own max.
-                mask = anchor_lab[start:stop, None] != col_lab[None, w0:w1]
-                torch.mm(za_scaled[start:stop], z[w0:w1].T, out=q)
-                q.masked_fill_(mask, -math.inf)
-                self_cols = torch.arange(start, stop, device=z.device) if contiguous else apos[start:stop]
-                inside = (self_cols >= w0) & (self_cols < w1)
-                q[torch.arange(rows, device=z.device)[inside], self_cols[inside] - w0] = -math.inf
-                pm = torch.where(hp, q.amax(1), 0.0)
-                q.sub_(pm[:, None]).exp_()
+            if not sync_free:
+                # q = E * (same label), written as a 0/1 float mask then multiplied (a bool mask is 5x slower).
+                torch.eq(anchor_lab[start:stop, None], col_lab[None, w0:w1], out=q).mul_(ew)  # diagonal: 0 already
                 p = q.sum(1)
+                pm = m[:, 0]
+                if bool(((p < tiny) & hp).any()):
+                    # Rare (tiny tau, positives far below the row max): logits of the window with their own max.
+                    mask = anchor_lab[start:stop, None] != col_lab[None, w0:w1]
+                    torch.mm(za_scaled[start:stop], z[w0:w1].T, out=q)
+                    q.masked_fill_(mask, -math.inf)
+                    self_cols = torch.arange(start, stop, device=z.device) if contiguous else apos[start:stop]
+                    inside = (self_cols >= w0) & (self_cols < w1)
+                    q[torch.arange(rows, device=z.device)[inside], self_cols[inside] - w0] = -math.inf
+                    pm = torch.where(hp, q.amax(1), 0.0)
+                    q.sub_(pm[:, None]).exp_()
+                    p = q.sum(1)
             # Anchors without positives: 0 here, excluded (weight 0 / masked) by the caller.
             r -= torch.where(hp, p.log() + pm, 0.0)
             if weights is not None:
@@ -311,6 +331,44 @@ def _blocked_pass(z, plan, weights):
     if grad_anchor is not None:
         grad.index_add_(0, apos, grad_anchor)
     return out, grad
+
+
+def _dense_pass(z, plan, weights):
+    r""":func:`_blocked_pass` as one block of all anchors against all ``N`` columns, in a fixed sequence of
+    kernels with nothing read back: the logits GEMM, the anchors' own columns set to -inf, the row max, one shifted
+    exponential pass in place, the row sum; for L_in one masked pass over the positives (:func:`_positive_sums`)
+    and the update of their coefficients; then the two gradient GEMMs. The columns are in ``z``'s own order
+    (no window, so no sort by label)."""
+    num_anchors, tau, apos = plan.num_anchors, plan.tau, plan.apos
+    za = z[:num_anchors] if apos is None else z.index_select(0, apos)
+    s = torch.mm(za / tau, z.T)
+    if apos is None:
+        s.diagonal().fill_(-math.inf)  # an anchor is never its own contrast
+    else:
+        s.scatter_(1, apos[:, None], -math.inf)
+    if plan.col_lab is not None:
+        anchor_lab = plan.col_lab[:num_anchors] if apos is None else plan.col_lab.index_select(0, apos)
+        q, p, pm = _positive_sums(s, anchor_lab, plan.col_lab, plan.has_pos, torch.empty_like(s))
+    m = s.amax(1, keepdim=True)
+    e = s.sub_(m).exp_()
+    d = e.sum(1)
+    r = d.log().add_(m[:, 0])
+    if plan.col_lab is not None:
+        hp = plan.has_pos
+        r -= torch.where(hp, p.log() + pm, 0.0)
+        if weights is not None:
+            e.addcmul_(q, torch.where(hp, d / p, 0.0)[:, None], value=-1)
+        del q
+    if weights is None:
+        return r, None
+    alpha = weights[:, None] / (d[:, None] * tau)
+    grad = torch.mm(e.T, za * alpha)  # contrast side
+    anchor_side = torch.mm(e, z).mul_(alpha)
+    if apos is None:
+        grad[:num_anchors] += anchor_side
+    else:
+        grad.index_add_(0, apos, anchor_side)
+    return r, grad
 
 
 def _positive_term(z, plan, grad):
@@ -388,9 +446,10 @@ def supcon_loss(
     block_size: int | None = None,
     reduction: str = "mean",
     anchors: Tensor | None = None,
+    path: str = "auto",
 ) -> Tensor:
     """Functional form of :class:`SupConLoss`; see there for the arguments and the returned shapes."""
-    _check_options(temperature, base_temperature, variant, contrast_mode, block_size, reduction)
+    _check_options(temperature, base_temperature, variant, contrast_mode, block_size, reduction, path)
     labels = _check_inputs(features, labels)
     batch, views, dim = features.shape
     anchors = _check_anchors(anchors, batch, features.device)
@@ -399,14 +458,12 @@ def supcon_loss(
         features = features.float()
     z = features.transpose(0, 1).reshape(batch * views, dim)  # view-major: cat(unbind(features, 1))
     n = z.shape[0]
-    if labels is None:
-        ids = torch.arange(batch, device=z.device)
-    else:
-        # Dense ids 0..C-1 make bincount/index_add_ work for negative, sparse or huge labels.
-        ids = torch.unique(labels, return_inverse=True)[1]
+    # Dense ids 0..C-1 make the per-class counts and sums work for negative, sparse or huge labels. C is not read
+    # back: class-sized tensors get one row per sample (C <= batch), the unused ones empty.
+    ids = torch.arange(batch, device=z.device) if labels is None else _dense_ids(labels)
     lab = ids.repeat(views)
     anchor_views = 1 if contrast_mode == "one" else views
-    counts = torch.bincount(lab)
+    counts = torch.zeros(batch, dtype=torch.long, device=z.device).scatter_add_(0, lab, torch.ones_like(lab))
     # The mean is over the anchors of the whole batch that have a positive, also when `anchors` picks a subset:
     # then the result is that subset's share of the batch's loss, and the shares of a partition add up to it.
     num_valid = (counts[lab[: batch * anchor_views]] > 1).sum()
@@ -414,20 +471,30 @@ def supcon_loss(
     if anchors is not None:
         rows = (anchors[None, :] + batch * torch.arange(anchor_views, device=z.device)[:, None]).flatten()
     num_anchors = batch * anchor_views if rows is None else len(rows)
-    if block_size is None:
-        block_size = _auto_block_size(num_anchors, n)
+    dense = _use_dense(path, block_size, num_anchors, n, z.device)
+    if dense:
+        block_size = num_anchors
+    elif block_size is None:
+        block_size = _auto_block_size(num_anchors, n, z.device)
     anchor_lab = lab[:num_anchors] if rows is None else lab[rows]
     num_pos = (counts[anchor_lab] - 1).to(z.dtype)
     valid = num_pos > 0
     scale = temperature / (base_temperature or temperature)
-    plan = _Plan(num_anchors, temperature, block_size)
+    plan = _Plan(num_anchors, temperature, block_size, dense)
     # Anchors without positives get weight 0; if there are none at all the mean is an exact, graph-connected
     # zero with a zero gradient. Divide by the count as a tensor of z's dtype (a Python float over an int
     # tensor gives fp32).
     weights = valid.to(z.dtype) * scale / num_valid.clamp(min=1).to(z.dtype) if reduction == "mean" else None
 
     order = None  # per anchor in processing order, its index among the anchors (L_in sorts them by label)
-    if variant == "in":
+    # Labels as floats (exact below 2**23 classes in fp32) compare straight into a float mask.
+    exact = counts.shape[0] <= 1 / torch.finfo(z.dtype).eps
+    if variant == "in" and dense:
+        # One block over the columns in their own order: no sort, no windows.
+        plan.apos, plan.has_pos = rows, valid
+        plan.col_lab = lab.to(z.dtype) if exact else lab
+        pos_term = -num_pos.clamp(min=1).log()
+    elif variant == "in":
         # Columns sorted by label: the positives of a block of (sorted) anchors form one column window.
         plan.perm = perm = torch.argsort(lab, stable=True)
         col_lab = lab[perm]
@@ -436,7 +503,10 @@ def supcon_loss(
         else:
             anchor_of_row = torch.full((n,), -1, dtype=torch.long, device=z.device)
             anchor_of_row[slice(num_anchors) if rows is None else rows] = torch.arange(num_anchors, device=z.device)
-            plan.apos = torch.nonzero(anchor_of_row[perm] >= 0).squeeze(1)
+            # The anchors' positions among the sorted columns, in order: the first num_anchors of a stable sort
+            # that puts them before the other columns (nonzero() would read the count back).
+            is_other = (anchor_of_row[perm] < 0).to(torch.uint8)
+            plan.apos = torch.argsort(is_other, stable=True)[:num_anchors]
             sorted_rows = perm[plan.apos]
             order = anchor_of_row[sorted_rows]
         plan.has_pos = valid[order]
@@ -444,9 +514,9 @@ def supcon_loss(
         first = torch.arange(0, num_anchors, block_size, device=z.device)
         last = (first + block_size).clamp(max=num_anchors) - 1
         sorted_lab = lab[sorted_rows]
+        # The one value read back per call: slicing the windows needs their bounds on the host.
         plan.windows = torch.stack([(ends - counts)[sorted_lab[first]], ends[sorted_lab[last]]], 1).tolist()
-        # Labels as floats (exact below 2**23 classes in fp32) compare straight into a float mask.
-        plan.col_lab = col_lab.to(z.dtype) if counts.shape[0] <= 1 / torch.finfo(z.dtype).eps else col_lab
+        plan.col_lab = col_lab.to(z.dtype) if exact else col_lab
         # -log|P(i)|: no gradient.
         pos_term = -num_pos.clamp(min=1).log()
     elif reduction == "mean":
@@ -482,10 +552,14 @@ class SupConLoss(nn.Module):
         contrast_mode: ``"all"``: every view is an anchor; ``"one"``: only view 0 is. The contrast set
             is always all ``N = B * V`` vectors except the anchor itself.
         block_size: anchor rows processed at once; trades speed for memory, never changes the result.
-            ``None`` (the default) picks it from N: one block up to N = 2,048, then a ``[block, N]`` buffer of
-            about 16 MiB (fp32) with at least 512 rows, and never more than 128 MiB.
+            ``None`` (the default) picks it from N: on the CPU one block up to N = 2,048, then a ``[block, N]``
+            buffer of about 16 MiB (fp32) with at least 512 rows, and never more than 128 MiB; elsewhere (CUDA)
+            the dense path where it fits, else blocks of up to 512 MiB.
         reduction: ``"mean"`` over anchors that have at least one positive (0 if none has), or
             ``"none"``.
+        path: ``"auto"`` (the default): the dense path (all anchors in one block, a fixed sequence of kernels,
+            nothing read back) off the CPU when ``block_size`` allows it and the ``[A, N]`` logits take at most
+            1 GiB, the blocked path otherwise; ``"dense"`` or ``"blocked"`` forces one. The result is the same.
 
     Call arguments: ``features``, ``labels`` and, optionally, ``anchors``: indices into the batch (``[0, B)``,
     distinct) of the samples whose views are anchors (view 0 only with ``contrast_mode="one"``); the contrast
@@ -509,12 +583,14 @@ class SupConLoss(nn.Module):
         L_out: l_i = -(tau/tau_b) * mean_{p in P(i)} log( exp(s_ip) / sum_{a != i} exp(s_ia) )
         L_in:  l_i = -(tau/tau_b) * log( mean_{p in P(i)} exp(s_ip) / sum_{a != i} exp(s_ia) )
 
-    Memory and speed: peak extra memory is ``O(N * block_size + N * D)``; no ``N x N`` matrix or mask is built,
-    and the gradient is accumulated block by block during the forward pass. Per block the work is the forward
+    Memory and speed: peak extra memory is ``O(N * block_size + N * D)`` (the dense path: ``O(A * N)``, twice
+    that for L_in); no ``N x N`` matrix or mask is built beyond one block, and the gradient is accumulated block
+    by block during the forward pass. Per block the work is the forward
     GEMM, one exponential pass, two gradient GEMMs and three cheap passes (row max, shift, row sum), within
     about 1.1-1.3x of those three operations alone (``benchmarks/bench_loss.py``). With ``reduction="none"`` the
     backward pass recomputes the blocks once more. On CPU a scratch buffer of up to 64 MiB is kept per thread
-    between calls.
+    between calls. On CUDA nothing is read back to the host (no synchronisation) but, for blocked L_in, its column
+    windows once per call, and ``anchors`` when given, validated once per call.
 
     Example:
         >>> import torch
@@ -534,15 +610,17 @@ class SupConLoss(nn.Module):
         contrast_mode: str = "all",
         block_size: int | None = None,
         reduction: str = "mean",
+        path: str = "auto",
     ) -> None:
         super().__init__()
-        _check_options(temperature, base_temperature, variant, contrast_mode, block_size, reduction)
+        _check_options(temperature, base_temperature, variant, contrast_mode, block_size, reduction, path)
         self.temperature = temperature
         self.base_temperature = base_temperature
         self.variant = variant
         self.contrast_mode = contrast_mode
         self.block_size = block_size
         self.reduction = reduction
+        self.path = path
 
     def forward(self, features: Tensor, labels: Tensor | None = None, anchors: Tensor | None = None) -> Tensor:
         return supcon_loss(
@@ -555,11 +633,12 @@ class SupConLoss(nn.Module):
             contrast_mode=self.contrast_mode,
             block_size=self.block_size,
             reduction=self.reduction,
+            path=self.path,
         )
 
     def extra_repr(self) -> str:
         return (
             f"temperature={self.temperature}, base_temperature={self.base_temperature}, "
             f"variant={self.variant!r}, contrast_mode={self.contrast_mode!r}, "
-            f"block_size={self.block_size}, reduction={self.reduction!r}"
+            f"block_size={self.block_size}, reduction={self.reduction!r}, path={self.path!r}"
         )

@@ -118,8 +118,10 @@ def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> RunCla
         raise ValueError(f"{run.path} is not a run directory (no config.yaml)")
     device = device if isinstance(device, torch.device) else resolve_device(device)
     loaded = load_classifier(run.path, device)
-    return RunClassifier(run.path, loaded.model, loaded.classes, loaded.inputs.image_size, loaded.inputs.channels,
-                         loaded.summary.get("method"), device)
+    inputs = loaded.inputs
+    return RunClassifier(run.path, loaded.model, loaded.classes, inputs.image_size, inputs.channels,
+                         loaded.summary.get("method"), device, inputs.stored_size,
+                         inputs.pixels() if inputs.stored_size else None)
 
 
 def check_inputs(data: DataSplits, inputs: Inputs, run_dir: str | Path) -> None:
@@ -137,13 +139,16 @@ def data_for_run(run_dir: str | Path, cfg: Config, inputs: Inputs, dataset: str 
     """The run's own split (same seed, subsampling and label noise) or, given another ``dataset``, all of that
     one; images resized to the encoder's input size. Given a ``cache``, runs that load the same data (a
     comparison's two methods) load it once."""
+    # stored as the run's own images were (larger than its input where it cropped from a decoded cache; at its
+    # input size for a run trained on images resized to it), so that its input scaling applies as it did
+    stored = inputs.stored_size or inputs.image_size
     if dataset is None or dataset == cfg.dataset:
-        load = cfg.replace(image_size=inputs.image_size)
+        load = cfg.replace(image_size=inputs.image_size, store_size=stored)
     else:
-        load = Config(dataset=dataset, image_size=inputs.image_size, val_fraction=cfg.val_fraction,
+        load = Config(dataset=dataset, image_size=inputs.image_size, store_size=stored, val_fraction=cfg.val_fraction,
                       test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)
-    key = (load.dataset, load.image_size, load.val_fraction, load.test_fraction, load.split_seed, load.max_train,
-           load.max_val, load.max_test, load.data_dir, load.label_noise, load.label_noise_mode)
+    key = (load.dataset, load.image_size, load.store_size, load.val_fraction, load.test_fraction, load.split_seed,
+           load.max_train, load.max_val, load.max_test, load.data_dir, load.label_noise, load.label_noise_mode)
     if cache is not None and key in cache:
         data = cache[key]
     else:

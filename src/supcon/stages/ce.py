@@ -35,7 +35,7 @@ def train_ce(ctx: StageContext, data: DataSplits) -> StageResult:
     cfg, ctx = ctx.cfg, ctx.for_stage("ce")
     started = time.perf_counter()
     device, dtype = ctx.device, ctx.dtype
-    inputs = Inputs.of_images(data.train.images, cfg.normalize)
+    inputs = Inputs.of_images(data.train.images, cfg.normalize, data.image_size, cfg.val_crop)
     # The CE baseline follows the usual practice (and the reference implementations): the classifier sees the
     # raw representation; normalising it would cap the logits and slow CE down.
     encoder = build_encoder(cfg.encoder, data.channels, data.image_size, cfg.stem, normalize=False,

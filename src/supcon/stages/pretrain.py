@@ -104,7 +104,7 @@ def build_stage1(cfg: Config, data: DataSplits, device: torch.device, dtype: tor
                  extra_state: dict[str, Any] | None = None) -> Stage1:
     """Model, loss, augmentation, batches, optimizer and step of stage 1 (seed the global RNG first).
     ``extra_state`` is the dict the loop checkpoints, where a memory queue (``cfg.queue``) keeps itself."""
-    inputs = Inputs.of_images(data.train.images, cfg.normalize)
+    inputs = Inputs.of_images(data.train.images, cfg.normalize, data.image_size, cfg.val_crop)
     encoder = build_encoder(cfg.encoder, data.channels, data.image_size, cfg.stem, pretrained=cfg.pretrained)
     head = ProjectionHead(encoder.out_dim, cfg.proj_hidden, cfg.proj_dim, cfg.projection)
     classifier = nn.Linear(encoder.out_dim, output_size(cfg.head, data.num_classes)) if _joint(cfg) else None

@@ -42,7 +42,7 @@ def linear_probe(ctx: StageContext, data: DataSplits, encoder: Encoder, inputs: 
     if ctx.run is not None:
         ctx.run.drop_stage_metrics("linear")  # a repeated probe replaces the last one
     device, dtype = ctx.device, ctx.dtype
-    inputs = inputs or Inputs.of_images(data.train.images, cfg.normalize)
+    inputs = inputs or Inputs.of_images(data.train.images, cfg.normalize, data.image_size, cfg.val_crop)
     probe = place(Classifier(encoder, output_size(cfg.head, data.num_classes), frozen=True), device)
     plain = inputs.plain()
     if cfg.linear_augment == "none":
@@ -94,7 +94,7 @@ def finetune(ctx: StageContext, data: DataSplits, encoder: Encoder, inputs: Inpu
     if ctx.run is not None:
         ctx.run.drop_stage_metrics("finetune")
     device, dtype = ctx.device, ctx.dtype
-    inputs = inputs or Inputs.of_images(data.train.images, cfg.normalize)
+    inputs = inputs or Inputs.of_images(data.train.images, cfg.normalize, data.image_size, cfg.val_crop)
     model = place(Classifier(encoder.requires_grad_(True), output_size(cfg.head, data.num_classes)), device)
     transform = view_transform(cfg.augment, data.image_size, mean=inputs.mean, std=inputs.std, **policy_options(cfg))
     plain = inputs.plain()

@@ -292,6 +292,9 @@ def transfer_config(cfg: Config, source: str | Path, out: str | Path) -> Config:
     if cfg.image_size not in (None, inputs.image_size):
         raise ValueError(f"the encoder in {source} takes {inputs.image_size}x{inputs.image_size} images; leave "
                          f"--image-size out (images are resized to it) or set it to {inputs.image_size}")
-    return cfg.replace(image_size=inputs.image_size, encoder=source_cfg.encoder, stem=source_cfg.stem,
-                       normalize=source_cfg.normalize, encoder_from=str(source), run=None, out=str(out))
+    # stored as the source's were, so that its input scaling (and centre crop) applies to the new images
+    return cfg.replace(image_size=inputs.image_size, store_size=inputs.stored_size or inputs.image_size,
+                       val_crop=inputs.crop if inputs.stored_size else cfg.val_crop, encoder=source_cfg.encoder,
+                       stem=source_cfg.stem, normalize=source_cfg.normalize, encoder_from=str(source), run=None,
+                       out=str(out))
 
