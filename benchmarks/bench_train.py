@@ -9,10 +9,11 @@ and of the gradient-cache step (`--chunk-size`) against the plain one.
 
 The real step is `supcon.stages.pretrain.build_stage1` run by `supcon.engine.loop.fit`, the objects `pretrain`
 runs: uint8 images from memory, a seeded shuffle, two views with the default `simclr` policy, the forward pass,
-the SupCon loss, the backward pass, the AdamW step, the schedule and the bookkeeping (loss.item(), the metrics record).
-The bare loop runs the same model (ResNet-18, ImageNet stem, with its projection head, prepared as training
-prepares it) and the same optimizer on float tensors already in memory, of the same shape, with a trivial loss
-(the mean of the outputs): forward, backward and the optimizer step, nothing else.
+the SupCon loss, the backward pass, the optimizer step (stage 1's, SGD by default), the schedule and the
+bookkeeping (loss.item(), the metrics record). The bare loop runs the same model (ResNet-18 or `--encoder`,
+ImageNet stem, with its projection head, prepared as training prepares it) and the same optimizer on float tensors
+already in memory, of the same shape, with a trivial loss (the mean of the outputs): forward, backward and the
+optimizer step, nothing else, under the same autocast (`--amp`; default none, fp32).
 
 The anchor row is what the reference implementations (HobbitLong/SupContrast and others) do: the same model, loss,
 optimizer and step, fed by a `torch.utils.data.DataLoader` with `--anchor-workers` worker processes (default: one
