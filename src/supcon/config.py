@@ -25,9 +25,8 @@ STAGE2 = ("linear", "compare", "sweep")
 BASELINE = ("ce", "compare", "sweep")
 TRAINING = COMMANDS
 NEW_RUN = ("pretrain", "ce", "compare", "sweep")  # `linear` adds to an existing run: its encoder and dir are given
-DISTRIBUTED = ("pretrain", "linear", "ce", "compare")  # the commands that train in one job (a sweep runs many)
+ONE_JOB = ("pretrain", "linear", "ce", "compare")  # the commands that train in one job (a sweep runs many jobs)
 LR_REFERENCE_BATCH = 256  # the batch of Goyal et al.'s rule: lr = base_lr x batch / 256
-RESUMABLE = ("pretrain", "linear", "ce", "compare")
 # Only rank 0 writes checkpoints and each process has its own random streams, so a distributed run cannot yet be
 # continued where it stopped.
 NO_DISTRIBUTED_RESUME = ("--resume does not work with several processes yet: rank 0 alone checkpoints, and the "
@@ -263,7 +262,7 @@ class Config:
     resume: str | None = option(None, "continue the run in RUN_DIR from its newest good checkpoint, with the options "
                                 "of RUN_DIR/config.yaml (other flags may repeat them; only --quiet, --device, "
                                 "--ckpt-every, --keep-checkpoints, --detect-anomaly and the like may change); "
-                                "compare continues the stage it was in, keeping finished stages", RESUMABLE,
+                                "compare continues the stage it was in, keeping finished stages", ONE_JOB,
                                 metavar="RUN_DIR", runtime=True, saved=False)
     detect_anomaly: bool = option(False, "debugging: run backward passes under torch.autograd.set_detect_anomaly, "
                                   "which names the operation that produced a NaN or inf (slow)", runtime=True)
@@ -271,7 +270,7 @@ class Config:
     nproc: int = option(1, "train on N processes of this machine with DistributedDataParallel: runs torchrun "
                         "--standalone --nproc-per-node N for this same command (one GPU each on CUDA, else CPU "
                         "processes with gloo); ignored inside torchrun, which already chose the processes",
-                        DISTRIBUTED, metavar="N", runtime=True)
+                        ONE_JOB, metavar="N", runtime=True)
     sync_bn: bool = option(False, "synchronise BatchNorm statistics across the processes of a distributed run "
                            "(CUDA only)", STAGE1 + ("ce",))
 

@@ -19,7 +19,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from supcon import augment as A
-from supcon.augment import batched as B
+from supcon.augment import ops as O
 
 NPZ = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "imagenet5_64.npz"
 PATHS = {"grouped": False, "device": True}  # BatchedView(device_path=...)
@@ -215,11 +215,11 @@ def test_hue_both_ways_matches_transforms_v2(channels_at_once):
     corners = torch.tensor([[0.5, 0.5, 0.5], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0],
                             [0.2, 0.9, 0.9], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]).T.reshape(1, 3, 1, 8)
     for shift in (-0.5, -1 / 3, -0.1, 0.0, 1 / 6, 0.5):
-        ours = B._hue(corners, torch.tensor([shift]), channels_at_once=channels_at_once)
+        ours = O._hue(corners, torch.tensor([shift]), channels_at_once=channels_at_once)
         torch.testing.assert_close(ours[0], TF.adjust_hue(corners[0], shift), atol=1e-6, rtol=0)
     x = floats(10, 3, 12, 9)
     factor = torch.rand(10, generator=torch.Generator().manual_seed(13)) - 0.5
-    ours = B._hue(x, factor, channels_at_once=channels_at_once)
+    ours = O._hue(x, factor, channels_at_once=channels_at_once)
     ref = torch.stack([TF.adjust_hue(x[i], float(factor[i])) for i in range(10)])
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
 

@@ -26,16 +26,14 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
-from supcon.augment.batched import (
-    BATCHED_POLICIES,
+from supcon.augment.batched import BATCHED_POLICIES, BatchedMultiView, BatchedView
+from supcon.augment.ops import (
     BLUR_P,
     BLUR_SIGMA,
     CROP_RATIO,
     GRAYSCALE_P,
     JITTER,
     JITTER_P,
-    BatchedMultiView,
-    BatchedView,
     adjust_brightness,
     adjust_contrast,
     adjust_hue,

@@ -7,7 +7,7 @@ import warnings
 
 from supcon.cli.commands import config_from_args, run_command, run_tool
 from supcon.cli.parser import TOOLS, build_parser
-from supcon.config import DISTRIBUTED
+from supcon.config import ONE_JOB
 from supcon.engine import distributed
 
 __all__ = ["build_parser", "main"]
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in TOOLS:
             return run_tool(args)
         cfg = config_from_args(args)
-        if cfg.nproc > 1 and args.command in DISTRIBUTED and not distributed.launched():
+        if cfg.nproc > 1 and args.command in ONE_JOB and not distributed.launched():
             from supcon.device import resolve_device
 
             distributed.check_launch(cfg.nproc, resolve_device(cfg.device), cfg.batch_size, cfg.sync_bn)

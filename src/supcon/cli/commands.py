@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from supcon.config import DISTRIBUTED, LOSS_NAMES, NO_DISTRIBUTED_RESUME, Config
+from supcon.config import ONE_JOB, LOSS_NAMES, NO_DISTRIBUTED_RESUME, Config
 from supcon.engine import distributed
 from supcon.runs.options import options_for, resume_dir
 
@@ -32,9 +32,9 @@ def run_command(command: str, cfg: Config, args: argparse.Namespace | None = Non
     """Run a training command (pretrain, linear, ce, compare, sweep); the exit status."""
     from supcon.device import resolve_device
 
-    if distributed.launched() and command not in DISTRIBUTED:
+    if distributed.launched() and command not in ONE_JOB:
         raise ValueError(f"{command} does not run under torchrun (its cells train one process each); expected one "
-                         f"of {', '.join(DISTRIBUTED)}")
+                         f"of {', '.join(ONE_JOB)}")
     distributed.init(resolve_device(cfg.device))  # under torchrun: join the others before anything else
     if distributed.is_distributed() and cfg.resume is not None:
         raise ValueError(NO_DISTRIBUTED_RESUME)
