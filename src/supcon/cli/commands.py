@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from supcon.config import ONE_JOB, LOSS_NAMES, NO_DISTRIBUTED_RESUME, Config
+from supcon.config import LOSS_NAMES, NO_DISTRIBUTED_RESUME, ONE_JOB, Config
 from supcon.engine import distributed
 from supcon.runs.options import options_for, resume_dir
 
