@@ -272,15 +272,14 @@ def test_compare_resumed_keeps_finished_stages_and_ends_as_an_uninterrupted_one(
     def interrupted(*a, **kw):
         raise KeyboardInterrupt
 
-    with monkeypatch.context() as m:  # Ctrl-C as stage 2 starts: ce and stage 1 are done
-        m.setattr(supcon.stages.run, "linear_probe", interrupted)
+    with monkeypatch.context() as m:  # Ctrl-C as SupCon's stage 2 starts: stage 1 is done, ce (trained last) is not
+        m.setattr(supcon.stages.run, "second_stage", interrupted)
         assert main([*args, "--out", str(run)]) == 130
     assert f"resume with: supcon compare --resume {run}" in capsys.readouterr().err
 
     def redone(*a, **kw):
         raise AssertionError("a finished stage was trained again")
 
-    monkeypatch.setattr(supcon.stages.run, "train_ce", redone)
     monkeypatch.setattr(supcon.stages.run, "pretrain", redone)
     assert main(["compare", "--resume", str(run)]) == 0
     capsys.readouterr()
