@@ -4,6 +4,7 @@ here; tests that need them skip, with the reason, where they are absent)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,17 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from supcon.cli import main
 from supcon.data import load_dataset
+
+
+def pytest_collection_modifyitems(config, items):
+    """``SUPCON_TEST_ORDER=reverse`` runs the tests last file first, last test first: a check that no test
+    depends on what an earlier one left behind (no plugin needed)."""
+    order = os.environ.get("SUPCON_TEST_ORDER", "")
+    if order not in ("", "reverse"):
+        raise pytest.UsageError(f"SUPCON_TEST_ORDER is 'reverse' or unset; got {order!r}")
+    if order == "reverse":
+        items.reverse()
+
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -49,7 +49,9 @@ def val_folder(shared_data):
 def test_files_are_read_exactly_as_training_read_them(folder_run, shared_data):
     out, data = folder_run
     run = supcon.load_run(out, "cpu")
-    assert run.classes == data.test.class_names and (run.image_size, run.channels) == (32, 3)
+    # files are decoded to the stored size (twice the input, as the loader stores a folder) and get the same
+    # centre view as the test split
+    assert run.classes == data.test.class_names and (run.input_size, run.image_size, run.channels) == (32, 64, 3)
     files = find_images([val_folder(shared_data)], run.classes)
     results = list(classify_files(run, files, batch_size=100))
     # the folder's val/ is its held-out test split
@@ -82,7 +84,7 @@ def test_paths_pil_images_and_tensors_give_the_same_answer(folder_run, shared_da
     gray = pil[0].convert("L")
     assert torch.allclose(run.predict(gray).probabilities, run.predict(gray.convert("RGB")).probabilities)
     batch = run.prepare(paths)
-    assert batch.dtype == torch.uint8 and batch.shape == (4, 3, 32, 32)
+    assert batch.dtype == torch.uint8 and batch.shape == (4, 3, 64, 64)
     as_float = run.predict(batch.float() / 255)
     assert torch.allclose(as_float.probabilities, run.predict(batch).probabilities)
     assert torch.allclose(run.predict(batch[0]).probabilities[0], by_path.probabilities[0])

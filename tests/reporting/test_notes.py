@@ -27,10 +27,10 @@ def test_convergence_note_speaks_only_when_stage1_stalled():
            "stage1_progress": 0.3 / 1.6}
     note = convergence_note(run)
     assert note.startswith("Stage 1 did not converge: its loss went from 5.500 to 5.200, only 19% of the way")
-    assert "give it more --epochs" in note
+    assert "may change with more --epochs" in note
     assert convergence_note({**run, "stage1_progress": 0.8}) is None
     assert convergence_note({"method": "ce", "stage1_progress": None}) is None
-    # the kNN monitor saw the features stop improving half-way: then more epochs is not the advice
+    # the kNN monitor saw the features stop improving half-way: then more epochs is not the suggestion
     stalled = {**run, "knn_curve": [[0, 0.3], [1, 0.6], [2, 0.61], [3, 0.61], [4, 0.61], [5, 0.61], [6, 0.61]]}
     note = convergence_note(stalled)
-    assert "stopped improving early" in note and "give it more --epochs" not in note
+    assert "stopped improving early" in note and "more --epochs" not in note

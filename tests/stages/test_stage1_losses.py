@@ -93,7 +93,7 @@ def test_knn_note_says_when_stage1_never_started_or_stopped_early():
     # Both notes at once: the loss was far from its floor, and the features did not move.
     both = convergence_note(_run([[0, 0.52], [1, 0.5], [5, 0.53]], loss="maxmargin", stage1_loss_start=0.3,
                                  stage1_loss=0.28, stage1_loss_floor=0.0, stage1_progress=0.07))
-    assert "too short for max-margin" in both and "never rose above the untrained encoder's" in both
+    assert "max-margin was compared far from convergence" in both and "never rose above the untrained encoder's" in both
 
 
 def test_compare_with_the_max_margin_loss_then_knn_of_its_encoder(tmp_path, capsys):

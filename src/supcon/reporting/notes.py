@@ -46,14 +46,14 @@ def knn_note(run: dict[str, Any]) -> str | None:
     reached = next(e for e, a in zip(epochs, accs, strict=True) if e > 0 and a >= best - tolerance)
     if len(epochs) >= 4 and reached <= epochs[-1] / 2:
         return (f"Stage 1 stopped improving early: the kNN accuracy of its encoder came within {tolerance:.3f} of "
-                f"its best ({best:.3f}) by epoch {reached} of {epochs[-1]} and ended at {last:.3f}, so the second "
-                "half of the budget did not make the features better; more epochs of the same will not either.")
+                f"its best ({best:.3f}) by epoch {reached} of {epochs[-1]} and ended at {last:.3f}: the second half of "
+                "the budget did not make the features better.")
     return None
 
 
 def ce_note(run: dict[str, Any]) -> str | None:
     """A plain sentence when the cross-entropy baseline never trained: its validation accuracy stayed at chance
-    (``val_chance``, what always guessing the largest class scores), as the study's CE baseline did."""
+    (``val_chance``, what always guessing the largest class scores), as our ResNet-50 under SGD at 0.1 did."""
     chance, acc = run.get("val_chance"), run.get("val_acc")
     if run.get("method") != "ce" or chance is None or acc is None or acc >= chance + AT_CHANCE * (1 - chance):
         return None
@@ -85,8 +85,8 @@ def convergence_note(run: dict[str, Any], threshold: float = 0.5) -> str | None:
         name = LOSS_NAMES.get(run.get("loss"), "SupCon")
         # when the kNN monitor says the features stopped improving, more epochs is the wrong advice
         advice = ("" if knn and "stopped improving" in knn else
-                  f", so this budget was too short for {name}; give it more --epochs (or a larger --lr) before "
-                  "reading its accuracy against cross-entropy's")
+                  f", so {name} was compared far from convergence; the answer may change with more --epochs (or a "
+                  "larger --lr), which is worth a run before reading its accuracy against cross-entropy's")
         notes.append(f"Stage 1 did not converge: its loss went from {run['stage1_loss_start']:.3f} to "
                      f"{run['stage1_loss']:.3f}, only {progress:.0%} of the way to its floor of "
                      f"{run['stage1_loss_floor']:.3f}{advice}.")
