@@ -23,6 +23,7 @@ from supcon.evaluate.corruptions import (
     parameter_table,
 )
 from supcon.evaluate.inference import outputs
+from supcon.experiments.robustness import seed_differences
 from supcon.runs import expand_runs
 from supcon.runs.load import data_for_run, load_classifier, load_encoder
 
@@ -157,7 +158,15 @@ def test_robustness_of_a_compare_run_through_the_cli(compare_run, tmp_path, caps
     assert {"run": "cmp/ce", "method": "ce", "metric": "mce", "condition": "all", "level": ""}.items() <= \
         next(r for r in rows if r["run"] == "cmp/ce" and r["metric"] == "mce").items()
     assert sum(r["metric"] == "accuracy" for r in rows) == 2 * (1 + 2 * 2 + 2 * 2)
+    (pair,) = report["differences"]  # one seed: SupCon minus CE without an interval
+    assert pair["seeds"] == [0] and pair["label_noise"] == 0.1
+    by_metric = {m["metric"]: m for m in pair["metrics"]}
+    assert by_metric["clean_acc"]["difference"] == pytest.approx(supcon["clean_acc"] - ce["clean_acc"])
+    assert by_metric["pgd_32"]["difference"] == pytest.approx(supcon["adversarial"]["pgd"]["32"]
+                                                             - ce["adversarial"]["pgd"]["32"])
+    assert all(m["ci"] is None and m["favours"] is None for m in pair["metrics"])
     md = (out / "robustness.md").read_text()
+    assert "### SupCon − CE on digits, 10% sym label noise: 1 seed pair (0)" in md
     assert "| gaussian_noise |" in md and "PGD 32" in md and "![reliability diagrams](reliability.png)" in md
     # again into the same directory, calibration only: no heat map of the earlier report is left behind
     code, text, err = run_cli(capsys, "robustness", compare_run / "ce", "--corruptions", "none", "--attacks", "none",
@@ -230,3 +239,25 @@ def test_help_documents_every_option(capsys):
                    "--device DEVICE", "--out DIR", "--quiet", "(default: 1,2,4,8)", "(default: 10)",
                    "(default: 15)"):
         assert option in text, option
+
+
+def _record(method, seed, clean, ece, noise=0.0):
+    return {"method": method, "seed": seed, "dataset": "d", "label_noise": noise, "label_noise_mode": "symmetric",
+            "test_images": 100, "clean_acc": clean, "corrupted_acc": clean - 0.1, "adversarial": {},
+            "calibration": {"ece": ece, "margin_quantiles": {"p50": 1.0}}}
+
+
+def test_seed_differences_pair_runs_by_seed_and_condition_and_read_each_measurement_s_direction():
+    runs = [_record("supcon", s, 0.6 + 0.01 * s, 0.02) for s in range(3)]
+    runs += [_record("ce", s, 0.7 + 0.01 * s, 0.10 + 0.001 * s) for s in range(3)]
+    runs += [_record("supcon", 3, 0.9, 0.0),  # no CE partner: not a pair
+             _record("supcon", 0, 0.5, 0.1, noise=0.2), _record("ce", 0, 0.5, 0.1, noise=0.2)]
+    clean, noisy = seed_differences(runs, [])
+    assert clean["seeds"] == [0, 1, 2] and clean["label_noise"] == 0.0 and noisy["seeds"] == [0]
+    m = {x["metric"]: x for x in clean["metrics"]}
+    assert m["clean_acc"]["difference"] == pytest.approx(-0.1) and m["clean_acc"]["favours"] == "ce"
+    # lower is more robust for the calibration error: SupCon's smaller ECE favours SupCon
+    assert m["ece"]["difference"] == pytest.approx(-0.081) and m["ece"]["favours"] == "supcon"
+    assert m["median_margin"]["difference"] == 0 and m["median_margin"]["favours"] is None
+    assert not any(x["metric"].startswith(("fgsm", "pgd")) for x in clean["metrics"])  # no attack was run
+

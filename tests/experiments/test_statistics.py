@@ -11,6 +11,7 @@ from supcon.experiments.statistics import (
     difference,
     method_summary,
     paired_bootstrap,
+    seed_paired_difference,
     t_interval,
     verdict,
 )
@@ -89,3 +90,16 @@ def test_method_summary_and_difference_from_run_summaries():
         difference(sup, ce[::-1])
     with pytest.raises(ValueError, match="no per-image test results"):
         correctness({"method": "ce", "seed": 0, "test_acc": 0.5})
+
+
+def test_seed_paired_difference_is_scipys_paired_t_interval():
+    supcon, ce = [0.61, 0.64, 0.58, 0.66], [0.70, 0.69, 0.71, 0.65]
+    d = seed_paired_difference(supcon, ce)
+    low, high = stats.ttest_rel(supcon, ce).confidence_interval(0.95)
+    assert d["ci"] == pytest.approx([low, high]) and d["difference"] == pytest.approx(np.mean(supcon) - np.mean(ce))
+    assert d["sign"] == ("below_zero" if high < 0 else "no_significant_difference") and d["seeds"] == 4
+    one = seed_paired_difference([0.5], [0.4])
+    assert one["ci"] is None and one["sign"] is None and one["difference"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="one value of each per seed"):
+        seed_paired_difference([0.5, 0.6], [0.4])
+

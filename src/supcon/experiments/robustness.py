@@ -35,6 +35,7 @@ from supcon.evaluate.corruptions import (
     corruption_errors,
 )
 from supcon.evaluate.inference import outputs
+from supcon.experiments.statistics import seed_paired_difference
 from supcon.reporting.robustness import eps_key, write_robustness
 from supcon.runs import expand_runs
 from supcon.runs.load import data_for_run, load_classifier
@@ -86,7 +87,8 @@ def robustness_report(run_dirs: Sequence[str | Path], out: str | Path, *, baseli
     report = {"baseline": base_name, "corruptions": list(corruptions), "severities": list(severities),
               "attacks": list(attacks), "eps_255": list(epsilons), "pgd_steps": pgd_steps,
               "pgd_step_size": "2.5 eps / steps", "bins": bins, "max_images": max_images, "seed": seed,
-              "parameters": {c: PARAMETERS[c] for c in corruptions}, "runs": runs}
+              "parameters": {c: PARAMETERS[c] for c in corruptions}, "runs": runs,
+              "differences": seed_differences(runs, epsilons if attacks else [])}
     write_robustness(report, margin_panels, Path(out))
     return report
 
@@ -124,7 +126,7 @@ def _evaluate(name, run, dataset, images, labels, corruptions, severities, attac
                                    seed=seed, device=device, batch_size=batch_size, advance=advance)
         adversarial[attack] = {eps_key(e): a for e, a in zip(epsilons, acc.values(), strict=True)}
     corrupted = [a for by_severity in accuracy.values() for a in by_severity.values()]
-    record = {"name": name, "run_dir": str(run.run.path), "method": summary.get("method"),
+    record = {"name": name, "run_dir": str(run.run.path), "method": summary.get("method"), "seed": cfg.seed,
               "loss": summary.get("loss"), "dataset": dataset, "test_images": len(labels),
               "label_noise": cfg.label_noise, "label_noise_mode": cfg.label_noise_mode,
               "clean_acc": calibration["accuracy"],
@@ -145,6 +147,52 @@ def _add_corruption_errors(runs: list[dict[str, Any]], base: dict[str, Any]) -> 
         run.update(errors, comparable_to_baseline=comparable)
     for run in runs:
         del run["_labels"], run["_accuracy"]
+
+
+# (key, what it is, how to read it from a run's record, whether higher is more robust)
+PAIRED_METRICS = (
+    ("clean_acc", "clean accuracy", lambda r: r["clean_acc"], True),
+    ("corrupted_acc", "mean accuracy under the corruptions", lambda r: r["corrupted_acc"], True),
+    ("corruption_drop", "clean minus corrupted accuracy",
+     lambda r: None if r["corrupted_acc"] is None else r["clean_acc"] - r["corrupted_acc"], False),
+    ("ece", "expected calibration error", lambda r: r["calibration"]["ece"], False),
+    ("median_margin", "median logit margin", lambda r: r["calibration"]["margin_quantiles"]["p50"], True),
+)
+
+
+def seed_differences(runs: list[dict[str, Any]], epsilons: Sequence[float]) -> list[dict[str, Any]]:
+    """SupCon minus CE for each measurement, paired by seed: the runs of one comparison trained with the same seed
+    on the same data, labels (and label noise) and test images form a pair. One entry per condition (data set and
+    label noise) with at least one pair: its seeds and, per measurement, :func:`seed_paired_difference` and
+    which method the difference favours where its interval excludes zero."""
+    metrics = list(PAIRED_METRICS)
+    for attack in ("fgsm", "pgd"):
+        for key in [eps_key(e) for e in sorted({min(epsilons), max(epsilons)})] if epsilons else []:
+            metrics.append((f"{attack}_{key}", f"{attack.upper()} accuracy at eps {key}/255",
+                            lambda r, a=attack, k=key: r["adversarial"].get(a, {}).get(k), True))
+    groups: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
+    for run in runs:
+        if run["method"] in ("supcon", "ce"):
+            key = (run["dataset"], run["label_noise"], run["label_noise_mode"], run["test_images"], run["seed"])
+            groups.setdefault(key, {"supcon": [], "ce": []})[run["method"]].append(run)
+    conditions: dict[tuple, list[tuple[dict, dict]]] = {}
+    for key, pair in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        if len(pair["supcon"]) == 1 and len(pair["ce"]) == 1:  # two compares of one seed and condition: ambiguous
+            conditions.setdefault(key[:4], []).append((pair["supcon"][0], pair["ce"][0]))
+    out = []
+    for (dataset, noise, mode, images), pairs in conditions.items():
+        rows = []
+        for key, label, value, higher in metrics:
+            sup, ce = [value(s) for s, _ in pairs], [value(c) for _, c in pairs]
+            if any(v is None for v in sup + ce):
+                continue
+            d = seed_paired_difference(sup, ce)
+            favours = {"above_zero": "supcon" if higher else "ce", "below_zero": "ce" if higher else "supcon"}
+            rows.append({"metric": key, "label": label, "higher_is_more_robust": higher, **d,
+                         "favours": favours.get(d["sign"])})
+        out.append({"dataset": dataset, "label_noise": noise, "label_noise_mode": mode, "test_images": images,
+                    "seeds": [s["seed"] for s, _ in pairs], "metrics": rows})
+    return out
 
 
 def _check_options(corruptions, severities, attacks, epsilons, pgd_steps, bins, max_images, batch_size) -> None:

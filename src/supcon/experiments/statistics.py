@@ -23,6 +23,8 @@ import numpy as np
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
 VERDICTS = ("supcon_better", "ce_better", "no_significant_difference")
+SIGNS = {"supcon_better": "above_zero", "ce_better": "below_zero",
+         "no_significant_difference": "no_significant_difference"}
 
 
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> list[float] | None:
@@ -101,3 +103,18 @@ def difference(first: list[dict[str, Any]], second: list[dict[str, Any]], resamp
     return {"supcon_minus_ce": mean, "ci": [low, high], "verdict": verdict(low, high),
             "confidence": CONFIDENCE, "seeds": len(first), "test_images": int(a.shape[1]),
             "method": "paired bootstrap over test images and seeds", "resamples": resamples}
+
+
+def seed_paired_difference(first: Sequence[float], second: Sequence[float],
+                           confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """``first`` minus ``second``, one value of each per seed (the same seeds in the same order): the mean
+    difference, its t-interval over the seeds and where that interval lies (``above_zero``, ``below_zero`` or
+    ``no_significant_difference``; None for one seed). For a measurement with no per-image pairing to bootstrap
+    (a corruption error, a calibration error), where the seeds are the only replication."""
+    if len(first) != len(second):
+        raise ValueError(f"a paired difference needs one value of each per seed; got {len(first)} and {len(second)}")
+    diffs = [float(a) - float(b) for a, b in zip(first, second, strict=True)]
+    ci = t_interval(diffs, confidence)
+    return {"difference": float(np.mean(diffs)), "ci": ci, "sign": None if ci is None else SIGNS[verdict(*ci)],
+            "seeds": len(diffs), "confidence": confidence, "method": "t-interval over seed-paired differences"}
+

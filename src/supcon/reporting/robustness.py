@@ -48,6 +48,29 @@ def summary_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def differences_table(report: dict[str, Any]) -> list[str]:
+    """Per condition, SupCon minus CE for each measurement with its t-interval over the seed pairs, and which
+    method it favours where the interval excludes zero."""
+    lines = []
+    for cond in report.get("differences", []):
+        noise = f", {cond['label_noise']:.0%} {cond['label_noise_mode']} label noise" if cond["label_noise"] else ""
+        seeds = cond["seeds"]
+        lines += ["", f"### SupCon − CE on {cond['dataset']}{noise}: {len(seeds)} seed pair"
+                  f"{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})", "",
+                  "| measurement | more robust when | SupCon − CE | 95% CI over seeds | favours |",
+                  "|---|---|---|---|---|"]
+        for m in cond["metrics"]:
+            ci = "–" if m["ci"] is None else f"[{m['ci'][0]:+.4f}, {m['ci'][1]:+.4f}]"
+            favours = {"supcon": "SupCon", "ce": "CE"}.get(m["favours"], "neither" if m["ci"] else "–")
+            lines.append(f"| {m['label']} | {'higher' if m['higher_is_more_robust'] else 'lower'} | "
+                         f"{m['difference']:+.4f} | {ci} | {favours} |")
+    if lines:
+        lines[0:0] = ["", "## SupCon − CE, paired by seed", "",
+                      "Each seed's SupCon run minus the CE run of the same seed; the interval is a t-interval over "
+                      "the seed pairs, and a measurement favours a method only where it excludes zero."]
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The tables of ``robustness.md``."""
     runs, base, eps = report["runs"], report["baseline"], report["eps_255"]
@@ -56,7 +79,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = ["# Robustness", "",
              f"Baseline of the corruption errors: **{base}**. Accuracies are on each run's test split "
              f"({splits}), with clean labels; the corruptions' parameters and the definitions are in "
-             "docs/robustness.md of the supcon repository.", "", summary_table(report)]
+             "docs/robustness.md of the supcon repository.", "", summary_table(report), *differences_table(report)]
     if report["corruptions"]:
         lines += ["", "## Accuracy under each corruption (mean over severities) and corruption error CE (%)", "",
                   "| corruption | " + " | ".join(f"{r['name']} acc | {r['name']} CE" for r in runs) + " |",
