@@ -203,3 +203,29 @@ def test_compare_trains_every_form_side_by_side(tmp_path, capsys):
     assert tuned["encoder_from"] == str(tmp_path / "supcon") and tuned["stage2"] == "finetune"
     linear = results["runs"][0]
     assert tuned["seconds"] > linear["pretrain_seconds"]
+
+
+def test_a_finished_comparison_resumed_with_more_methods_trains_only_the_new_ones(tmp_path, capsys, monkeypatch):
+    import supcon.stages.run
+
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in {**QUICK, "epochs": 1, "linear_epochs": 2}.items()
+               if k not in ("quiet", "tsne")]
+    code, _, err = run_cli(capsys, "compare", *options, "--quiet", "--no-tsne", "--out", tmp_path)
+    assert code == 0, err
+    before = json.loads((tmp_path / "results.json").read_text())
+
+    def retrained(*a, **kw):
+        raise AssertionError("a finished method was trained again")
+
+    monkeypatch.setattr(supcon.stages.run, "pretrain", retrained)
+    monkeypatch.setattr(supcon.stages.run, "train_ce", retrained)
+    code, out, err = run_cli(capsys, "compare", "--resume", tmp_path, "--methods", "ce,supcon,supcon-finetune",
+                             "--quiet")
+    assert code == 0, err
+    after = json.loads((tmp_path / "results.json").read_text())
+    assert list(after["methods"]) == ["supcon", "supcon-finetune", "ce"]
+    assert all(after["methods"][m] == before["methods"][m] for m in ("supcon", "ce"))
+    assert "| SupCon + fine-tuning |" in out
+    # dropping a method is not resuming the same comparison
+    code, _, err = run_cli(capsys, "compare", "--resume", tmp_path, "--methods", "supcon,supcon-finetune")
+    assert code == 2 and "--methods supcon,supcon-finetune differs" in err

@@ -84,15 +84,25 @@ def resume_options(command: str, flags: dict[str, Any], config_file: str | Path 
             if not same:
                 raise ValueError(f"--{key.replace('_', '-')} {value} does not match --resume {run.path}; "
                                  "leave it out")
+        elif key == "methods" and command == "compare" and _adds_methods(saved.methods, value):
+            continue  # more forms beside the finished ones: each method's runs are its own
         elif key not in changeable and getattr(saved, key) != value:
             raise ValueError(f"--resume continues {run.path} with its own options: --{key.replace('_', '-')} "
                              f"{value} differs from its config.yaml ({getattr(saved, key)}); leave it out (only "
                              f"{', '.join('--' + k.replace('_', '-') for k in sorted(changeable - {'out', 'resume'}))}"
                              " may change)")
-    cfg = saved.replace(**{k: v for k, v in flags.items() if k in changeable})
+    cfg = saved.replace(**{k: v for k, v in flags.items() if k in changeable or k == "methods"})
     if command == "linear" and saved.encoder_from is None:
         return cfg.replace(run=str(run.path))  # a probe added to RUN_DIR (config.yaml written by pretrain or linear)
     return cfg.replace(out=str(run.path))
+
+
+def _adds_methods(saved: str, given: str | None) -> bool:
+    """Whether ``--methods`` keeps every method of the saved comparison (and may add some)."""
+    if given is None:
+        return False
+    split = lambda text: {m.strip() for m in text.split(",") if m.strip()}  # noqa: E731
+    return split(given) >= split(saved)
 
 
 def resume_dir(command: str, cfg: Config) -> Path | None:
