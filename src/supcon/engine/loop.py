@@ -265,7 +265,10 @@ class _Loop:
             value = self._step(batch, epoch)
             bar.set_postfix(loss=f"{value:.4f}")
             if self.signal_at is not None and state.global_step == self.signal_at[1]:
-                os.kill(os.getpid(), self.signal_at[0])  # the test hook: the real handler, at a known step
+                # The test hook. raise_signal, not os.kill: kill may deliver the signal to another thread (torch's,
+                # tqdm's), whose handler can then run after the check below, so the run would stop a step late
+                # or not at all; raise_signal runs the handler in this thread before it returns.
+                signal.raise_signal(self.signal_at[0])
             if self.stop.requested:
                 raise TrainingInterrupted(self.options.stage, epoch, state.skip, self._save(over=False))
             checkpoints = self.options.checkpoints
