@@ -5,12 +5,12 @@
 # five severities, FGSM and PGD at eps 1, 2, 4 and 8/255, with their margins and calibration; SupCon minus CE
 # paired by seed, with t-intervals over the seeds.
 #
-#   bash experiments/robustness-three-datasets.sh      # from the repository root
+#   bash experiments/robustness-three-datasets.sh [NAME...]   # from the repository root; default: all three
 #
 # Raw results (robustness.json, .md, .csv) go to docs/runs/robustness-<name>-64-seeds3/.
 set -eu
 py=${PYTHON:-python3}
-for name in imagenet5 flowers5 cats_vs_dogs; do
+for name in ${@:-imagenet5 flowers5 cats_vs_dogs}; do
   out="runs/robustness-${name}-64-seeds3"
   if [ -f "$out/robustness.json" ]; then
     echo "$out finished before"
