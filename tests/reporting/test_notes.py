@@ -4,7 +4,7 @@ import pytest
 
 from supcon.cli import main
 from supcon.io import read_json
-from supcon.reporting.notes import ce_note, convergence_note
+from supcon.reporting.notes import ce_note, compare_notes, convergence_note
 
 
 def test_ce_that_never_trained_is_called_out(tmp_path, capsys):
@@ -34,3 +34,14 @@ def test_convergence_note_speaks_only_when_stage1_stalled():
     stalled = {**run, "knn_curve": [[0, 0.3], [1, 0.6], [2, 0.61], [3, 0.61], [4, 0.61], [5, 0.61], [6, 0.61]]}
     note = convergence_note(stalled)
     assert "stopped improving early" in note and "more --epochs" not in note
+
+
+def test_notes_of_several_forms_name_the_form_they_are_about():
+    stalled = {"method": "supcon", "stage1_loss_start": 5.5, "stage1_loss": 5.2, "stage1_loss_floor": 3.9,
+               "stage1_progress": 0.3 / 1.6}
+    ce = {"method": "ce", "val_acc": 0.8, "val_chance": 0.2}
+    alone = compare_notes([{**stalled, "form": "supcon"}, ce])
+    assert alone.startswith("Stage 1 did not converge")  # one form: nothing to tell apart
+    several = compare_notes([{**stalled, "form": "supcon"}, {"method": "supcon", "form": "supcon+ce",
+                                                             "stage1_progress": 0.9}, ce])
+    assert several.startswith("SupCon + linear: Stage 1 did not converge") and "joint" not in several
