@@ -7,7 +7,7 @@
 #
 #   bash experiments/robustness-three-datasets.sh [NAME...]   # from the repository root; default: all three
 #
-# Raw results (robustness.json, .md, .csv) go to docs/runs/robustness-<name>-64-seeds3/.
+# Raw results (robustness.json, .md, .csv) and its three pictures go to docs/runs/robustness-<name>-64-seeds3/.
 set -eu
 py=${PYTHON:-python3}
 for name in ${@:-imagenet5 flowers5 cats_vs_dogs}; do
@@ -18,4 +18,5 @@ for name in ${@:-imagenet5 flowers5 cats_vs_dogs}; do
     $py -m supcon robustness "runs/compare-${name}-64-seeds3" --max-images 250 --out "$out" --quiet
   fi
   $py experiments/collect.py "$out" "docs/runs/robustness-${name}-64-seeds3"
+  cp "$out"/robustness.png "$out"/reliability.png "$out"/margins.png "docs/runs/robustness-${name}-64-seeds3/"  # robustness.md shows them
 done

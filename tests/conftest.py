@@ -115,3 +115,10 @@ class LargestTensor(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 self.largest = max(self.largest, t.numel())
         return out
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of a ``supcon`` subprocess that a test interrupts with SIGINT: a shell's background job (CI
+    under nohup, ``cmd &``) starts with SIGINT ignored, which Python then keeps, so Ctrl-C would never arrive."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import default_sigint
 from torch import nn
 
 import supcon.stages.ce
@@ -181,7 +182,8 @@ def _supcon(*args: str, signal_at: str | None = None) -> subprocess.CompletedPro
     env.pop(SIGNAL_AT, None)
     if signal_at is not None:
         env[SIGNAL_AT] = signal_at
-    return subprocess.run([sys.executable, "-m", "supcon", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "supcon", *args],
+                          preexec_fn=default_sigint, env=env, capture_output=True, text=True,
                           timeout=600)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import QUICK
+from conftest import QUICK, default_sigint
 
 from supcon.cli import main
 from supcon.config import Config
@@ -84,11 +84,12 @@ def test_a_checkpoint_written_before_the_redesign_resumes_to_the_same_result(tmp
     args = ["ce", *_flags({**ce_options, "epochs": 2}), "--ckpt-every", "3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop(SIGNAL_AT, None)
-    reference = subprocess.run([sys.executable, "-m", "supcon", *args, "--out", str(tmp_path / "ref")], env=env,
+    reference = subprocess.run([sys.executable, "-m", "supcon", *args, "--out", str(tmp_path / "ref")],
+                               preexec_fn=default_sigint, env=env,
                                capture_output=True, text=True, timeout=600)
     assert reference.returncode == 0, reference.stderr
     run = tmp_path / "old"
-    stopped = subprocess.run([sys.executable, "-m", "supcon", *args, "--out", str(run)],
+    stopped = subprocess.run([sys.executable, "-m", "supcon", *args, "--out", str(run)], preexec_fn=default_sigint,
                              env={**env, SIGNAL_AT: "SIGINT:9"}, capture_output=True, text=True, timeout=600)
     assert stopped.returncode == 130, stopped.stderr
     state, path = Checkpoints(run, "ce").latest()
@@ -98,7 +99,8 @@ def test_a_checkpoint_written_before_the_redesign_resumes_to_the_same_result(tmp
                 "best_score": loop["best_score"], "bad_epochs": loop["bad_epochs"], "seconds": loop["seconds"]}
     save_checkpoint(path, {**state, "loop": old_loop})
     assert "sums" in load_checkpoint(path)["loop"]
-    resumed = subprocess.run([sys.executable, "-m", "supcon", "ce", "--resume", str(run)], env=env,
+    resumed = subprocess.run([sys.executable, "-m", "supcon", "ce", "--resume", str(run)],
+                             preexec_fn=default_sigint, env=env,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
 

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import QUICK, run_cli
+from conftest import QUICK, default_sigint, run_cli
 from torch import nn
 
 from supcon.config import Config
@@ -145,7 +145,8 @@ def test_a_run_with_a_queue_resumes_to_the_same_result(tmp_path):
     env.pop(SIGNAL_AT, None)
 
     def supcon(*more, extra=None):
-        done = subprocess.run([sys.executable, "-m", "supcon", *more], env={**env, **(extra or {})},
+        done = subprocess.run([sys.executable, "-m", "supcon", *more],
+                              preexec_fn=default_sigint, env={**env, **(extra or {})},
                               capture_output=True, text=True, timeout=600)
         return done
 
