@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
+from conftest import HostReads, ToList
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -132,38 +131,6 @@ def test_neutral_parameters_are_the_identity(photos, path):
 # ---------------------------------------------------------------- the device path, step by step
 
 
-class HostReads(TorchDispatchMode):
-    """Records the operations that make the host wait for a GPU: values read back (``item``, ``bool``,
-    ``tolist``), and outputs whose size depends on values (``nonzero``, ``unique``, boolean indexing)."""
-
-    SYNCING = {"aten::_local_scalar_dense", "aten::nonzero", "aten::unique_consecutive", "aten::_unique2",
-               "aten::unique_dim", "aten::masked_select", "aten::bincount", "aten::lift_fresh"}
-
-    def __init__(self):
-        super().__init__()
-        self.seen: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func._schema.name
-        bool_index = name.startswith("aten::index") and any(
-            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 and
-                                                                           isinstance(args[1], list | tuple) else ()))
-        if name in self.SYNCING or bool_index or func is torch.ops.aten.repeat_interleave.self_Tensor:
-            self.seen.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
-class ToList(TorchFunctionMode):
-    """Records ``tolist`` and ``cpu``/``numpy`` calls, which read a tensor back without an operation."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen: list[str] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") in ("tolist", "cpu", "numpy"):
-            self.seen.append(func.__name__)
-        return func(*args, **(kwargs or {}))
 
 
 def random_jitter(n: int, seed: int, jitter_p: float = 0.8) -> dict[str, torch.Tensor]:

@@ -8,9 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import LargestTensor
-from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
+from conftest import HostReads, LargestTensor, ToList
 
 from supcon.losses import SupConLoss, supcon_loss
 from supcon.losses import supcon as supcon_module
@@ -544,38 +542,6 @@ def test_invalid_anchors(anchors, fragment):
 # --- The dense path and the sync-free blocked path: what CUDA runs ---------------------------------------------------
 
 
-class HostReads(TorchDispatchMode):
-    """Records the operations that make the host wait for a GPU: values read back (``item``, ``bool``), and
-    outputs whose size depends on values (``nonzero``, ``unique``, ``bincount``, boolean indexing)."""
-
-    SYNCING = {"aten::_local_scalar_dense", "aten::nonzero", "aten::unique_consecutive", "aten::_unique2",
-               "aten::unique_dim", "aten::masked_select", "aten::bincount", "aten::lift_fresh"}
-
-    def __init__(self):
-        super().__init__()
-        self.seen: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func._schema.name
-        indices = args[1] if name.startswith("aten::index") and len(args) > 1 else ()
-        bool_index = isinstance(indices, list | tuple) and any(
-            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
-        if name in self.SYNCING or bool_index or func is torch.ops.aten.repeat_interleave.self_Tensor:
-            self.seen.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
-class ToList(TorchFunctionMode):
-    """Records ``tolist``, ``cpu`` and ``numpy``, which read a tensor back without an operation."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen: list[str] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") in ("tolist", "cpu", "numpy"):
-            self.seen.append(func.__name__)
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture
