@@ -131,8 +131,6 @@ def test_neutral_parameters_are_the_identity(photos, path):
 # ---------------------------------------------------------------- the device path, step by step
 
 
-
-
 def random_jitter(n: int, seed: int, jitter_p: float = 0.8) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     factors = torch.stack([torch.rand(n, generator=g) * 0.8 + 0.6, torch.rand(n, generator=g) * 0.8 + 0.6,

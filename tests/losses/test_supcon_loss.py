@@ -542,8 +542,6 @@ def test_invalid_anchors(anchors, fragment):
 # --- The dense path and the sync-free blocked path: what CUDA runs ---------------------------------------------------
 
 
-
-
 @pytest.fixture
 def sync_free(monkeypatch):
     """The blocked pass as it runs off the CPU: nothing read back inside the block loop."""
