@@ -5,7 +5,8 @@
 #
 #   bash experiments/compare-three-datasets.sh              # from the repository root; data in ../shared/data
 #
-# Raw results (results.json, metrics.jsonl, config.yaml of every run; no weights) go to docs/runs/.
+# Raw results (results.json, metrics.jsonl, config.yaml of every run; no weights) go to docs/runs/, and seed 0's
+# t-SNE picture to docs/images/tsne-<name>.png, which docs/results.md shows.
 set -eu
 py=${PYTHON:-python3}
 for name in imagenet5 flowers5 cats_vs_dogs; do
@@ -18,4 +19,5 @@ for name in imagenet5 flowers5 cats_vs_dogs; do
     $py -m supcon compare --dataset "npz:../shared/data/${name}_64.npz" --seeds 3 --out "$out" --quiet
   fi
   $py experiments/collect.py "$out" "docs/runs/compare-${name}-64-seeds3"
+  cp "$out/tsne.png" "docs/images/tsne-${name}.png"
 done
