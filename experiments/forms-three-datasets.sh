@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # docs/results.md's forms of SupCon: fine-tuning (stage 2 trains the whole network from stage 1's encoder) and
 # the joint objective (SupCon + CE in one stage), beside SupCon + linear probe and CE, under `compare`'s defaults
-# with the same 3 seeds and splits. Each data set's comparison of experiments/compare-three-datasets.sh (run it
-# first) is copied and resumed with the two new methods, so its SupCon and CE runs are kept, not trained again.
+# with the same 3 seeds and splits. Where experiments/compare-three-datasets.sh's run of a data set is still on
+# disk, it is copied and resumed with the two new methods, so its SupCon and CE runs are kept, not trained again;
+# otherwise all four methods are trained from scratch (the same data, seeds and splits).
 #
 #   bash experiments/forms-three-datasets.sh [NAME ...]    # default: imagenet5 flowers5 cats_vs_dogs; resumable
 #
@@ -13,9 +14,18 @@ for name in "${@:-imagenet5 flowers5 cats_vs_dogs}"; do
   for one in $name; do
     source="runs/compare-${one}-64-seeds3"
     out="runs/forms-${one}-64-seeds3"
-    [ -f "$source/results.json" ] || { echo "run experiments/compare-three-datasets.sh first: no $source"; exit 2; }
-    [ -d "$out" ] || cp -r "$source" "$out"
-    $py -m supcon compare --resume "$out" --methods ce,supcon,supcon-finetune,supcon+ce --quiet
-    $py experiments/collect.py "$out" "docs/runs/forms-${one}-64-seeds3"
+    methods=ce,supcon,supcon-finetune,supcon+ce
+    if [ ! -d "$out" ] && [ -f "$source/results.json" ]; then cp -r "$source" "$out"; fi
+    if [ -f "$out/config.yaml" ]; then
+      $py -m supcon compare --resume "$out" --methods "$methods" --quiet
+    else
+      $py -m supcon compare --dataset "npz:../shared/data/${one}_64.npz" --seeds 3 --methods "$methods" \
+        --out "$out" --quiet
+    fi
+    docs="docs/runs/forms-${one}-64-seeds3"
+    $py experiments/collect.py "$out" "$docs"
+    # each form against the plain two-stage SupCon (compare's own table pairs each form with CE)
+    $py experiments/paired.py "SupCon + linear=$docs/seed-*/supcon" "SupCon + fine-tuning=$docs/seed-*/supcon-finetune" \
+      "SupCon + CE, joint=$docs/seed-*/supcon+ce" "CE=$docs/seed-*/ce" | tee "$docs/paired.md"
   done
 done
