@@ -186,3 +186,12 @@ def test_a_sweep_draws_its_best_supcon_and_ce_cells_side_by_side(tmp_path):
     sweep = Sweep(Config(**{**TINY, "tsne": True}), grid={"temperature": [0.1]}, ce_grid={"optimizer": ["adam"]})
     run_sweep(sweep, tmp_path, log=lambda m: None)
     assert_picture(tmp_path / "tsne.png", panels=2)
+    # weights deleted after the cells finished (a run directory kept without them): the sweep still ends, and says
+    # why the picture is not redrawn
+    for weights in (tmp_path / "cells").rglob("encoder.safetensors"):
+        weights.unlink()
+    (tmp_path / "tsne.png").unlink()
+    said = []
+    rows = run_sweep(sweep, tmp_path, log=said.append)
+    assert len(rows) == 2 and not (tmp_path / "tsne.png").exists()
+    assert any(m.startswith("tsne.png not drawn: weights not found") for m in said)

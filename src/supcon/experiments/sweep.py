@@ -285,7 +285,10 @@ def run_sweep(sweep: Sweep, out: str | Path, jobs: int = 1, log: Callable[[str],
     write_tables(sweep, cells, out)
     write_json(out / "sweep.json", best_cells(sweep, cells))
     if sweep.base.tsne:
-        plot_best_tsne(sweep, cells, out / "tsne.png")
+        try:
+            plot_best_tsne(sweep, cells, out / "tsne.png")
+        except ValueError as error:  # a cell's weights were deleted after it finished: its results still stand
+            log(f"tsne.png not drawn: {error}")
     return table_rows(sweep, cells)
 
 
