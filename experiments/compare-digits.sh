@@ -3,11 +3,14 @@
 # one training seed (the README's first command), its printed output kept beside its raw results.
 #
 #   bash experiments/compare-digits.sh          # from the repository root; under a minute on 2 quiet CPU cores
+#   NAME=compare-digits-seeds1-epyc bash experiments/compare-digits.sh   # the same on another CPU, kept apart
 set -eu
 py=${PYTHON:-python3}
-out=runs/compare-digits-seeds1
+name=${NAME:-compare-digits-seeds1}
+out=runs/$name
 rm -rf "$out"
-$py -m supcon compare --out "$out" | tee "runs/compare-digits-seeds1.txt"
-rm -rf docs/runs/compare-digits-seeds1
-$py experiments/collect.py "$out" docs/runs/compare-digits-seeds1
-cp runs/compare-digits-seeds1.txt docs/runs/compare-digits-seeds1/printed.txt
+mkdir -p runs
+$py -m supcon compare --out "$out" | tee "runs/$name.txt"
+rm -rf "docs/runs/$name"
+$py experiments/collect.py "$out" "docs/runs/$name"
+cp "runs/$name.txt" "docs/runs/$name/printed.txt"
