@@ -51,6 +51,16 @@ def test_kinds_parts_and_the_classifying_run(compare_dir, tmp_path):
     assert [f.path for f in found] == [compare_dir] and [p.path.name for p in found[0].parts] == ["ce", "supcon"]
 
 
+def test_results_say_which_machine_computed_them(compare_dir):
+    import torch
+
+    for path in [compare_dir / "results.json", *compare_dir.glob("*/results.json")]:
+        machine = json.loads(path.read_text())["machine"]
+        assert machine["torch"] == torch.__version__ and machine["threads"] == torch.get_num_threads()
+        assert isinstance(machine["cpu"], str) and machine["cpu"] and machine["cores"] >= 1
+        assert machine["gpu"] is None or isinstance(machine["gpu"], str)
+
+
 def test_a_run_written_before_the_redesign_still_loads_and_reports(compare_dir, tmp_path, capsys):
     import shutil
 

@@ -246,8 +246,9 @@ class RunDir:
             save_weights(self.weights(name), module)
 
     def write_results(self, results: dict[str, Any], skipped: list[tuple[str, str]] = ()) -> None:
-        """``results.json`` and, where images were skipped, ``skipped_images.txt`` (``path<TAB>reason``)."""
-        write_json(self.path / RESULTS, results)
+        """``results.json`` (with the ``machine`` it ran on) and, where images were skipped,
+        ``skipped_images.txt`` (``path<TAB>reason``)."""
+        write_json(self.path / RESULTS, {**results, "machine": machine()})
         if skipped:
             atomic_write_text(self.path / SKIPPED, "".join(f"{p}\t{why}\n" for p, why in skipped))
 
@@ -328,3 +329,22 @@ def expand_runs(dirs: Iterable[str | Path]) -> list[tuple[str, RunDir]]:
             seen.add(run)
             unique.append((name, run))
     return unique
+
+
+def machine() -> dict[str, Any]:
+    """What a result was computed on. Runs repeat bit for bit on one machine at one thread count, but the same code
+    and seed on another processor can move an accuracy by points, so results compared across runs say this."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:  # not Linux
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "gpu": gpu,
+            "torch": torch.__version__}
