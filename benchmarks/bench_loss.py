@@ -49,6 +49,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from supcon.device import cpu_name
+
 DEFAULT_N = (1024, 4096, 8192, 16384, 65536)
 DEFAULT_CLASSES = (10, 100)
 FULL_FLOOR_MAX_N = 16384  # above this the floor is timed in row tiles
@@ -101,21 +103,10 @@ def _rss_kib() -> int:
     return rss if rss is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CPU: {_cpu_name()})"
-    return _cpu_name()
+        return f"{torch.cuda.get_device_name(device)} (CPU: {cpu_name()})"
+    return cpu_name()
 
 
 def _synced(fn, device: torch.device):

@@ -1,4 +1,4 @@
-"""Where tensors run and in what form: the device, mixed precision and memory layout.
+"""Where tensors run and in what form: the device, mixed precision and memory layout, and the machine behind them.
 
 A building block: training (``supcon.engine``) and evaluation (``supcon.evaluate``) both resolve ``--device``,
 run models under the same autocast and feed them images in the same layout, so that a run's features at
@@ -8,6 +8,8 @@ evaluation are the ones training saw.
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
 
 import torch
 from torch import nn
@@ -72,3 +74,23 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
         return x.pin_memory().to(device, non_blocking=True)
     return x.to(device)
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux's /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:  # not Linux
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    """What a result was computed on. Runs repeat bit for bit on one machine at one thread count, but the same code
+    and seed on another processor can move an accuracy by points, so results compared across runs say this."""
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "gpu": gpu,
+            "torch": torch.__version__}

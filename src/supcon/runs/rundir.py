@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from supcon.config import Config
+from supcon.device import machine
 from supcon.engine.checkpoint import DIRNAME, Checkpoints
 from supcon.io import atomic_write_text, read_json, save_weights, write_json
 
@@ -330,21 +331,3 @@ def expand_runs(dirs: Iterable[str | Path]) -> list[tuple[str, RunDir]]:
             unique.append((name, run))
     return unique
 
-
-def machine() -> dict[str, Any]:
-    """What a result was computed on. Runs repeat bit for bit on one machine at one thread count, but the same code
-    and seed on another processor can move an accuracy by points, so results compared across runs say this."""
-    import os
-    import platform
-
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:  # not Linux
-        pass
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "gpu": gpu,
-            "torch": torch.__version__}
