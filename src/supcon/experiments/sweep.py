@@ -285,10 +285,7 @@ def run_sweep(sweep: Sweep, out: str | Path, jobs: int = 1, log: Callable[[str],
     write_tables(sweep, cells, out)
     write_json(out / "sweep.json", best_cells(sweep, cells))
     if sweep.base.tsne:
-        try:
-            plot_best_tsne(sweep, cells, out / "tsne.png")
-        except ValueError as error:  # a cell's weights were deleted after it finished: its results still stand
-            log(f"tsne.png not drawn: {error}")
+        plot_best_tsne(sweep, cells, out / "tsne.png", log)
     return table_rows(sweep, cells)
 
 
@@ -333,9 +330,10 @@ def best_cells(sweep: Sweep, cells: dict[str, list[dict[str, Any]]]) -> dict[str
     return result
 
 
-def plot_best_tsne(sweep: Sweep, cells: dict[str, list[dict[str, Any]]], path: Path) -> Path | None:
+def plot_best_tsne(sweep: Sweep, cells: dict[str, list[dict[str, Any]]], path: Path,
+                   log: Callable[[str], None] = print) -> Path | None:
     """``tsne.png``: the best SupCon cell's encoder beside the best cross-entropy cell's (chosen on validation
-    accuracy; their first seed's runs), on the same points."""
+    accuracy; their first seed's runs), on the same points; none, said in ``log``, where a cell's weights are gone."""
     import torch
 
     from supcon.config import TSNE_POINTS
@@ -350,7 +348,11 @@ def plot_best_tsne(sweep: Sweep, cells: dict[str, list[dict[str, Any]]], path: P
     for method, title in (("supcon", "best SupCon cell"), ("ce", "best cross-entropy cell")):
         name, acc = best[method]["cell"], best[method]["val_acc"]
         run_dir = path.parent / "cells" / name / (f"{SEED_PREFIX}{sweep.base.seed}" if sweep.base.seeds > 1 else "")
-        encoder, cfg, inputs = load_encoder(run_dir)
+        try:
+            encoder, cfg, inputs = load_encoder(run_dir)
+        except ValueError as error:  # weights deleted or damaged after the cell finished: its results still stand
+            log(f"tsne.png not drawn: {error}")
+            return None
         data = data or data_for_run(run_dir, cfg, inputs)
         idx = torch.from_numpy(tsne_subset(data.val.labels, TSNE_POINTS, cfg.seed))
         panels.append((f"{title}: {name} (val acc {acc:.3f})",
