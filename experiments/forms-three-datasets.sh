@@ -10,11 +10,11 @@
 # Raw results go to docs/runs/forms-<name>-64-seeds3/.
 set -eu
 py=${PYTHON:-python3}
+methods=ce,supcon,supcon-finetune,supcon+ce
 for name in "${@:-imagenet5 flowers5 cats_vs_dogs}"; do
   for one in $name; do
     source="runs/compare-${one}-64-seeds3"
     out="runs/forms-${one}-64-seeds3"
-    methods=ce,supcon,supcon-finetune,supcon+ce
     if [ ! -d "$out" ] && [ -f "$source/results.json" ]; then cp -r "$source" "$out"; fi
     if [ -f "$out/config.yaml" ]; then
       $py -m supcon compare --resume "$out" --methods "$methods" --quiet
@@ -25,7 +25,8 @@ for name in "${@:-imagenet5 flowers5 cats_vs_dogs}"; do
     docs="docs/runs/forms-${one}-64-seeds3"
     $py experiments/collect.py "$out" "$docs"
     # each form against the plain two-stage SupCon (compare's own table pairs each form with CE)
-    $py experiments/paired.py "SupCon + linear=$docs/seed-*/supcon" "SupCon + fine-tuning=$docs/seed-*/supcon-finetune" \
-      "SupCon + CE, joint=$docs/seed-*/supcon+ce" "CE=$docs/seed-*/ce" | tee "$docs/paired.md"
+    $py experiments/paired.py "SupCon + linear=$docs/seed-*/supcon" \
+      "SupCon + fine-tuning=$docs/seed-*/supcon-finetune" "SupCon + CE, joint=$docs/seed-*/supcon+ce" \
+      "CE=$docs/seed-*/ce" | tee "$docs/paired.md"
   done
 done
