@@ -330,4 +330,3 @@ def expand_runs(dirs: Iterable[str | Path]) -> list[tuple[str, RunDir]]:
             seen.add(run)
             unique.append((name, run))
     return unique
-
