@@ -16,7 +16,8 @@ docs=docs/runs/crop-imagenet5-64-seeds3
 $py -m supcon sweep --dataset folder:../shared/data/imagenet5_128 --image-size 64 --grid store_size=64,128 \
   --ce-grid store_size=64,128 --seeds 3 --out "$out" --quiet
 $py experiments/collect.py "$out" "$docs"
-$py experiments/paired.py "stored at 64 px=$docs/cells/supcon-64/seed-*" "stored at 128 px=$docs/cells/supcon-128/seed-*" \
+$py experiments/paired.py "stored at 64 px=$docs/cells/supcon-64/seed-*" \
+  "stored at 128 px=$docs/cells/supcon-128/seed-*" \
   | tee "$docs/paired.md"
 $py experiments/paired.py "stored at 64 px=$docs/cells/ce-64/seed-*" "stored at 128 px=$docs/cells/ce-128/seed-*" \
   | tee "$docs/paired-ce.md"
