@@ -13,14 +13,15 @@
 set -eu
 py=${PYTHON:-python3}
 for epochs in 100 30; do
-  out=runs/longer-imagenet5-64-e${epochs}-seeds3
+  name=longer-imagenet5-64-e${epochs}-seeds3
+  out=runs/$name
   if [ -f "$out/config.yaml" ]; then
     $py -m supcon compare --resume "$out" --quiet
   else
     $py -m supcon compare --dataset npz:../shared/data/imagenet5_64.npz --seeds 3 --epochs "$epochs" --out "$out" \
       --quiet
   fi
-  $py experiments/collect.py "$out" "docs/runs/longer-imagenet5-64-e${epochs}-seeds3"
+  $py experiments/collect.py "$out" "docs/runs/$name"
 done
 long=docs/runs/longer-imagenet5-64-e100-seeds3
 short=docs/runs/longer-imagenet5-64-e30-seeds3
