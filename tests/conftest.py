@@ -118,6 +118,17 @@ class LargestTensor(TorchDispatchMode):
         return out
 
 
+def supcon_argv(*args: str, signal_at: str | None = None) -> list[str]:
+    """The command line of ``supcon ARGS`` in a process of its own; with ``signal_at`` (``SIGNAL:STEP[:STAGE[:NTH]]``)
+    it runs through ``signal_launcher.py``, which hands the run a :class:`~supcon.engine.callbacks.SignalAt`: the
+    run sends itself that signal right after that optimizer step, a known step rather than a race."""
+    import sys
+
+    if signal_at is None:
+        return [sys.executable, "-m", "supcon", *args]
+    return [sys.executable, str(Path(__file__).with_name("signal_launcher.py")), signal_at, *args]
+
+
 def default_sigint() -> None:
     """``preexec_fn`` of a ``supcon`` subprocess that a test interrupts with SIGINT: a shell's background job (CI
     under nohup, ``cmd &``) starts with SIGINT ignored, which Python then keeps, so Ctrl-C would never arrive."""

@@ -10,7 +10,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "supcon"
 # Lowest first; a module may import its own layer and the ones below it.
 LAYERS = [
-    {"losses", "models", "augment", "data", "config", "device", "io"},
+    {"losses", "models", "augment", "data", "config", "device", "io", "methods", "options"},
     {"evaluate"},
     {"engine", "runs"},
     {"stages"},

@@ -13,13 +13,22 @@ import numbers
 import os
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-COMMANDS = ("pretrain", "linear", "ce", "compare", "sweep")
+from supcon.methods import COMPARABLE
+from supcon.options import (
+    COMMANDS,
+    check_data_options,
+    check_distributable,
+    check_encoder_name,
+    check_options,
+    option,
+)
+
 STAGE1 = ("pretrain", "compare", "sweep")
 STAGE2 = ("linear", "compare", "sweep")
 BASELINE = ("ce", "compare", "sweep")
@@ -39,35 +48,8 @@ DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3}
 # What --optimizer auto trains each method with: the optimizer under which that method did best across the three
 # shared photo data sets in the study's grid (docs/results.md), each at its usual rate.
 AUTO_OPTIMIZER = {"supcon": "sgd", "ce": "adamw"}
-# How tables and picture titles name each stage-1 loss, each method (a run summary's "method") and its encoder.
-LOSS_NAMES = {"supcon": "SupCon", "supcon_in": "SupCon (L_in)", "simclr": "SimCLR", "maxmargin": "max-margin",
-              "npairs": "npairs", "supcon+ce": "SupCon + CE"}
-METHOD_NAMES = {"supcon": "SupCon + linear", "simclr": "SimCLR + linear", "ce": "cross-entropy"}
-# What `compare --methods` trains: each name, how its tables name it.
-METHODS = {"ce": "cross-entropy", "supcon": "SupCon + linear", "supcon-finetune": "SupCon + fine-tuning",
-           "supcon+ce": "SupCon + CE, joint"}
-ENCODER_TITLES = {"supcon": "SupCon encoder", "simclr": "SimCLR encoder", "ce": "cross-entropy encoder"}
-# --encoder: these, or timm:NAME (supcon.models builds them; named here so that a typo fails before training)
-ENCODERS = ("auto", "smallcnn", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-TIMM = "timm:"  # --encoder timm:NAME: any model of the timm library, without its classifier
-
-
-def check_encoder_name(name: str) -> None:
-    """A one-line ValueError unless ``name`` is one of :data:`ENCODERS` or ``timm:NAME``."""
-    if name not in ENCODERS and not (name.startswith(TIMM) and len(name) > len(TIMM)):
-        raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, or timm:NAME (a timm model); got {name!r}")
 TSNE_POINTS = 2000  # t-SNE is quadratic-ish in the points; a few thousand keep a picture under a minute on a CPU
 MAP_POINTS = 1000  # the HTML report's embedding maps: each point carries a thumbnail, and a page of a few MB opens fast
-
-
-def option(default: Any, help: str, commands=TRAINING, choices=None, metavar=None, runtime: bool = False,
-           saved: bool = True) -> Any:
-    """A Config field. ``runtime``: the option does not change what a run computes (where it runs, what it
-    prints or draws, how it is checkpointed), so a resumed run may give it another value. ``saved=False`` keeps
-    it out of ``config.yaml`` (an option about this invocation, not about the run)."""
-    return field(default=default,
-                 metadata={"help": help, "commands": tuple(commands), "choices": choices, "metavar": metavar,
-                           "runtime": runtime, "saved": saved})
 
 
 @dataclass
@@ -239,10 +221,12 @@ class Config:
     seeds: int = option(1, "train every method (or sweep cell) with this many seeds, --seed, --seed + 1, ...; the "
                         "test accuracy is then a mean with a 95 percent t-interval over the seeds",
                         ("compare", "sweep"), metavar="K")
-    device: str = option("auto", "device: auto (cuda, mps, then cpu), cpu, cuda, cuda:N, mps", runtime=True)
+    device: str = option("auto", "device: auto (cuda, mps, then cpu), cpu, cuda, cuda:N, mps", metavar="DEVICE",
+                         runtime=True)
     amp: str = option("auto", "mixed precision on CUDA: auto (bf16 where supported), bf16, fp16, none",
                       choices=("auto", "bf16", "fp16", "none"))
-    eval_batch_size: int = option(512, "batch size for evaluation and feature extraction", runtime=True)
+    eval_batch_size: int = option(512, "batch size for evaluation and feature extraction", metavar="N",
+                                  runtime=True)
     tsne: bool = option(True, "draw a t-SNE picture of the validation images' encoder embeddings (tsne.png; at "
                         f"most {TSNE_POINTS:,} points, a stratified subsample of larger splits)", runtime=True)
     logger: str = option("none", "also send the config, per-epoch metrics and pictures to tensorboard (RUN_DIR/"
@@ -291,44 +275,24 @@ class Config:
             setattr(self, f.name, _coerce(f.name, getattr(self, f.name), _HINTS[f.name]))
 
     def validate(self) -> None:
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices and value not in choices:
-                raise ValueError(f"{f.name} must be one of {', '.join(choices)}; got {value!r}")
+        check_options(self, positive=("epochs", "batch_size", "temperature", "views", "proj_dim", "proj_hidden",
+                                      "linear_epochs", "linear_lr", "eval_batch_size", "step_epochs", "margin",
+                                      "knn_k", "knn_temperature", "nproc", "seeds", "finetune_lr",
+                                      "base_temperature", "grad_clip", "loss_block_size", "chunk_size", "lr"))
         check_encoder_name(self.encoder)
-        positive = ["epochs", "batch_size", "temperature", "views", "proj_dim", "proj_hidden",
-                    "linear_epochs", "linear_lr", "eval_batch_size", "step_epochs", "margin", "knn_k",
-                    "knn_temperature", "nproc", "seeds", "finetune_lr"]
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive; got {getattr(self, name)!r}")
-        for name in ("image_size", "store_size", "max_train", "max_val", "max_test", "base_temperature", "grad_clip",
-                     "loss_block_size", "chunk_size", "lr"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be positive; got {value!r}")
-        if self.views < 1:
-            raise ValueError(f"views must be at least 1; got {self.views}")
+        check_data_options(self)
         if not 0 <= self.label_noise < 1:
             raise ValueError(f"label_noise must be in [0, 1) (a share of the training labels); got {self.label_noise}")
         if not 0 < self.val_crop <= 1:
             raise ValueError(f"val_crop must be in (0, 1] (a share of the stored image); got {self.val_crop}")
-        for name in ("val_fraction", "test_fraction"):
-            if not 0 < getattr(self, name) < 1:
-                raise ValueError(f"{name} must be between 0 and 1; got {getattr(self, name)}")
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError(f"val_fraction + test_fraction must leave images to train on; got {self.val_fraction} "
-                             f"+ {self.test_fraction}")
         if not 0 < self.crop_scale <= 1:
             raise ValueError(f"crop_scale must be in (0, 1]; got {self.crop_scale}")
         if not (self.knn_every == "auto" or (isinstance(self.knn_every, str) and self.knn_every.isdigit())):
             raise ValueError(f"knn_every must be auto or a whole number of epochs (0: off); got {self.knn_every!r}")
         if self.nproc > 1 and self.resume is not None:
             raise ValueError(NO_DISTRIBUTED_RESUME)
-        if self.nproc > 1 and self.loss in ("maxmargin", "npairs"):
-            raise ValueError(f"--loss {self.loss} does not run distributed: only the supcon, supcon_in and simclr "
-                             "losses can split the global batch's anchors between processes")
+        if self.nproc > 1:
+            check_distributable(self.loss)
         if self.contrast_mode != "all" and self.loss in ("maxmargin", "npairs"):
             raise ValueError(f"contrast_mode {self.contrast_mode} is an option of the supcon, supcon_in and simclr "
                              f"losses; {self.loss} takes every view as an anchor")
@@ -356,12 +320,10 @@ class Config:
                              "the batch alone")
         if self.loss == "supcon+ce" and self.nproc > 1:
             raise ValueError("--loss supcon+ce does not run distributed yet")
-        if self.finetune_lr <= 0:
-            raise ValueError(f"finetune_lr must be positive; got {self.finetune_lr}")
         methods = self.method_list()
-        unknown = [m for m in methods if m not in METHODS]
+        unknown = [m for m in methods if m not in COMPARABLE]
         if unknown or not methods or len(set(methods)) < len(methods):
-            raise ValueError(f"methods must be distinct names among {', '.join(METHODS)}, comma-separated; got "
+            raise ValueError(f"methods must be distinct names among {', '.join(COMPARABLE)}, comma-separated; got "
                              f"{self.methods!r}")
 
     def method_list(self) -> list[str]:
@@ -410,7 +372,7 @@ class Config:
         return cls.from_dict(load_yaml(path), source=str(path))
 
     def save(self, path: str | Path) -> None:
-        from supcon.io import atomic_write_text
+        from supcon.io import atomic_write_text  # here: supcon.io loads torch, which `supcon --help` must not
 
         values = {k: v for k, v in self.to_dict().items() if k not in _UNSAVED}
         atomic_write_text(path, yaml.safe_dump(values, sort_keys=False))
@@ -498,3 +460,12 @@ def result_neutral_options() -> set[str]:
 
 def fields_for(command: str) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(Config) if command in f.metadata["commands"]]
+
+
+def shared(name: str, help: str | None = None, **changes) -> Any:
+    """A tool command's option that is also the Config's ``name``: the same default (and help, unless given), so
+    that ``supcon predict --batch-size`` and ``eval_batch_size`` never disagree."""
+    f = next(f for f in dataclasses.fields(Config) if f.name == name)
+    meta = f.metadata
+    return option(f.default, help or meta["help"], commands=(), choices=meta["choices"], metavar=meta["metavar"],
+                  **changes)

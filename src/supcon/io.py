@@ -62,14 +62,6 @@ def read_json(path: str | Path) -> Any:
         raise ValueError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
 
 
-def require_run_dir(path: str | Path) -> Path:
-    """``path`` as a Path if it holds a finished run (its ``results.json``), else a one-line ValueError."""
-    path = Path(path)
-    if not (path / "results.json").is_file():
-        raise ValueError(f"{path} is not a run directory (no results.json)")
-    return path
-
-
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     with open(path, "a") as fh:
         fh.write(json.dumps(record) + "\n")

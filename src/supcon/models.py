@@ -18,11 +18,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from supcon.config import ENCODERS as ENCODER_NAMES
-from supcon.config import TIMM, check_encoder_name
+from supcon.options import ENCODERS, TIMM, check_encoder_name
 
-RESNETS = tuple(name for name in ENCODER_NAMES if name.startswith("resnet"))
-ENCODERS = ("smallcnn",) + RESNETS
+RESNETS = tuple(name for name in ENCODERS if name.startswith("resnet"))
 
 
 def resolve_encoder(name: str, image_size: int) -> str:

@@ -6,13 +6,12 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import default_sigint
+from conftest import default_sigint, supcon_argv
 from torch import nn
 
 import supcon.stages.ce
@@ -20,8 +19,9 @@ import supcon.stages.run
 from supcon.cli import main
 from supcon.config import Config
 from supcon.engine.batches import EpochBatches
+from supcon.engine.callbacks import Callback
 from supcon.engine.checkpoint import Checkpoints, CorruptCheckpoint, load_checkpoint, save_checkpoint
-from supcon.engine.loop import SIGNAL_AT, FitOptions, Trainable, fit
+from supcon.engine.loop import FitOptions, Trainable, fit
 from supcon.engine.optim import build_schedule
 from supcon.runs import RunDir
 from supcon.stages import train_run
@@ -98,6 +98,24 @@ class Crash(Exception):
     pass
 
 
+class LossSum(Callback):
+    """A stage's own number beside the loop's: the sum of the step losses, which a resumed run must carry on."""
+
+    state_key = "loss_sum"
+
+    def __init__(self):
+        self.total = 0.0
+
+    def on_step_end(self, state, batch, loss):
+        self.total += loss
+
+    def state_dict(self):
+        return {"losses": self.total}
+
+    def load_state_dict(self, state):
+        self.total = state["losses"]
+
+
 def _tiny_fit(run_dir: Path, crash_after: int | None = None, resume: bool = False, patience: int = 0,
               every: int = 1):
     """A small classifier with dropout (random numbers from the global generator in every step), shuffled
@@ -110,7 +128,7 @@ def _tiny_fit(run_dir: Path, crash_after: int | None = None, resume: bool = Fals
     batches = EpochBatches(x, y, 8, seed=0, transform=None, device=torch.device("cpu"))
     sched = build_schedule(opt, "cosine", 6 * batches.steps, batches.steps)
     done = {"steps": 0}
-    extra = {"losses": 0.0}
+    losses = LossSum()
 
     def step(batch):
         if crash_after is not None and done["steps"] >= crash_after:
@@ -118,7 +136,6 @@ def _tiny_fit(run_dir: Path, crash_after: int | None = None, resume: bool = Fals
         done["steps"] += 1
         logits = model(batch[0])
         loss = F.cross_entropy(logits, batch[1])
-        extra["losses"] += loss.item()
         return loss, int((logits.argmax(1) == batch[1]).sum())
 
     def evaluate():
@@ -129,10 +146,10 @@ def _tiny_fit(run_dir: Path, crash_after: int | None = None, resume: bool = Fals
         return metrics
 
     ckpts = Checkpoints(run_dir, "ce", keep=2, every=every)
-    result = fit(Trainable(model, step, batches, batches.steps, opt, sched, evaluate=evaluate, extra_state=extra),
+    result = fit(Trainable(model, step, batches, batches.steps, opt, sched, evaluate=evaluate, callbacks=[losses]),
                  FitOptions(epochs=6, stage="ce", patience=patience, metrics_path=run_dir / "metrics.jsonl",
                             progress=False, checkpoints=ckpts, resume=resume))
-    return result, model, extra
+    return result, model, losses.state_dict()
 
 
 def _without_time(history):
@@ -176,13 +193,10 @@ def test_a_damaged_checkpoint_is_skipped_and_the_run_still_ends_the_same(tmp_pat
 
 def _supcon(*args: str, signal_at: str | None = None) -> subprocess.CompletedProcess:
     """``supcon ARGS`` in a process of its own; ``signal_at`` (``SIGNAL:STEP``) makes the run send itself that
-    signal after that optimizer step, through the loop's documented test hook: a known step, not a race."""
+    signal after that optimizer step (:class:`~supcon.engine.callbacks.SignalAt`): a known step, not a race."""
     # One thread: runs on the CPU are then bit-for-bit repeatable across processes.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC)}
-    env.pop(SIGNAL_AT, None)
-    if signal_at is not None:
-        env[SIGNAL_AT] = signal_at
-    return subprocess.run([sys.executable, "-m", "supcon", *args],
+    return subprocess.run(supcon_argv(*args, signal_at=signal_at),
                           preexec_fn=default_sigint, env=env, capture_output=True, text=True,
                           timeout=600)
 

@@ -199,8 +199,8 @@ def test_distributed_pretrain_and_linear_match_one_process(tmp_path, shared_data
     options = dict(dataset=f"npz:{shared_data / 'imagenet5_64.npz'}", image_size=16, encoder="smallcnn",
                    max_train=500, max_val=250, epochs=8, batch_size=64, linear_epochs=30, quiet=True, tsne=False)
     cfg = Config(**options)
-    train_run("pretrain", cfg, load_data(cfg), tmp_path / "alone")
-    alone = train_run("linear", cfg.replace(run=str(tmp_path / "alone")))
+    train_run("supcon", cfg, load_data(cfg), tmp_path / "alone", until="pretrain")
+    alone = train_run("supcon", cfg.replace(run=str(tmp_path / "alone")))
     out = tmp_path / "two"
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items() if k not in ("quiet", "tsne", "linear_epochs")]
     done = _supcon("pretrain", *flags, "--quiet", "--no-tsne", "--out", str(out), nproc=2)

@@ -67,7 +67,7 @@ def read_projector(logdir, step, tag, data):
 
 def test_tensorboard_projector_after_each_stage(digits, tmp_path):
     cfg = Config(**{**SMALLCNN, "epochs": 1}, logger="tensorboard", knn_every="0", proj_hidden=64)
-    result = train_run("pretrain", cfg, digits, tmp_path)
+    result = train_run("supcon", cfg, digits, tmp_path, until="pretrain")
     logdir = tmp_path / "tensorboard"
     features = read_projector(logdir, 1, "pretrain", digits)
     idx = torch.from_numpy(tsne_subset(digits.val.labels, 5000))

@@ -151,14 +151,19 @@ def test_grad_cache_replays_random_numbers_of_the_forward_pass():
     assert torch.equal(torch.rand(1), after)
 
 
+def stage1(cfg: Config, data):
+    """Stage 1 alone, in memory."""
+    return train_run("supcon", cfg, data, until="pretrain")
+
+
 def test_pretrain_with_chunk_size(few_digits):
-    plain = train_run("pretrain", Config(**SMALL), few_digits)
-    whole = train_run("pretrain", Config(**SMALL, chunk_size=80), few_digits)  # one chunk: the plain step's numbers
+    plain = stage1(Config(**SMALL), few_digits)
+    whole = stage1(Config(**SMALL, chunk_size=80), few_digits)  # one chunk: the plain step's numbers
     assert [r["loss"] for r in whole.fit.history] == pytest.approx([r["loss"] for r in plain.fit.history],
                                                                    rel=1e-5)
     for a, b in zip(plain.model.parameters(), whole.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
-    chunked = train_run("pretrain", Config(**SMALL, chunk_size=32), few_digits)  # 80 views: 32 + 32 + 16
+    chunked = stage1(Config(**SMALL, chunk_size=32), few_digits)  # 80 views: 32 + 32 + 16
     assert math.isfinite(chunked.summary["stage1_loss"])
 
 
@@ -185,10 +190,10 @@ def test_compile_wraps_the_training_forward_of_every_stage(few_digits, monkeypat
 
     monkeypatch.setattr(torch, "compile", spy)
     cfg = Config(**SMALL, compile=True, linear_augment="crop")
-    stage1 = train_run("pretrain", cfg, few_digits)
-    linear_probe(stage_context(cfg), few_digits, stage1.encoder)
+    trained = stage1(cfg, few_digits)
+    linear_probe(stage_context(cfg), few_digits, trained.encoder)
     train_run("ce", cfg, few_digits)
-    linear_probe(stage_context(cfg.replace(linear_augment="none")), few_digits, stage1.encoder)  # a lone layer
+    linear_probe(stage_context(cfg.replace(linear_augment="none")), few_digits, trained.encoder)  # a lone layer
     assert compiled == ["SupConModel", "Classifier", "Classifier"]  # the probe (its encoder frozen), then CE
 
 
@@ -196,7 +201,7 @@ def test_compile_wraps_the_training_forward_of_every_stage(few_digits, monkeypat
 def test_compile_runs_a_step(few_digits):
     pytest.importorskip("torch._inductor")
     try:
-        result = train_run("pretrain", Config(**{**QUICK, "max_train": 40, "batch_size": 20}, compile=True), few_digits)
+        result = stage1(Config(**{**QUICK, "max_train": 40, "batch_size": 20}, compile=True), few_digits)
     except Exception as err:  # no C++ compiler, an unsupported platform: not this project's failure
         pytest.skip(f"torch.compile is unavailable here: {type(err).__name__}: {str(err).splitlines()[0]}")
     assert math.isfinite(result.summary["stage1_loss"])
@@ -207,9 +212,9 @@ def test_compile_runs_a_step(few_digits):
 
 def test_per_image_augmentation_path_still_trains_and_is_deterministic(few_digits):
     cfg = Config(**SMALL, batch_augment=False)
-    a, b = train_run("pretrain", cfg, few_digits), train_run("pretrain", cfg, few_digits)
+    a, b = stage1(cfg, few_digits), stage1(cfg, few_digits)
     assert [r["loss"] for r in a.fit.history] == [r["loss"] for r in b.fit.history]
-    batched = train_run("pretrain", Config(**SMALL), few_digits)
+    batched = stage1(Config(**SMALL), few_digits)
     assert [r["loss"] for r in a.fit.history] != [r["loss"] for r in batched.fit.history]  # other draws, other losses
 
 

@@ -40,8 +40,7 @@ def test_notes_of_several_forms_name_the_form_they_are_about():
     stalled = {"method": "supcon", "stage1_loss_start": 5.5, "stage1_loss": 5.2, "stage1_loss_floor": 3.9,
                "stage1_progress": 0.3 / 1.6}
     ce = {"method": "ce", "val_acc": 0.8, "val_chance": 0.2}
-    alone = compare_notes([{**stalled, "form": "supcon"}, ce])
+    alone = compare_notes([stalled, ce])
     assert alone.startswith("Stage 1 did not converge")  # one form: nothing to tell apart
-    several = compare_notes([{**stalled, "form": "supcon"}, {"method": "supcon", "form": "supcon+ce",
-                                                             "stage1_progress": 0.9}, ce])
+    several = compare_notes([stalled, {"method": "supcon+ce", "stage1_progress": 0.9}, ce])
     assert several.startswith("SupCon + linear: Stage 1 did not converge") and "joint" not in several

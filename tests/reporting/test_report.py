@@ -121,8 +121,8 @@ def test_html_report_holds_the_tables_plotly_and_each_image_once(page, runs):
 
 def test_embedding_figure_points_carry_their_thumbnail_and_the_classifiers_prediction(runs, tmp_path):
     pytest.importorskip("plotly", reason="the HTML report needs plotly (pip install 'supcon[report]')")
-    from supcon.experiments.embeddings import val_embeddings
     from supcon.reporting.html import Thumbnails, embedding_figure, thumbnail_uri
+    from supcon.runs.load import val_embeddings
 
     emb = val_embeddings(runs / "sup", max_points=1000)  # all 150 validation images
     names = emb.class_names
@@ -206,7 +206,7 @@ def test_html_report_adds_umap_maps_where_umap_learn_is_installed(runs):
 
     if not umap_available():
         pytest.skip("UMAP maps need umap-learn (pip install umap-learn), which no extra installs")
-    from supcon.experiments.embeddings import val_embeddings
+    from supcon.runs.load import val_embeddings
 
     emb = val_embeddings(runs / "sup", max_points=60)
     with threadpool_limits(1, user_api="openmp"):

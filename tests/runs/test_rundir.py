@@ -38,12 +38,13 @@ def _as_written_before(run_dir) -> None:
         path.write_text(text)
 
 
-def test_kinds_parts_and_the_classifying_run(compare_dir, tmp_path):
+def test_methods_parts_and_the_classifying_run(compare_dir, tmp_path):
     run = RunDir(compare_dir)
-    assert run.kind() == "compare" and [p.path.name for p in run.parts()] == ["supcon", "ce"]
-    assert RunDir(compare_dir / "ce").kind() == "ce" and RunDir(compare_dir / "supcon").kind() == "pretrain"
+    assert run.method() == "compare" and [p.path.name for p in run.parts()] == ["supcon", "ce"]
+    assert RunDir(compare_dir / "ce").method() == "ce" and RunDir(compare_dir / "supcon").method() == "supcon"
+    assert RunDir(compare_dir / "supcon").commands() == ("pretrain", "linear") and run.commands() == ("compare",)
     assert run.classifying() == RunDir(compare_dir / "supcon")
-    assert RunDir(tmp_path).kind() is None  # nothing written yet
+    assert RunDir(tmp_path).method() is None and RunDir(tmp_path).commands() == ()  # nothing written yet
     with pytest.raises(ValueError, match="holds a comparison, not one run"):
         run.summary()
     assert [name for name, _ in expand_runs([compare_dir])] == [f"{compare_dir.name}/supcon", f"{compare_dir.name}/ce"]
@@ -88,19 +89,18 @@ def test_a_checkpoint_written_before_the_redesign_resumes_to_the_same_result(tmp
     import subprocess
     import sys
 
-    from supcon.engine.loop import SIGNAL_AT
+    from conftest import supcon_argv
 
     ce_options = {k: v for k, v in TINY.items() if k not in ("linear_epochs", "knn_every")}
     args = ["ce", *_flags({**ce_options, "epochs": 2}), "--ckpt-every", "3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop(SIGNAL_AT, None)
-    reference = subprocess.run([sys.executable, "-m", "supcon", *args, "--out", str(tmp_path / "ref")],
+    reference = subprocess.run(supcon_argv(*args, "--out", str(tmp_path / "ref")),
                                preexec_fn=default_sigint, env=env,
                                capture_output=True, text=True, timeout=600)
     assert reference.returncode == 0, reference.stderr
     run = tmp_path / "old"
-    stopped = subprocess.run([sys.executable, "-m", "supcon", *args, "--out", str(run)], preexec_fn=default_sigint,
-                             env={**env, SIGNAL_AT: "SIGINT:9"}, capture_output=True, text=True, timeout=600)
+    stopped = subprocess.run(supcon_argv(*args, "--out", str(run), signal_at="SIGINT:9"), preexec_fn=default_sigint,
+                             env=env, capture_output=True, text=True, timeout=600)
     assert stopped.returncode == 130, stopped.stderr
     state, path = Checkpoints(run, "ce").latest()
     loop = state["loop"]
@@ -124,12 +124,52 @@ def test_a_checkpoint_written_before_the_redesign_resumes_to_the_same_result(tmp
     assert outcome(run) == outcome(tmp_path / "ref")
 
 
+def test_a_stage1_checkpoint_of_one_flat_dict_resumes_to_the_same_result(tmp_path):
+    """Checkpoints written before stage 1's helpers were callbacks kept their numbers (the progress record, the kNN
+    curve, the queue and its momentum copy) in one flat ``extra`` dict; a run killed then still resumes, each
+    callback taking its own keys back."""
+    import os
+    import subprocess
+
+    from conftest import supcon_argv
+
+    stage1_options = {k: v for k, v in TINY.items() if k != "linear_epochs"}
+    args = ["pretrain", *_flags({**stage1_options, "epochs": 2}), "--queue", "64", "--momentum-encoder", "0.9",
+            "--ckpt-every", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def supcon(*more, signal_at=None):
+        return subprocess.run(supcon_argv(*args, *more, signal_at=signal_at), preexec_fn=default_sigint, env=env,
+                              capture_output=True, text=True, timeout=600)
+
+    assert supcon("--out", str(tmp_path / "ref")).returncode == 0
+    run = tmp_path / "old"
+    stopped = supcon("--out", str(run), signal_at="SIGINT:9")  # epoch 2 of 7 steps each
+    assert stopped.returncode == 130, stopped.stderr
+    state, path = Checkpoints(run, "pretrain").latest()
+    assert set(state["callbacks"]) == {"stage1_progress", "knn_monitor", "memory_queue"}
+    flat = {key: value for owner in state.pop("callbacks").values() for key, value in owner.items()}
+    save_checkpoint(path, {**state, "extra": flat})
+    resumed = subprocess.run(supcon_argv("pretrain", "--resume", str(run)), preexec_fn=default_sigint, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+
+    def outcome(d):
+        lines = [{k: v for k, v in json.loads(x).items() if "seconds" not in k}
+                 for x in (d / "metrics.jsonl").read_text().splitlines()]
+        summary = {k: v for k, v in json.loads((d / "results.json").read_text())["runs"][0].items()
+                   if "seconds" not in k and k != "knn_every"}
+        return lines, summary
+
+    assert outcome(run) == outcome(tmp_path / "ref")
+
+
 def test_a_fresh_run_forgets_what_an_earlier_run_left_in_its_directory(digits, tmp_path):
     """A first stage's record waits in checkpoints/ until its run finishes; a new run there must not read it."""
     run = RunDir(tmp_path)
     cfg = Config(**{**TINY, "epochs": 1})
-    train_run("pretrain", cfg, digits, tmp_path)
+    train_run("supcon", cfg, digits, tmp_path, until="pretrain")
     run.mark_stage_finished("pretrain", {"runs": [{"method": "supcon"}], "input": {}})
     assert run.stage_finished("pretrain") == {"method": "supcon"}
     train_run("ce", cfg, digits, tmp_path)
-    assert run.kind() == "ce" and run.stage_finished("pretrain") is None
+    assert run.method() == "ce" and run.stage_finished("pretrain") is None

@@ -25,7 +25,7 @@ def _metrics(run_dir):
 
 @pytest.mark.parametrize("loss", ["maxmargin", "npairs"])
 def test_each_loss_trains_and_is_recorded_with_the_monitor(loss, digits, tmp_path):
-    result = train_run("pretrain", Config(**QUICK, loss=loss), digits, tmp_path)
+    result = train_run("supcon", Config(**QUICK, loss=loss), digits, tmp_path, until="pretrain")
     assert read_json(tmp_path / "results.json")["runs"][0]["loss"] == loss
     assert "loss: " + loss in (tmp_path / "config.yaml").read_text()
     rows = _metrics(tmp_path)
@@ -40,8 +40,8 @@ def test_each_loss_trains_and_is_recorded_with_the_monitor(loss, digits, tmp_pat
 
 
 def test_the_monitor_never_changes_what_is_trained(digits, tmp_path):
-    watched = train_run("pretrain", Config(**QUICK, knn_every="1"), digits, tmp_path)
-    unwatched = train_run("pretrain", Config(**QUICK, knn_every="0"), digits)
+    watched = train_run("supcon", Config(**QUICK, knn_every="1"), digits, tmp_path, until="pretrain")
+    unwatched = train_run("supcon", Config(**QUICK, knn_every="0"), digits, until="pretrain")
     assert [r["loss"] for r in watched.fit.history] == [r["loss"] for r in unwatched.fit.history]
     assert all("knn_acc" in r for r in _metrics(tmp_path))
     assert "knn_acc" not in unwatched.summary and not any("knn_acc" in r for r in unwatched.fit.history)
@@ -106,7 +106,9 @@ def test_compare_with_the_max_margin_loss_then_knn_of_its_encoder(tmp_path, caps
     assert "| max-margin + linear |" in text and "| max-margin + linear |" in (out / "results.md").read_text()
     runs = read_json(out / "results.json")["runs"]
     assert [r["loss"] for r in runs] == ["maxmargin", "ce"]
-    assert all(0 < r["knn_acc"] <= 1 for r in runs)  # the CE encoder is measured the same way, once
+    # the CE encoder is measured the same way, once; on digits even an untrained CNN's features reach about 0.9 by
+    # kNN (0.92 measured at epoch 0), against a chance of 0.11, so anything near chance is a broken measurement
+    assert all(0.5 < r["knn_acc"] <= 1 for r in runs)
     assert [r["epoch"] for r in _metrics(out / "supcon") if "knn_acc" in r] == [1, 2]
     assert main(["knn", str(out / "supcon")]) == 0
     line = capsys.readouterr().out.strip()
@@ -135,4 +137,5 @@ def test_a_sweep_over_the_losses(tmp_path, capsys):
     assert "| max-margin |" in table and "| npairs |" in table
     with open(tmp_path / "sweep.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["loss"] for r in rows] == ["maxmargin", "npairs"] and all(float(r["knn_acc"]) > 0 for r in rows)
+    assert [r["loss"] for r in rows] == ["maxmargin", "npairs"]
+    assert all(float(r["knn_acc"]) > 0.5 for r in rows)  # chance is 0.11; an untrained CNN already gives about 0.9

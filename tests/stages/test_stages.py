@@ -21,7 +21,7 @@ from supcon.stages.probe import linear_probe
 @pytest.fixture(scope="module")
 def pretrained(digits, tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain")
-    return out, train_run("pretrain", Config(**QUICK), digits, out)
+    return out, train_run("supcon", Config(**QUICK), digits, out, until="pretrain")
 
 
 # ------------------------------------------------------------------------------------------- stages on digits
@@ -41,7 +41,7 @@ def test_pretrain_writes_a_run_directory(pretrained):
 
 def test_pretrain_is_deterministic_on_cpu(digits, pretrained):
     _, first = pretrained
-    again = train_run("pretrain", Config(**QUICK), digits)
+    again = train_run("supcon", Config(**QUICK), digits, until="pretrain")
     assert [r["loss"] for r in again.fit.history] == [r["loss"] for r in first.fit.history]
 
 
@@ -49,8 +49,7 @@ def test_linear_probe_keeps_the_encoder_frozen(digits, pretrained):
     _, stage1 = pretrained
     before = {k: v.clone() for k, v in stage1.encoder.state_dict().items()}
     for augment in ("none", "crop"):
-        probe = linear_probe(stage_context(Config(**QUICK, linear_augment=augment)), digits, stage1.encoder)
-        assert 0.0 <= probe.summary["val_acc"] <= 1.0
+        linear_probe(stage_context(Config(**QUICK, linear_augment=augment)), digits, stage1.encoder)
         after = stage1.encoder.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before), f"encoder changed with {augment}"
 
@@ -59,12 +58,12 @@ def test_linear_probe_run_completes_a_pretrain_directory(pretrained, digits, tmp
     # On a copy: the module's other tests read the pretrain directory as stage 1 left it, in any order.
     out = tmp_path / "run"
     shutil.copytree(pretrained[0], out)
-    result = train_run("linear", Config(**QUICK, run=str(out)), digits)
+    result = train_run("supcon", Config(**QUICK, run=str(out)), digits)
     run = read_json(out / "results.json")["runs"][0]
     assert run["val_acc"] == result.summary["val_acc"] and run["train_acc"] is not None
     assert run["stage1_loss"] is not None and run["epochs"] == 2
     assert (out / "linear.safetensors").is_file()
-    train_run("linear", Config(**QUICK, run=str(out)), digits)  # a second probe replaces the first one's lines
+    train_run("supcon", Config(**QUICK, run=str(out)), digits)  # a second probe replaces the first one's lines
     stages = [json.loads(line)["stage"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert stages.count("pretrain") == 2 and stages.count("linear") == result.summary["linear_epochs"]
     encoder, cfg, inputs = load_encoder(out)
@@ -74,7 +73,7 @@ def test_linear_probe_run_completes_a_pretrain_directory(pretrained, digits, tmp
 def test_linear_probe_run_rejects_a_ce_run(digits, tmp_path):
     train_run("ce", Config(**{**QUICK, "epochs": 1}), digits, tmp_path)
     with pytest.raises(ValueError, match="is a cross-entropy run"):
-        train_run("linear", Config(**QUICK, run=str(tmp_path)), digits)
+        train_run("supcon", Config(**QUICK, run=str(tmp_path)), digits)
 
 
 def test_load_encoder_rejects_a_plain_directory(tmp_path):
@@ -84,9 +83,9 @@ def test_load_encoder_rejects_a_plain_directory(tmp_path):
 
 def test_simclr_and_supcon_in_and_one_view_mode_train(digits):
     for changes in ({"loss": "simclr"}, {"loss": "supcon_in", "contrast_mode": "one"}, {"views": 3}):
-        result = train_run("pretrain", Config(**{**QUICK, "epochs": 1, **changes}), digits)
+        result = train_run("supcon", Config(**{**QUICK, "epochs": 1, **changes}), digits, until="pretrain")
         assert math.isfinite(result.summary["stage1_loss"])
-    simclr = train_run("pretrain", Config(**{**QUICK, "epochs": 1, "loss": "simclr"}), digits)
+    simclr = train_run("supcon", Config(**{**QUICK, "epochs": 1, "loss": "simclr"}), digits, until="pretrain")
     assert simclr.summary["method"] == "simclr"
 
 
@@ -116,7 +115,7 @@ def test_binary_head_trains_on_cats_vs_dogs(shared_data, tmp_path):
     cfg = Config(**{**QUICK, "dataset": "cats", "epochs": 1, "linear_epochs": 2, "head": "binary",
                     "encoder": "smallcnn"})
     ce = train_run("ce", cfg, data, tmp_path / "ce")
-    assert ce.model.fc.out_features == 1 and 0 <= ce.summary["val_acc"] <= 1
+    assert ce.model.fc.out_features == 1  # one logit; one epoch at 16 px is still at chance (0.5), not asserted
     probe = linear_probe(stage_context(cfg), data, ce.encoder)
     assert probe.model.fc.out_features == 1
     assert "val_loss" in probe.fit.history[0]
@@ -128,7 +127,7 @@ def test_loss_floor_and_stage1_progress(digits):
     assert loss_floor(torch.tensor([0, 0, 1, 1]), 2) == pytest.approx(math.log(3))
     assert loss_floor(torch.tensor([0, 1, 2]), 2) == 0.0  # only its other view: log 1
     assert loss_floor(None, 3) == pytest.approx(math.log(2))
-    summary = train_run("pretrain", Config(**{**QUICK, "epochs": 1}), digits).summary
+    summary = train_run("supcon", Config(**{**QUICK, "epochs": 1}), digits, until="pretrain").summary
     assert summary["stage1_loss_floor"] < summary["stage1_loss"] <= summary["stage1_loss_start"] + 0.5
     assert summary["stage1_progress"] < 1
 

@@ -39,8 +39,7 @@ def _supcon_reference(features: torch.Tensor, labels: torch.Tensor, anchors: tor
 def test_the_queue_loss_is_supcon_on_the_batch_and_the_queue_together():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 4))
-    state: dict = {}
-    queue = MemoryQueue(model, size=12, views=2, dim=4, momentum=0.9, state=state, device=torch.device("cpu"))
+    queue = MemoryQueue(model, size=12, views=2, dim=4, momentum=0.9, device=torch.device("cpu"))
     criterion = SupConLoss(temperature=0.5)
     for step in range(3):  # the queue holds 6 images of 2 views: after 3 batches of 4 it has wrapped around
         x, y = torch.randn(8, 6), torch.randint(0, 3, (4,))
@@ -52,15 +51,15 @@ def test_the_queue_loss_is_supcon_on_the_batch_and_the_queue_together():
         else:
             expected = _supcon_reference(features.detach(), labels, anchors, tau=0.5)
             assert queue.loss(criterion, z, y).item() == pytest.approx(expected, abs=1e-5)
-            assert features.shape[0] == 4 + state["queue_filled"]
+            assert features.shape[0] == 4 + queue.filled
         queue.push(keys, y)
-    assert state["queue_filled"] == 6 and state["queue_next"] == (3 * 4) % 6
-    assert torch.equal(state["queue_y"][[2, 3, 4, 5]], y)  # the newest batch replaced the oldest entries
+    assert queue.filled == 6 and queue.position == (3 * 4) % 6
+    assert torch.equal(queue.labels[[2, 3, 4, 5]], y)  # the newest batch replaced the oldest entries
 
 
 def test_the_momentum_copy_follows_the_model():
     model = nn.Linear(3, 2)
-    queue = MemoryQueue(model, size=4, views=2, dim=2, momentum=0.75, state={}, device=torch.device("cpu"))
+    queue = MemoryQueue(model, size=4, views=2, dim=2, momentum=0.75, device=torch.device("cpu"))
     before = queue.copy.weight.detach().clone()
     with torch.no_grad():
         model.weight.add_(1.0)
@@ -120,10 +119,13 @@ def test_a_supcon_run_fine_tunes_when_told_to_and_saves_the_tuned_encoder(digits
 
 
 def test_the_joint_objective_is_one_stage_with_its_own_classifier(digits, tmp_path):
-    cfg = Config(**{**QUICK, "epochs": 2, "loss": "supcon+ce", "ce_weight": 0.5})
-    result = train_run("supcon", cfg, digits, tmp_path)
+    cfg = Config(**{**QUICK, "epochs": 6, "ce_weight": 0.5})
+    result = train_run("supcon+ce", cfg, digits, tmp_path)
     summary = result.summary
-    assert summary["loss"] == "supcon+ce" and 0 <= summary["test_acc"] <= 1 and summary["val_acc"] is not None
+    assert summary["method"] == summary["loss"] == "supcon+ce"
+    # its classifier trained: chance is 0.11 (the largest class); at 5 steps an epoch it is still there after 2
+    # epochs, and measured 0.53 (val) and 0.49 (test) after 6
+    assert summary["val_acc"] > 3 * summary["knn_chance"] and summary["test_acc"] > 3 * summary["knn_chance"]
     assert "linear_epochs" not in summary  # no stage 2
     assert (tmp_path / "linear.safetensors").is_file() and (tmp_path / "projection.safetensors").is_file()
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -135,23 +137,20 @@ def test_a_run_with_a_queue_resumes_to_the_same_result(tmp_path):
     uninterrupted one, bit for bit (one thread)."""
     import os
     import subprocess
-    import sys
 
-    from supcon.engine.loop import SIGNAL_AT
+    from conftest import supcon_argv
 
     args = ["pretrain", "--max-train", "200", "--max-val", "100", "--epochs", "2", "--batch-size", "32",
             "--queue", "96", "--momentum-encoder", "0.9", "--knn-every", "1", "--no-tsne", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop(SIGNAL_AT, None)
 
-    def supcon(*more, extra=None):
-        done = subprocess.run([sys.executable, "-m", "supcon", *more],
-                              preexec_fn=default_sigint, env={**env, **(extra or {})},
+    def supcon(*more, signal_at=None):
+        done = subprocess.run(supcon_argv(*more, signal_at=signal_at), preexec_fn=default_sigint, env=env,
                               capture_output=True, text=True, timeout=600)
         return done
 
     assert supcon(*args, "--out", str(tmp_path / "ref")).returncode == 0
-    stopped = supcon(*args, "--out", str(tmp_path / "run"), extra={SIGNAL_AT: "SIGINT:9"})  # epoch 2, step 3
+    stopped = supcon(*args, "--out", str(tmp_path / "run"), signal_at="SIGINT:9")  # epoch 2, step 3
     assert stopped.returncode == 130, stopped.stderr
     assert supcon("pretrain", "--resume", str(tmp_path / "run")).returncode == 0
 
@@ -168,7 +167,7 @@ def test_a_run_with_a_queue_resumes_to_the_same_result(tmp_path):
     ({"queue": -1}, "queue must not be negative"),
     ({"momentum_encoder": 1.0}, "momentum_encoder must be in [0, 1)"),
     ({"queue": 64, "loss": "maxmargin"}, "--queue needs a supervised supcon loss"),
-    ({"methods": "ce,supcon,dino"}, "methods must be distinct names among ce, supcon, supcon-finetune, supcon+ce"),
+    ({"methods": "ce,supcon,dino"}, "methods must be distinct names among supcon, supcon-finetune, supcon+ce, ce"),
     ({"methods": "ce,ce"}, "methods must be distinct names"),
     ({"stage2": "partial"}, "stage2 must be one of linear, finetune"),
     ({"finetune_lr": 0}, "finetune_lr must be positive"),
@@ -198,7 +197,7 @@ def test_compare_trains_every_form_side_by_side(tmp_path, capsys):
     assert list(results["methods"]) == ["supcon", "supcon-finetune", "supcon+ce", "ce"]
     assert set(results["differences"]) == {"supcon", "supcon-finetune", "supcon+ce"}
     assert results["difference"] == results["differences"]["supcon"]
-    assert [r["form"] for r in results["runs"]] == ["supcon", "supcon-finetune", "supcon+ce", "ce"]
+    assert [r["method"] for r in results["runs"]] == ["supcon", "supcon-finetune", "supcon+ce", "ce"]
     # the fine-tuned SupCon starts from the linear one's stage 1, and counts its time
     tuned = json.loads((tmp_path / "supcon-finetune" / "results.json").read_text())["runs"][0]
     assert tuned["encoder_from"] == str(tmp_path / "supcon") and tuned["stage2"] == "finetune"

@@ -36,7 +36,7 @@ def _npz(path, channels: int, size: int = 12, classes: int = 3):
 @pytest.fixture(scope="module")
 def pretrain_run(tmp_path_factory, digits):
     out = tmp_path_factory.mktemp("pretrain")
-    train_run("pretrain", Config(**FAST), digits, out)
+    train_run("supcon", Config(**FAST), digits, out, until="pretrain")
     return out
 
 
@@ -67,7 +67,9 @@ def test_transfer_writes_a_new_run_and_leaves_the_source_alone(pretrain_run, gra
     results = json.loads((out / "results.json").read_text())
     run = results["runs"][0]
     assert results["class_names"] == ["c0", "c1", "c2"] and results["input"]["image_size"] == 8
-    assert run["encoder_from"] == str(pretrain_run) and run["encoder_dataset"] == "digits" and run["val_acc"] > 0
+    assert run["encoder_from"] == str(pretrain_run) and run["encoder_dataset"] == "digits"
+    # three classes, a bright square in each one's corner: chance is 1/3, and the digits encoder gave 0.67 here
+    assert run["val_acc"] > 0.5
     stages = {json.loads(line)["stage"] for line in (out / "metrics.jsonl").read_text().splitlines()}
     assert stages == {"linear"}
     # the new directory is a run like any other
@@ -79,7 +81,8 @@ def test_transfer_from_a_ce_run_in_python(digits, gray, tmp_path):
     train_run("ce", Config(**FAST), digits, tmp_path / "ce")
     result = train_run("transfer", Config(**{**FAST, "dataset": gray, "encoder_from": str(tmp_path / "ce")}),
                        out=tmp_path / "t")
-    assert result.summary["method"] == "ce" and 0 <= result.summary["val_acc"] <= 1
+    # a one-epoch CE encoder is not worth a bound on accuracy here (it measured chance, 1/3): the record is the point
+    assert result.summary["method"] == "transfer" and result.summary["encoder_method"] == "ce"
     assert "| cross-entropy encoder + linear |" in results_table([result.summary])
 
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from supcon.cli.commands import config_from_args, run_command, run_tool
 from supcon.cli.parser import TOOLS, build_parser
 from supcon.config import ONE_JOB
 from supcon.engine import distributed
+
+if TYPE_CHECKING:  # supcon.engine.callbacks loads torch, which `supcon --help` does without
+    from supcon.engine.callbacks import Callback
 
 __all__ = ["build_parser", "main"]
 
@@ -17,7 +22,9 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"supcon: warning: {message}", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, callbacks: Sequence[Callback] = ()) -> int:
+    """``supcon ARGV``; the exit status. ``callbacks`` join the loop of every stage a training command runs
+    (``tests/signal_launcher.py`` stops a run at a known step this way)."""
     warnings.showwarning = _one_line_warning
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--"]:  # `torchrun ... -m supcon -- COMMAND ...` keeps torchrun's parser off our options
@@ -32,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
             distributed.check_launch(cfg.nproc, resolve_device(cfg.device), cfg.batch_size, cfg.sync_bn)
             return distributed.launch(cfg.nproc, argv)
-        return run_command(args.command, cfg, args)
+        return run_command(args.command, cfg, args, callbacks)
     except (ValueError, FloatingPointError, OSError, ImportError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"supcon {args.command}{_rank_note()}: error: {message}", file=sys.stderr)

@@ -7,11 +7,18 @@ import argparse
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from supcon.config import LOSS_NAMES, NO_DISTRIBUTED_RESUME, ONE_JOB, Config
+from supcon.cli.parser import tool_options
+from supcon.config import NO_DISTRIBUTED_RESUME, ONE_JOB, Config
 from supcon.engine import distributed
+from supcon.methods import LOSS_TITLES, method_for
 from supcon.runs.options import options_for, resume_dir
+
+if TYPE_CHECKING:  # supcon.engine.callbacks loads torch, which `supcon --help` does without
+    from supcon.engine.callbacks import Callback
 
 # argparse names of the sweep's and the config file's own flags: not options of the Config
 NOT_OPTIONS = ("command", "config", "grid", "ce_grid", "no_ce", "variant", "jobs", "redo")
@@ -28,8 +35,10 @@ def default_out(command: str, dataset: str) -> Path:
     return Path("runs") / f"{command}-{slug or 'data'}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def run_command(command: str, cfg: Config, args: argparse.Namespace | None = None) -> int:
-    """Run a training command (pretrain, linear, ce, compare, sweep); the exit status."""
+def run_command(command: str, cfg: Config, args: argparse.Namespace | None = None,
+                callbacks: Sequence[Callback] = ()) -> int:
+    """Run a training command (pretrain, linear, ce, compare, sweep); the exit status. ``callbacks`` join the loop
+    of every stage it trains."""
     from supcon.device import resolve_device
 
     if distributed.launched() and command not in ONE_JOB:
@@ -42,7 +51,7 @@ def run_command(command: str, cfg: Config, args: argparse.Namespace | None = Non
         # under torchrun every process takes rank 0's clock, so that they name the same directory
         cfg = cfg.replace(out=cfg.out or str(distributed.broadcast(default_out(command, cfg.dataset))))
     try:
-        return _run(command, cfg, args or argparse.Namespace())
+        return _run(command, cfg, args or argparse.Namespace(), tuple(callbacks))
     except KeyboardInterrupt as err:
         if command == "sweep":  # a sweep resumes by being run again; its cells say nothing of their own
             raise
@@ -55,7 +64,7 @@ def show(*parts, **kwargs) -> None:
         print(*parts, **kwargs)
 
 
-def _run(command: str, cfg: Config, args: argparse.Namespace) -> int:
+def _run(command: str, cfg: Config, args: argparse.Namespace, callbacks: tuple[Callback, ...]) -> int:
     from supcon.data import describe
     from supcon.reporting.format import results_table
     from supcon.reporting.notes import ce_note, comparison_text
@@ -65,12 +74,12 @@ def _run(command: str, cfg: Config, args: argparse.Namespace) -> int:
         if not cfg.quiet:
             show(message, flush=True)
 
-    if command == "linear":
-        kind = "linear" if cfg.run is not None else "transfer"
-        result = train_run(kind, cfg, out=cfg.out if kind == "transfer" else None)
+    if command == "linear":  # a probe added to the pretrain run --run, or a transfer from --encoder-from
+        adding = cfg.run is not None
+        result = train_run(method_for(cfg), cfg, out=None if adding else cfg.out, callbacks=callbacks)
         show(results_table([result.summary]))
-        where = cfg.run if kind == "linear" else cfg.out
-        what = (f"linear probe finished: val acc {result.summary['val_acc']:.4f}" if kind == "linear" else
+        where = cfg.run if adding else cfg.out
+        what = (f"linear probe finished: val acc {result.summary['val_acc']:.4f}" if adding else
                 f"transfer finished: val acc {result.summary['val_acc']:.4f} on {cfg.dataset} with the encoder of "
                 f"{cfg.encoder_from}")
         show(f"{what}; outputs in {where}")
@@ -84,14 +93,14 @@ def _run(command: str, cfg: Config, args: argparse.Namespace) -> int:
                                    getattr(args, "ce_grid", None), getattr(args, "variant", None),
                                    getattr(args, "no_ce", False))
         rows = run_sweep(sweep, out, jobs=getattr(args, "jobs", None) or 1, log=say,
-                         redo=getattr(args, "redo", False))
+                         redo=getattr(args, "redo", False), callbacks=callbacks)
         show(sweep_markdown(rows))
         show(f"sweep finished: outputs (sweep.md, sweep.csv, sweep.png, cells/) in {out}")
         return 0
     if command == "compare":
         from supcon.experiments.compare import compare
 
-        results = compare(cfg, out, log=say)
+        results = compare(cfg, out, log=say, callbacks=callbacks)
         show(comparison_text(results))
         runs = (", ".join(f"{m}/" for m in cfg.method_list()) if cfg.seeds == 1
                 else f"seed-{cfg.seed}/ ... seed-{cfg.seed + cfg.seeds - 1}/")
@@ -99,10 +108,13 @@ def _run(command: str, cfg: Config, args: argparse.Namespace) -> int:
         return 0
     data = load_data(cfg)
     say(describe(data))
-    result = train_run(command, cfg, data, out)
+    if command == "pretrain":
+        result = train_run(method_for(cfg), cfg, data, out, until="pretrain", callbacks=callbacks)
+    else:
+        result = train_run("ce", cfg, data, out, callbacks=callbacks)
     if command == "pretrain":
         knn = result.summary.get("knn_acc")
-        show(f"stage 1 finished: {LOSS_NAMES[cfg.loss]} loss {result.summary['stage1_loss']:.4f}"
+        show(f"stage 1 finished: {LOSS_TITLES[cfg.loss]} loss {result.summary['stage1_loss']:.4f}"
              + (f", kNN accuracy {knn:.4f}" if knn is not None else "") + f"; outputs in {out}")
         show(f"next: supcon linear --run {out}")
     else:
@@ -137,15 +149,11 @@ def run_tool(args: argparse.Namespace) -> int:
     if args.command == "predict":
         return run_predict(args)
     if args.command == "robustness":
-        from supcon.experiments.robustness import robustness_report
+        from supcon.experiments.robustness import RobustnessOptions, robustness_report
         from supcon.reporting.robustness import FILES, summary_table
 
         out = Path(args.out) if args.out else Path("runs") / f"robustness-{time.strftime('%Y%m%d-%H%M%S')}"
-        report = robustness_report(args.run_dirs, out, baseline=args.baseline, corruptions=args.corruptions,
-                                   severities=args.severities, attacks=args.attacks, epsilons=args.eps,
-                                   pgd_steps=args.pgd_steps, bins=args.bins, max_images=args.max_images,
-                                   seed=args.seed, batch_size=args.batch_size, device=args.device,
-                                   progress=not args.quiet)
+        report = robustness_report(args.run_dirs, out, tool_options(RobustnessOptions, args))
         print(summary_table(report))
         print(f"robustness finished: outputs ({', '.join(f for f in FILES if (out / f).is_file())}) in {out}")
         return 0
@@ -154,8 +162,7 @@ def run_tool(args: argparse.Namespace) -> int:
     from supcon.experiments import embeddings
 
     if args.command == "knn":
-        r = embeddings.knn_run(args.run_dir, dataset=args.dataset, k=args.k, temperature=args.temperature,
-                               weights=args.weights)
+        r = embeddings.knn_run(args.run_dir, tool_options(embeddings.KnnOptions, args))
         votes = f"exp(s/{r['temperature']:g})" if r["weights"] == "exp" else "uniform"
         print(f"kNN accuracy {r['knn_acc']:.4f} on {r['dataset']}: {r['val_images']:,} validation images "
               f"classified by their {r['k']} nearest of {r['train_images']:,} training images (cosine, {votes} "
@@ -165,8 +172,7 @@ def run_tool(args: argparse.Namespace) -> int:
         paths = embeddings.tsne_run(args.run_dir, projection=args.projection)
         print(f"t-SNE written to {', '.join(map(str, paths))}")
         return 0
-    path = embeddings.embed_run(args.run_dir, args.out, dataset=args.dataset, split=args.split,
-                                projection=args.projection)
+    path = embeddings.embed_run(args.run_dir, args.out, tool_options(embeddings.EmbedOptions, args))
     print(f"embeddings written to {path}")
     return 0
 
@@ -187,18 +193,24 @@ def run_report(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from supcon.evaluate.predict import PredictionWriter, classify_files, find_images, summarize, summary_line
+    from supcon.evaluate.predict import (
+        PredictionWriter,
+        PredictOptions,
+        classify_files,
+        find_images,
+        summarize,
+        summary_line,
+    )
     from supcon.runs.load import load_run
 
-    if args.batch_size < 1 or args.top_k < 1:
-        raise ValueError(f"--batch-size and --top-k must be positive; got {args.batch_size} and {args.top_k}")
-    run = load_run(args.run_dir, args.device)
+    opts = tool_options(PredictOptions, args)
+    run = load_run(args.run_dir, opts.device)
     files = find_images(args.paths, run.classes)
     # a bar for folders, on a terminal: in a log file its redraws between the lines would be noise
-    progress = not args.quiet and any(Path(p).is_dir() for p in args.paths) and sys.stderr.isatty()
-    writer = PredictionWriter(sys.stdout, args.format, run.classes, args.top_k)
+    progress = not opts.quiet and any(Path(p).is_dir() for p in args.paths) and sys.stderr.isatty()
+    writer = PredictionWriter(sys.stdout, opts.format, run.classes, opts.top_k)
     results = []
-    for result in classify_files(run, files, args.batch_size, progress, args.high_bit_depth):
+    for result in classify_files(run, files, opts.batch_size, progress, opts.high_bit_depth):
         results.append(result)
         line = writer.write(result)
         if result.skipped:
@@ -213,5 +225,5 @@ def run_predict(args: argparse.Namespace) -> int:
     writer.close(summary)
     if not summary["images"]:
         raise ValueError(f"no readable images among the {len(files):,} file(s) given")
-    print(summary_line(summary, run.run_dir), file=sys.stdout if args.format == "text" else sys.stderr)
+    print(summary_line(summary, run.run_dir), file=sys.stdout if opts.format == "text" else sys.stderr)
     return 0

@@ -1,11 +1,13 @@
-"""The ``supcon`` command line: one sub-command per training command, its flags derived from the
-:class:`~supcon.config.Config` (name, type, default, help and choices), and small parsers of the tools that read
-finished runs."""
+"""The ``supcon`` command line: one sub-command per command, its flags derived from the option fields of the
+:class:`~supcon.config.Config` (the training commands) or of the tool's own options (``PredictOptions``,
+``KnnOptions``, ...): name, type, default, help and choices."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import typing
+from typing import Any
 
 from supcon import __version__
 from supcon.config import COMMANDS, MAP_POINTS, TSNE_POINTS, Config, fields_for
@@ -22,7 +24,7 @@ DESCRIPTIONS = {
              "augmentation grid) and write sweep.md, sweep.csv and sweep.png; a sweep started again skips "
              "finished cells. Options below set the base configuration of every cell.",
 }
-# Commands that read finished run directories rather than train: their own small parsers, not the Config's.
+# Commands that read finished run directories rather than train: their flags come from options of their own.
 TOOLS = {
     "tsne": "Draw RUN_DIR/tsne.png: the t-SNE of the validation images' encoder embeddings, coloured by class "
             f"(at most {TSNE_POINTS:,} points, a stratified subsample of larger splits).",
@@ -44,10 +46,11 @@ TOOLS = {
 _HINTS = typing.get_type_hints(Config)
 
 
-def _value_type(name: str):
-    hint = _HINTS[name]
+def _plain_type(hint: Any) -> Any:
+    """``int`` of ``int | None``; ``list`` of ``list[str]``."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
+    plain = args[0] if args and typing.get_origin(hint) is not list else hint
+    return typing.get_origin(plain) or plain
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,23 +82,48 @@ def build_parser() -> argparse.ArgumentParser:
                                   "error: redoing it deletes its result)")
             sub.add_argument("--jobs", type=int, metavar="N",
                              help="cells run at once, each in its own process with cores/N threads (default: 1)")
-        for f in fields_for(command):
-            flag = "--" + f.name.replace("_", "-")
-            kind = _value_type(f.name)
-            # The help shows the Config default; SUPPRESS keeps unset flags out of the namespace so that a
-            # YAML file or a run's config.yaml below them is not overwritten by defaults.
-            text = f.metadata["help"]
-            kwargs = {"help": text if "default" in text else f"{text} (default: {f.default})"}
-            if kind is bool:
-                sub.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-                continue
-            if f.metadata["choices"]:
-                kwargs["choices"] = f.metadata["choices"]
-            else:
-                kwargs["metavar"] = f.metadata["metavar"] or kind.__name__.upper()
-            sub.add_argument(flag, type=kind, **kwargs)
+        # SUPPRESS (the sub-parser's default) keeps unset flags out of the namespace, so that a YAML file or a
+        # run's config.yaml below them is not overwritten by defaults; the help shows the Config's default.
+        add_flags(sub, fields_for(command), _HINTS)
     _add_tools(commands)
     return parser
+
+
+def add_flags(parser: argparse.ArgumentParser, fields: list[dataclasses.Field], hints: dict[str, Any]) -> None:
+    """One flag per option field (:func:`supcon.config.option`): its help, default, choices and type."""
+    for f in fields:
+        flag = "--" + (f.metadata["flag"] or f.name).replace("_", "-")
+        kind = _plain_type(hints[f.name])
+        text = f.metadata["help"]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        shown = ",".join(map(_shown, default)) if isinstance(default, list) else default
+        kwargs = {"help": text if "default" in text else f"{text} (default: {shown})", "dest": f.name}
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        if f.metadata["items"] is not None:
+            kind = _csv(f.metadata["items"], f"{f.metadata['items'].__name__} values")
+        if f.metadata["choices"]:
+            kwargs["choices"] = f.metadata["choices"]
+        else:
+            kwargs["metavar"] = f.metadata["metavar"] or kind.__name__.upper()
+        parser.add_argument(flag, type=kind, **kwargs)
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def tool_options(options: type, args: argparse.Namespace) -> Any:
+    """The ``options`` dataclass of a tool command, from its flags (which :func:`add_tool_flags` made)."""
+    return options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(options)})
+
+
+def add_tool_flags(parser: argparse.ArgumentParser, options: type) -> None:
+    """A tool command's flags, one per field of its ``options`` dataclass, with its defaults."""
+    parser.set_defaults(**{f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING
+                           else f.default for f in dataclasses.fields(options)})
+    add_flags(parser, list(dataclasses.fields(options)), typing.get_type_hints(options))
 
 
 def _add_tools(commands) -> None:
@@ -106,46 +134,31 @@ def _add_tools(commands) -> None:
     tsne.add_argument("run_dir", metavar="RUN_DIR", help="a finished pretrain, linear or ce run directory")
     tsne.add_argument("--projection", action="store_true",
                       help="also draw the projection head's output (pretrain runs) to RUN_DIR/tsne_projection.png")
+    from supcon.evaluate.predict import PredictOptions
+    from supcon.experiments.embeddings import EmbedOptions, KnnOptions
+    from supcon.experiments.robustness import RobustnessOptions
+
     embed = sub("embed")
     embed.add_argument("run_dir", metavar="RUN_DIR", help="a finished pretrain, linear or ce run directory")
-    embed.add_argument("--dataset", metavar="SPEC", help="data set to embed, resized to the encoder's input size "
-                       "(default: the run's own, with its split)")
-    embed.add_argument("--split", choices=("train", "val", "test", "all"), default="all",
-                       help="which split to export (default: all three)")
-    embed.add_argument("--projection", action="store_true",
-                       help="also export the projection head's output (pretrain runs) as train_proj / val_proj")
     embed.add_argument("--out", metavar="FILE", required=True, help="the .npz file to write")
+    add_tool_flags(embed, EmbedOptions)
     knn = sub("knn")
     knn.add_argument("run_dir", metavar="RUN_DIR", help="a finished pretrain, linear or ce run directory")
-    knn.add_argument("--dataset", metavar="SPEC", help="data set whose training images are the neighbours and whose "
-                     "validation images are classified, resized to the encoder's input size (default: the run's "
-                     "own, with its split)")
-    knn.add_argument("--k", type=int, metavar="K", help="neighbours (default: the run's --knn-k, else 20)")
-    knn.add_argument("--temperature", type=float, metavar="T",
-                     help="votes weigh exp(similarity / T) (default: the run's --knn-temperature, else 0.07)")
-    knn.add_argument("--weights", choices=("exp", "uniform"), default="exp",
-                     help="exp(similarity / T) per neighbour, or 1 (uniform) (default: exp)")
-    _add_robustness(sub("robustness"))
+    add_tool_flags(knn, KnnOptions)
+    robustness = sub("robustness")
+    robustness.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                            help="finished runs with a classifier: compare directories (their supcon/ and ce/ "
+                                 "runs), pretrain runs with their linear probe, ce runs, transfer runs")
+    robustness.add_argument("--out", metavar="DIR",
+                            help="where to write the tables and pictures (default: runs/robustness-<time>)")
+    add_tool_flags(robustness, RobustnessOptions)
     predict = sub("predict")
     predict.add_argument("run_dir", metavar="RUN_DIR", help="a finished ce run, pretrain run with a linear probe, "
                          "transfer run, or compare directory (its supcon/ run; give DIR/ce for the baseline)")
     predict.add_argument("paths", nargs="+", metavar="PATH",
                          help="image files, or folders searched recursively; unreadable files are skipped with the "
                               "reason")
-    predict.add_argument("--top-k", type=int, default=1, metavar="K",
-                         help="also give the next K-1 classes and their probabilities (default: 1)")
-    predict.add_argument("--format", choices=("text", "json", "csv"), default="text",
-                         help="text: one tab-separated line per image; csv: a header and one row per image; json: "
-                              "one document with predictions, skipped files and the summary (default: text)")
-    predict.add_argument("--batch-size", type=int, default=256, metavar="N",
-                         help="images decoded and classified at a time (default: 256)")
-    predict.add_argument("--high-bit-depth", choices=("skip", "convert"), default="skip",
-                         help="images of more than 8 bits per sample (16-bit PNG or TIFF, float): skip them with "
-                              "the reason, since the runs learned from 8-bit photos, or convert them to 8 bits as "
-                              "the training loader does and classify them (default: skip)")
-    predict.add_argument("--device", default="auto",
-                         help="auto (cuda, mps, then cpu), cpu, cuda, cuda:N or mps (default: auto)")
-    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_tool_flags(predict, PredictOptions)
     report = sub("report")
     report.add_argument("dirs", nargs="+", metavar="DIR",
                         help="run directories, compare directories or folders searched for runs (by results.json)")
@@ -173,41 +186,3 @@ def _csv(kind, name: str):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected comma-separated {name}, got {text!r}") from None
     return parse
-
-
-def _add_robustness(parser: argparse.ArgumentParser) -> None:
-    from supcon.evaluate.attacks import ATTACKS, PGD_STEPS
-    from supcon.evaluate.calibration import BINS
-    from supcon.evaluate.corruptions import CORRUPTIONS, SEVERITIES
-    from supcon.experiments.robustness import EPSILONS_255
-
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                        help="finished runs with a classifier: compare directories (their supcon/ and ce/ runs), "
-                             "pretrain runs with their linear probe, ce runs, transfer runs")
-    parser.add_argument("--baseline", metavar="RUN_DIR",
-                        help="the run that corruption errors are relative to (CE_c = a run's errors over the "
-                             "baseline's); evaluated too if not among RUN_DIR (default: the first cross-entropy "
-                             "run, else the first run)")
-    parser.add_argument("--corruptions", type=_csv(str, "corruption names"), default=list(CORRUPTIONS),
-                        metavar="LIST", help=f"comma-separated, or none (default: all nine: {', '.join(CORRUPTIONS)})")
-    parser.add_argument("--severities", type=_csv(int, "integers 1-5"), default=list(SEVERITIES), metavar="LIST",
-                        help="comma-separated severities 1-5; mCE sums over these (default: 1,2,3,4,5)")
-    parser.add_argument("--attacks", type=_csv(str, "attack names"), default=list(ATTACKS), metavar="LIST",
-                        help=f"L-inf attacks, comma-separated, or none (default: {','.join(ATTACKS)})")
-    parser.add_argument("--eps", type=_csv(float, "numbers"), default=list(EPSILONS_255), metavar="LIST",
-                        help="attack radii in 1/255 of the pixel range, comma-separated (default: 1,2,4,8)")
-    parser.add_argument("--pgd-steps", type=int, default=PGD_STEPS, metavar="N",
-                        help=f"PGD steps, each of 2.5 eps / N, after a random start (default: {PGD_STEPS})")
-    parser.add_argument("--bins", type=int, default=BINS, metavar="N",
-                        help=f"equal-width confidence bins of the ECE and reliability diagram (default: {BINS})")
-    parser.add_argument("--max-images", type=int, metavar="N",
-                        help="evaluate a seeded, class-balanced subsample of N test images (default: all)")
-    parser.add_argument("--seed", type=int, default=0, metavar="N",
-                        help="seed of the corruptions' noise and PGD's random starts (default: 0)")
-    parser.add_argument("--batch-size", type=int, default=256, metavar="N",
-                        help="images per forward (and backward, for the attacks) pass (default: 256)")
-    parser.add_argument("--device", default="auto", help="auto (cuda, mps, then cpu), cpu, cuda, cuda:N, mps "
-                                                         "(default: auto)")
-    parser.add_argument("--out", metavar="DIR",
-                        help="where to write the tables and pictures (default: runs/robustness-<time>)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")

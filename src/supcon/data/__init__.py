@@ -51,10 +51,10 @@ def load_data(cfg, progress: bool = False) -> DataSplits:
     label noise on the training and validation labels: every command that trains or evaluates a run reads its
     data here, so the splits and the noise are the same in each. Both follow ``cfg.split_seed``, never the
     training ``cfg.seed``: the seeds of a comparison vary the training, not the data."""
-    data = load_dataset(cfg.dataset, image_size=cfg.image_size, store_size=store_size(cfg),
-                        val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, split_seed=cfg.split_seed,
-                        max_train=cfg.max_train, max_val=cfg.max_val, max_test=cfg.max_test, data_dir=cfg.data_dir,
-                        progress=progress)
+    options = LoadOptions(image_size=cfg.image_size, store_size=store_size(cfg), val_fraction=cfg.val_fraction,
+                          test_fraction=cfg.test_fraction, split_seed=cfg.split_seed, max_train=cfg.max_train,
+                          max_val=cfg.max_val, max_test=cfg.max_test, progress=progress, data_dir=cfg.data_dir)
+    data = load_dataset(cfg.dataset, options)
     return with_label_noise(data, cfg.label_noise, cfg.label_noise_mode, cfg.split_seed)
 
 __all__ = [

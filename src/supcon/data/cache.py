@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .core import ImageDataset
+from .decode import decode_image
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +171,6 @@ def _decode_chunk(paths: list[str], target: str, start: int, size: int, native: 
                   ) -> tuple[list[int], list[tuple[str, str]], list[str]]:
     """A worker's task: decode ``paths`` and write each image at its row (``start`` + its position) of ``target``;
     returns the rows written, the files skipped with their reasons, and the decoder's warnings."""
-    from .folder import decode_image
-
     frame = 3 * size * size
     ok, bad = [], []
     with open(target, "r+b") as fh, warnings.catch_warnings(record=True) as caught:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from supcon.options import check_data_options
 
 
 @dataclass
@@ -76,7 +78,7 @@ class DataSplits:
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """The keyword arguments of `load_dataset`, handed to every loader."""
+    """The options of `load_dataset`, handed to every loader; checked when made."""
 
     image_size: int | None = None
     store_size: int | None = None  # the decoded cache's size; None: image_size (or the files' own)
@@ -88,6 +90,17 @@ class LoadOptions:
     max_test: int | None = None
     progress: bool = False
     data_dir: str | None = None  # where the named data sets are downloaded and cached
+
+    def __post_init__(self):
+        check_data_options(self)
+        for key in ("image_size", "store_size", "max_train", "max_val", "max_test"):  # numpy ints to int
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, int(getattr(self, key)))
+        object.__setattr__(self, "val_fraction", float(self.val_fraction))
+        object.__setattr__(self, "test_fraction", float(self.test_fraction))
+        object.__setattr__(self, "split_seed", int(self.split_seed))
+        if self.data_dir is not None:
+            object.__setattr__(self, "data_dir", str(self.data_dir))
 
 
 Loader = Callable[[str, LoadOptions], DataSplits]
@@ -122,38 +135,7 @@ def available_datasets() -> list[str]:
     return [e.usage for e in _LOADERS.values()]
 
 
-def _checked_options(o: LoadOptions) -> LoadOptions:
-    for key in ("val_fraction", "test_fraction"):
-        v = getattr(o, key)
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < 1:
-            raise ValueError(f"{key} must be in (0, 1), got {v!r}")
-    if o.val_fraction + o.test_fraction >= 1:
-        raise ValueError(f"val_fraction + test_fraction must leave images to train on; got {o.val_fraction} + "
-                         f"{o.test_fraction}")
-    ints = {}
-    for key in ("image_size", "store_size", "max_train", "max_val", "max_test"):
-        v = getattr(o, key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1):
-            raise ValueError(f"{key} must be a positive int or None, got {v!r}")
-        ints[key] = None if v is None else int(v)
-    return replace(o, val_fraction=float(o.val_fraction), test_fraction=float(o.test_fraction),
-                   split_seed=int(o.split_seed), **ints)
-
-
-def load_dataset(
-    spec: str = "digits",
-    *,
-    image_size: int | None = None,
-    store_size: int | None = None,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    split_seed: int = 0,
-    max_train: int | None = None,
-    max_val: int | None = None,
-    max_test: int | None = None,
-    progress: bool = False,
-    data_dir: str | Path | None = None,
-) -> DataSplits:
+def load_dataset(spec: str = "digits", options: LoadOptions | None = None, **changes: Any) -> DataSplits:
     """Load a data set into memory as uint8 tensors, split into train, val and test.
 
     spec: "digits" (scikit-learn's 8x8 digits), "npz:PATH" (x_train/y_train/x_test/y_test/
@@ -170,11 +152,11 @@ def load_dataset(
     size, default to 128). `store_size` (the folder and named photo sets) decodes the files at that
     size into a cache on disk that the images then memory-map (see :mod:`supcon.data.cache`); the
     views crop from it and resize to `image_size`. `max_train` / `max_val` / `max_test` take a
-    seeded, class-balanced subsample. Raises ValueError (one line) on a bad spec, a missing path or malformed data.
+    seeded, class-balanced subsample. These are the fields of ``options`` (:class:`LoadOptions`), or keywords:
+    ``load_dataset("digits", image_size=16)``. Raises ValueError (one line) on a bad spec, a missing path or
+    malformed data.
     """
-    where = None if data_dir is None else str(data_dir)
-    opts = _checked_options(LoadOptions(image_size, store_size, val_fraction, test_fraction, split_seed, max_train,
-                                        max_val, max_test, progress, where))
+    opts = replace(options or LoadOptions(), **changes)
     scheme, sep, arg = spec.partition(":")
     entry = _LOADERS.get(scheme)
     if entry is None or entry.takes_path != bool(sep) or (entry.takes_path and not arg):

@@ -8,7 +8,7 @@ memory and each batch is copied asynchronously one batch ahead of the step that 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -48,7 +48,6 @@ class EpochBatches:
             self.images, self.labels = images.to(device), labels.to(device)
         self.generator = torch.Generator().manual_seed(seed)
         self._epoch_start: torch.Tensor | None = None
-        self.on_epoch_start: Callable[[int], None] | None = None  # the kNN monitor's clock
         # Every process draws the same permutation and keeps its part of each batch: batch_size is the global batch.
         self.min_last = distributed.min_batch()
         if batch_size < self.min_last:
@@ -60,8 +59,6 @@ class EpochBatches:
 
     def __call__(self, epoch: int, skip: int = 0) -> Iterator[list[torch.Tensor]]:
         self._epoch_start = self.generator.get_state()
-        if self.on_epoch_start is not None:
-            self.on_epoch_start(epoch)
         order = shuffled_batches(len(self.labels), self.batch_size, self.generator, self.min_last)
         return self._iterate(order[skip:])
 

@@ -3,15 +3,12 @@
 The loop owns what every stage shares: batches, the optimizer and schedule steps, mixed-precision scaling,
 early stopping with the best weights restored, one ``metrics.jsonl`` line per epoch, progress bars, atomic
 checkpoints, resuming and Ctrl-C. A stage only says what a batch's loss is (``Trainable.step``) and how it is
-validated (``Trainable.evaluate``).
+validated (``Trainable.evaluate``); what else it keeps an eye on while it trains lives in its callbacks
+(:mod:`supcon.engine.callbacks`), whose states every checkpoint keeps with the loop's.
 
 Where the loop is, is one typed :class:`LoopState`, saved in every checkpoint, so that a resumed run on the CPU
-ends as the uninterrupted one.
-
-Test hook: the environment variable ``SUPCON_TEST_SIGNAL_AT=SIGNAL:STEP[:STAGE[:NTH]]`` makes the loop send
-itself ``SIGNAL`` (``SIGINT``, ``SIGKILL``, ...) right after optimizer step ``STEP`` (counted over the stage) of the
-``NTH`` (default first) run of ``STAGE`` (default any) in this process, before that step's checkpoint. Tests of
-Ctrl-C and of killed runs interrupt a run at a known step this way, instead of racing a file watcher against it.
+ends as the uninterrupted one. Tests stop a run at a known step with the
+:class:`~supcon.engine.callbacks.SignalAt` callback.
 """
 
 from __future__ import annotations
@@ -26,7 +23,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +34,10 @@ from tqdm.auto import tqdm
 
 from supcon.engine import distributed
 from supcon.engine.batches import EpochBatches
+from supcon.engine.callbacks import Callback
 from supcon.engine.checkpoint import Checkpoints, rng_state, set_rng_state
 from supcon.io import append_jsonl, atomic_write_text
 
-SIGNAL_AT = "SUPCON_TEST_SIGNAL_AT"
 MONITORS = {"val_acc": 1.0, "val_loss": -1.0}  # the sign that makes a larger score better
 
 
@@ -52,7 +49,8 @@ class Trainable:
     :class:`EpochBatches` also resumes mid-epoch without remaking the skipped ones); ``evaluate()`` returns the
     epoch's validation metrics; ``backward(loss)`` replaces ``loss.backward()`` (it gets the scaled loss under
     fp16), for a step whose backward pass is its own (:class:`~supcon.engine.gradcache.GradCache`).
-    ``extra_state`` is a dict of the stage's own numbers, checkpointed with the loop and restored in place.
+    ``callbacks`` are the stage's own :class:`~supcon.engine.callbacks.Callback` objects (its numbers beside the
+    loss, a monitor, a queue), checkpointed with the loop.
     """
 
     model: nn.Module
@@ -64,7 +62,7 @@ class Trainable:
     scaler: torch.amp.GradScaler | None = None
     backward: Callable[[torch.Tensor], None] | None = None
     evaluate: Callable[[], dict[str, float]] | None = None
-    extra_state: dict[str, Any] | None = None
+    callbacks: Sequence[Callback] = ()
 
 
 @dataclass
@@ -73,7 +71,8 @@ class FitOptions:
     with ``patience > 0`` training stops after that many epochs without a better value and the best epoch's
     weights are restored. ``on_epoch(record)`` sees each epoch's record after it is written to
     ``metrics_path``. With ``checkpoints`` the loop saves one at the end of every epoch, every
-    ``checkpoints.every`` steps and on Ctrl-C; ``resume`` continues from the newest good one."""
+    ``checkpoints.every`` steps and on Ctrl-C; ``resume`` continues from the newest good one. ``callbacks`` are
+    the caller's, called after the trainable's own."""
 
     epochs: int
     stage: str = "train"
@@ -86,6 +85,7 @@ class FitOptions:
     checkpoints: Checkpoints | None = None
     resume: bool = False
     detect_anomaly: bool = False
+    callbacks: Sequence[Callback] = ()
 
 
 @dataclass
@@ -194,7 +194,10 @@ class _Loop:
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.restored_rng: dict[str, Any] | None = None
         self.started = time.perf_counter()
-        self.signal_at = _test_signal(options.stage)
+        self.callbacks = [*task.callbacks, *options.callbacks]
+        keys = [c.state_key for c in self.callbacks if c.state_dict()]
+        if len(set(keys)) < len(keys):
+            raise ValueError(f"two callbacks keep their state under one key: {sorted(keys)}")
         self.progress = options.progress and distributed.is_main()
 
     def run(self) -> FitResult:
@@ -203,6 +206,8 @@ class _Loop:
             self._restore()
         if options.resume and options.metrics_path is not None:  # lines written after the checkpoint go again
             _rewrite_stage(options.metrics_path, options.stage, self.result.history)
+        for callback in self.callbacks:
+            callback.on_fit_start(options.stage)
         first = self.state.epoch if not self.result.stopped_early else options.epochs + 1
         epoch_bar = tqdm(range(first, options.epochs + 1), desc=options.stage, unit="epoch",
                          disable=not self.progress, file=sys.stderr, dynamic_ncols=True, initial=first - 1,
@@ -220,7 +225,7 @@ class _Loop:
         return self.result
 
     def _restore(self) -> None:
-        """Put the newest good checkpoint back: modules, history, loop state, shuffle and the stage's own state;
+        """Put the newest good checkpoint back: modules, history, loop state, shuffle and the callbacks' states;
         the random states wait until the batches the epoch skips are behind the loop."""
         found = self.options.checkpoints.latest()
         if found is None:
@@ -241,9 +246,12 @@ class _Loop:
             task.scaler.load_state_dict(saved["scaler"])
         if isinstance(task.batches, EpochBatches) and saved["batches"] is not None:
             task.batches.load_state_dict(saved["batches"])
-        if task.extra_state is not None and saved["extra"] is not None:
-            task.extra_state.clear()
-            task.extra_state.update(saved["extra"])
+        states = saved.get("callbacks")
+        if states is None:  # written before callbacks: one flat dict of the stage's numbers, or None
+            states = _flat_states(saved.get("extra") or {}, self.callbacks)
+        for callback in self.callbacks:
+            if callback.state_key in states:
+                callback.load_state_dict(states[callback.state_key])
         self.restored_rng = saved["rng"]
         if self.progress:
             print(f"{self.options.stage}: resuming from {self.result.resumed_from}", file=sys.stderr)
@@ -255,6 +263,8 @@ class _Loop:
             state.new_epoch()
         self.task.model.train()
         self.epoch_started = time.perf_counter()
+        for callback in self.callbacks:
+            callback.on_epoch_start(epoch)
         batches = _batches_from(self.task.batches, epoch, state.skip)
         bar = tqdm(batches, total=steps, desc=f"epoch {epoch}", leave=False, unit="batch",
                    disable=not self.progress, file=sys.stderr, dynamic_ncols=True, initial=state.skip)
@@ -264,12 +274,9 @@ class _Loop:
         for batch in bar:
             value = self._step(batch, epoch)
             bar.set_postfix(loss=f"{value:.4f}")
-            if self.signal_at is not None and state.global_step == self.signal_at[1]:
-                # The test hook. raise_signal, not os.kill: kill may deliver the signal to another thread (torch's,
-                # tqdm's), whose handler can then run after the check below, so the run would stop a step late
-                # or not at all; raise_signal runs the handler in this thread before it returns.
-                signal.raise_signal(self.signal_at[0])
-            if self.stop.requested:
+            for callback in self.callbacks:  # before this step's checkpoint, which then holds what they recorded
+                callback.on_step_end(state, batch, value)
+            if self.stop.requested:  # also a Ctrl-C that a callback raised (SignalAt) in this step
                 raise TrainingInterrupted(self.options.stage, epoch, state.skip, self._save(over=False))
             checkpoints = self.options.checkpoints
             # a mark on an epoch's last step is left to the end-of-epoch checkpoint just after it
@@ -329,8 +336,8 @@ class _Loop:
                                   "lr": task.optimizer.param_groups[0]["lr"]}
         if state.counted:
             record["train_acc"] = correct / max(1, seen)
-        if task.evaluate is not None:
-            record.update(distributed.from_main(task.evaluate))  # one verdict, so early stopping agrees everywhere
+        if task.evaluate is not None or self.callbacks:
+            record.update(distributed.from_main(self._evaluate))  # one verdict, so early stopping agrees everywhere
         record["seconds"] = time.perf_counter() - self.epoch_started
         result.history.append(record)
         if options.metrics_path is not None:
@@ -351,6 +358,13 @@ class _Loop:
             path = self._save(over=True)
             if self.stop.requested:
                 raise TrainingInterrupted(options.stage, epoch, state.skip, path)
+        return record
+
+    def _evaluate(self) -> dict[str, float]:
+        """The trainable's validation metrics, then what each callback adds."""
+        record = dict(self.task.evaluate()) if self.task.evaluate is not None else {}
+        for callback in self.callbacks:
+            record.update(callback.evaluate())
         return record
 
     def _save(self, over: bool) -> Path:
@@ -375,26 +389,22 @@ class _Loop:
             "scaler": task.scaler.state_dict() if task.scaler is not None else None,
             "batches": task.batches.state_dict() if isinstance(task.batches, EpochBatches) else None,
             "rng": rng_state(),
-            "extra": dict(task.extra_state) if task.extra_state is not None else None,
+            "callbacks": {key: value for key, value in ((c.state_key, c.state_dict()) for c in self.callbacks)
+                          if value},
         }
         return options.checkpoints.save(saved, state.epoch, state.skip)
 
 
-_STAGE_RUNS: dict[str, int] = {}  # how many times each stage has started in this process (for the test hook)
-
-
-def _test_signal(stage: str) -> tuple[int, int] | None:
-    """``(signal, step)`` when :data:`SIGNAL_AT` asks for one in this run of ``stage``, else None."""
-    _STAGE_RUNS[stage] = _STAGE_RUNS.get(stage, 0) + 1
-    spec = os.environ.get(SIGNAL_AT)
-    if not spec:
-        return None
-    name, step, *rest = spec.split(":")
-    wanted_stage = rest[0] if rest else stage
-    nth = int(rest[1]) if len(rest) > 1 else 1
-    if wanted_stage != stage or _STAGE_RUNS[stage] != nth:
-        return None
-    return int(getattr(signal, name)), int(step)
+def _flat_states(flat: dict[str, Any], callbacks: Sequence[Callback]) -> dict[str, dict[str, Any]]:
+    """The callbacks' states in a checkpoint written before they existed, whose ``extra`` was one flat dict of
+    every owner's numbers: each stateful callback whose keys are all there takes its own (the owners of those
+    numbers kept their old names as their state's keys)."""
+    states = {}
+    for callback in callbacks:
+        keys = list(callback.state_dict())
+        if keys and all(key in flat for key in keys):
+            states[callback.state_key] = {key: flat[key] for key in keys}
+    return states
 
 
 def _batches_from(batches, epoch: int, skip: int) -> Iterator[list[torch.Tensor]]:

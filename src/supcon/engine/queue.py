@@ -7,8 +7,9 @@ queue together (``SupConLoss(..., anchors=...)``: the queue's entries are positi
 and carry no gradient), and the copy's embeddings of the batch then replace the oldest entries. A small batch so
 sees the positives and negatives of a large one, at the cost of one forward pass without gradients.
 
-The queue lives in the dict ``state`` (the loop's ``extra_state``), so that a checkpoint holds it and a resumed
-run continues with the queue and the momentum copy it had.
+The queue is one of stage 1's callbacks (:mod:`supcon.engine.callbacks`): its :meth:`MemoryQueue.state_dict`
+(the entries, where the next ones go, and the momentum copy's weights) is in every checkpoint, so that a resumed
+run continues with the queue and the copy it had.
 """
 
 from __future__ import annotations
@@ -20,36 +21,43 @@ from typing import Any
 import torch
 from torch import nn
 
+from supcon.engine.callbacks import Callback
 
-class MemoryQueue:
-    """The queue of ``size`` embeddings (``size / views`` images of ``views`` views each) of dimension ``dim``."""
 
-    def __init__(self, model: nn.Module, size: int, views: int, dim: int, momentum: float, state: dict[str, Any],
-                 device: torch.device):
+class MemoryQueue(Callback):
+    """The queue of ``size`` embeddings (``size / views`` images of ``views`` views each) of dimension ``dim``:
+    ``z`` ``[size / views, views, dim]`` and their ``labels``, of which the first ``filled`` rows hold entries and
+    row ``position`` is replaced next."""
+
+    state_key = "memory_queue"
+
+    def __init__(self, model: nn.Module, size: int, views: int, dim: int, momentum: float, device: torch.device):
         if size < 1 or not 0 <= momentum < 1:
             raise ValueError(f"a queue needs size >= 1 and momentum in [0, 1); got {size} and {momentum}")
         self.model, self.momentum, self.views = model, momentum, views
         self.copy = copy.deepcopy(model).requires_grad_(False)
         self.samples = math.ceil(size / views)
-        self.state = state
-        state.setdefault("queue_z", torch.zeros(self.samples, views, dim, device=device))
-        state.setdefault("queue_y", torch.zeros(self.samples, dtype=torch.long, device=device))
-        state.setdefault("queue_filled", 0)
-        state.setdefault("queue_next", 0)
-        state.setdefault("queue_copy", self.copy.state_dict())
-        self._live = state["queue_copy"]
+        self.z = torch.zeros(self.samples, views, dim, device=device)
+        self.labels = torch.zeros(self.samples, dtype=torch.long, device=device)
+        self.filled = 0
+        self.position = 0
 
-    def _sync(self) -> None:
-        """A resumed run's checkpoint replaced the state's tensors: the copy takes its saved weights back."""
-        if self.state["queue_copy"] is not self._live:
-            self.copy.load_state_dict(self.state["queue_copy"])
-            self.state["queue_copy"] = self._live = self.copy.state_dict()
+    # The keys are those of the flat dict that checkpoints of earlier versions kept, so that those still resume.
+    def state_dict(self) -> dict[str, Any]:
+        return {"queue_z": self.z, "queue_y": self.labels, "queue_filled": self.filled,
+                "queue_next": self.position, "queue_copy": self.copy.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # copied into the tensors there are: a checkpoint is read onto the CPU, the queue may live on a GPU
+        self.z.copy_(state["queue_z"])
+        self.labels.copy_(state["queue_y"])
+        self.filled, self.position = int(state["queue_filled"]), int(state["queue_next"])
+        self.copy.load_state_dict(state["queue_copy"])
 
     @torch.no_grad()
     def keys(self, x: torch.Tensor, batch: int) -> torch.Tensor:
         """The momentum copy's embeddings ``[batch, views, dim]`` of the flattened views ``x``, after moving its
         weights towards the trained model's."""
-        self._sync()
         for mine, theirs in zip(self.copy.parameters(), self.model.parameters(), strict=True):
             mine.mul_(self.momentum).add_(theirs.detach(), alpha=1 - self.momentum)
         out = self.copy(x)
@@ -69,20 +77,20 @@ class MemoryQueue:
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The loss's input: the batch's ``z`` ``[B, V, D]`` and ``labels`` followed by the queue's filled entries,
         and the anchors (the batch's rows; None while the queue is empty)."""
-        filled = self.state["queue_filled"]
+        filled = self.filled
         if filled == 0:
             return z, labels, None
-        features = torch.cat([z, self.state["queue_z"][:filled].to(z.dtype)])
-        return (features, torch.cat([labels, self.state["queue_y"][:filled]]),
+        features = torch.cat([z, self.z[:filled].to(z.dtype)])
+        return (features, torch.cat([labels, self.labels[:filled]]),
                 torch.arange(len(z), device=z.device))
 
     def push(self, keys: torch.Tensor, labels: torch.Tensor) -> None:
         """Replace the oldest entries by ``keys`` ``[B, V, D]`` and their ``labels`` (the newest win when the batch
         is larger than the queue)."""
         keys, labels = keys[-self.samples:], labels[-self.samples:]
-        start = self.state["queue_next"]
+        start = self.position
         rows = (torch.arange(len(keys), device=keys.device) + start) % self.samples
-        self.state["queue_z"][rows] = keys.detach().to(self.state["queue_z"].dtype)
-        self.state["queue_y"][rows] = labels
-        self.state["queue_next"] = (start + len(keys)) % self.samples
-        self.state["queue_filled"] = min(self.samples, self.state["queue_filled"] + len(keys))
+        self.z[rows] = keys.detach().to(self.z.dtype)
+        self.labels[rows] = labels
+        self.position = (start + len(keys)) % self.samples
+        self.filled = min(self.samples, self.filled + len(keys))

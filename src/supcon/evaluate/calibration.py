@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from supcon.io import save_figure
+
 __all__ = ["calibration_bins", "calibration_summary", "class_logits", "expected_calibration_error", "margins",
            "plot_margins", "plot_reliability", "probabilities"]
 
@@ -110,8 +112,6 @@ def plot_reliability(panels: list[tuple[str, dict[str, Any]]], path: str | Path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from supcon.io import save_figure
-
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.8), squeeze=False)
     for ax, (title, summary) in zip(axes[0], panels, strict=True):
         bins = summary["bins"]
@@ -141,8 +141,6 @@ def plot_margins(panels: list[tuple[str, Tensor]], path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from supcon.io import save_figure
 
     values = torch.cat([m.double() for _, m in panels])
     low, high = float(values.min()), float(values.max())

@@ -2,7 +2,7 @@
 
 :func:`supcon.runs.load_run` gives a :class:`RunClassifier` for a ``ce`` run, a ``pretrain`` run with a linear probe
 (``supcon linear --run``), a transfer run, or a ``compare`` directory (its ``supcon/`` run). Files are decoded by
-the training loader's own :func:`~supcon.data.folder.decode_image` (any size; gray, palette, RGBA, CMYK, 16-bit and
+the training loader's own :func:`~supcon.data.decode.decode_image` (any size; gray, palette, RGBA, CMYK, 16-bit and
 float images converted to RGB as in training; :func:`classify_files`, what ``supcon predict`` runs, skips images of
 more than 8 bits unless told to convert them) and resized with Pillow's bicubic filter to the run's input size, the
 route that the ``folder:`` and named data sets take, and the one that made the ``npz`` copies in ``../shared/data``.
@@ -32,10 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from supcon.config import shared
 from supcon.data import resize_uint8
-from supcon.data.folder import DECODE_WORKERS, decode_image, image_array
+from supcon.data.decode import DECODE_WORKERS, decode_image, image_array
 from supcon.evaluate.calibration import probabilities
 from supcon.evaluate.inference import outputs
+from supcon.options import TOOL, check_options, option
 
 FORMATS = ("text", "json", "csv")
 
@@ -231,7 +233,7 @@ def bits_per_sample(path: Path) -> int | None:
 
 def decode_for_prediction(path: Path, size: int | None, high_bit_depth: str = "skip"
                           ) -> tuple[np.ndarray | None, str]:
-    """:func:`~supcon.data.folder.decode_image`, except that an image of more than 8 bits per sample is skipped
+    """:func:`~supcon.data.decode.decode_image`, except that an image of more than 8 bits per sample is skipped
     with its reason when ``high_bit_depth`` is ``"skip"``: the runs are trained on 8-bit photos, and a 16-bit or
     float image (a scan, a depth map, a microscope frame) is seldom one, so it is reported rather than silently
     answered. ``"convert"`` classifies it scaled to 8 bits, as the training loader reads it."""
@@ -249,8 +251,29 @@ def _check_high_bit_depth(value: str) -> None:
         raise ValueError(f"high_bit_depth must be one of {', '.join(HIGH_BIT_DEPTH)}; got {value!r}")
 
 
-def classify_files(run: RunClassifier, files: Sequence[tuple[Path, int | None]], batch_size: int = 256,
-                   progress: bool = False, high_bit_depth: str = "skip") -> Iterator[FileResult]:
+@dataclass
+class PredictOptions:
+    """``supcon predict``'s options (beside the run and the paths); the flags are made from these fields."""
+
+    top_k: int = option(1, "also give the next K-1 classes and their probabilities", TOOL, metavar="K")
+    format: str = option("text", "text: one tab-separated line per image; csv: a header and one row per image; "
+                         "json: one document with predictions, skipped files and the summary", TOOL,
+                         choices=("text", "json", "csv"))
+    batch_size: int = shared("eval_batch_size", "images decoded and classified at a time")
+    high_bit_depth: str = option("skip", "images of more than 8 bits per sample (16-bit PNG or TIFF, float): skip "
+                                 "them with the reason, since the runs learned from 8-bit photos, or convert them "
+                                 "to 8 bits as the training loader does and classify them", TOOL,
+                                 choices=HIGH_BIT_DEPTH)
+    device: str = shared("device")
+    quiet: bool = shared("quiet", "no progress bar")
+
+    def __post_init__(self):
+        check_options(self, positive=("top_k", "batch_size"))
+
+
+def classify_files(run: RunClassifier, files: Sequence[tuple[Path, int | None]],
+                   batch_size: int = PredictOptions.batch_size, progress: bool = False,
+                   high_bit_depth: str = PredictOptions.high_bit_depth) -> Iterator[FileResult]:
     """Classify ``files`` (what :func:`find_images` returns) ``batch_size`` at a time, in order, decoding with a
     few threads; a file that cannot be read, and with ``high_bit_depth="skip"`` an image of more than 8 bits per
     sample (see :func:`decode_for_prediction`), comes back with ``reason`` set instead of probabilities."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from supcon.data import stratified_subset
 from supcon.io import save_figure
 
 MIN_POINTS = 5  # below this the perplexity t-SNE needs is not defined
@@ -53,8 +54,6 @@ def umap_2d(features: torch.Tensor | np.ndarray, seed: int = 0) -> np.ndarray:
 
 def tsne_subset(labels: torch.Tensor | np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
     """Sorted indices of at most ``max_points`` points, class-balanced and seeded, so that pictures repeat."""
-    from supcon.data import stratified_subset
-
     return stratified_subset(np.asarray(labels), max_points, seed, "the t-SNE points")
 
 

@@ -15,17 +15,19 @@ encoders of the first seed side by side); each file once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from supcon.config import LOSS_NAMES, METHODS, TSNE_POINTS, Config
+from supcon.config import TSNE_POINTS, Config
 from supcon.data import DataSplits, describe
 from supcon.engine import distributed
+from supcon.engine.callbacks import Callback
 from supcon.engine.tracking import open_tracker
 from supcon.evaluate.tsne import MIN_POINTS, plot_embeddings, tsne_subset
 from supcon.experiments.statistics import difference, method_summary
 from supcon.io import atomic_write_text
+from supcon.methods import COMPARABLE, LOSS_TITLES, METHODS
 from supcon.reporting.notes import comparison_text
 from supcon.runs import RunDir
 from supcon.runs.rundir import SEED_PREFIX
@@ -40,10 +42,10 @@ def seeds_of(cfg: Config) -> list[int]:
 
 
 def compare(cfg: Config, out: str | Path, data: DataSplits | None = None,
-            log: Callable[[str], None] = print) -> dict[str, Any]:
+            log: Callable[[str], None] = print, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Train the CE baseline and SupCon with the same encoder, epochs, augmentation and splits, once per seed;
     return the results (``results.json``'s). With ``cfg.resume`` a run that finished before is kept and the one
-    that was killed continues where it stopped."""
+    that was killed continues where it stopped. ``callbacks`` join every stage's loop."""
     run = RunDir(out)
     if distributed.is_main():  # in a distributed run the other processes train and write nothing
         run.path.mkdir(parents=True, exist_ok=True)
@@ -59,9 +61,10 @@ def compare(cfg: Config, out: str | Path, data: DataSplits | None = None,
         where = f" (seed {seed}, {i + 1} of {len(seeds)})" if len(seeds) > 1 else ""
         for n, method in enumerate(methods, 1):
             kept = cfg.resume is not None and RunDir(home / method).is_run()
-            log(f"{n}/{len(methods)} {_describe(method, cfg)}{where}" + (": finished before, kept" if kept else ""))
+            log(f"{n}/{len(methods)} {METHODS[method].describe(cfg.loss)}{where}"
+                + (": finished before, kept" if kept else ""))
             trained[method].append(_method_run(method, cfg.replace(seed=seed), data, home, run.path.name,
-                                               "supcon" in methods))
+                                               "supcon" in methods, callbacks))
     results = comparison_results(data, {m: [r.summary for r in runs] for m, runs in trained.items()})
     if not distributed.is_main():
         return results
@@ -78,26 +81,17 @@ def ordered_methods(cfg: Config) -> list[str]:
     """The methods of ``cfg.methods`` in the order they train and are shown: SupCon's forms first (a fine-tuned
     SupCon starts from the linear one's stage 1), cross-entropy last, as in the tables."""
     chosen = cfg.method_list()
-    return [m for m in METHODS if m in chosen and m != "ce"] + (["ce"] if "ce" in chosen else [])
-
-
-def _describe(method: str, cfg: Config) -> str:
-    if method == "ce":
-        return "cross-entropy baseline"
-    if method == "supcon+ce":
-        return "SupCon + CE, joint: one stage"
-    stage2 = "fine-tuning" if method == "supcon-finetune" else "linear probe"
-    return f"{LOSS_NAMES[cfg.loss]}: stage 1 (contrastive) then stage 2 ({stage2})"
+    return [m for m in COMPARABLE if m in chosen]
 
 
 def comparison_results(data: DataSplits, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """``results.json`` of a comparison: the data, every run (each seed's runs in turn, each tagged with its
-    ``form``, the method of ``--methods`` it trained), each method's test accuracy over the seeds, and each SupCon
-    form's difference from CE (``differences``; SupCon + linear's is ``difference`` too)."""
+    """``results.json`` of a comparison: the data, every run (each seed's runs in turn, each with the ``method``
+    of ``--methods`` it trained), each method's test accuracy over the seeds, and each SupCon form's difference
+    from CE (``differences``; SupCon + linear's is ``difference`` too)."""
     methods = list(runs)
     seeds = [r.get("seed") for r in runs[methods[0]]]
     results = {"dataset": data.name, "class_names": data.train.class_names, **data_facts(data), "seeds": seeds,
-               "runs": [{**runs[m][i], "form": m} for i in range(len(seeds)) for m in methods],
+               "runs": [runs[m][i] for i in range(len(seeds)) for m in methods],
                "methods": {m: method_summary(runs[m]) for m in methods}}
     if "ce" in runs:
         results["differences"] = {m: difference(runs[m], runs["ce"]) for m in methods if m != "ce"}
@@ -106,25 +100,18 @@ def comparison_results(data: DataSplits, runs: dict[str, list[dict[str, Any]]]) 
     return results
 
 
-def _method_run(method: str, cfg: Config, data: DataSplits, home: Path, name: str, with_linear: bool
-                ) -> RunResult:
+def _method_run(method: str, cfg: Config, data: DataSplits, home: Path, name: str, with_linear: bool,
+                callbacks: Sequence[Callback]) -> RunResult:
     """One method's run in ``home/<method>/``, tracked under the comparison's name (wandb would call every sub-run
     just "ce" or "supcon"), in one group; resumed, a finished one is kept. A fine-tuned SupCon continues the
     linear one's stage 1 where the comparison trains both (``with_linear``), else trains its own."""
     label = f"{name}/{home.name}/{method}" if home.name.startswith(SEED_PREFIX) else f"{name}/{method}"
-    kind, out = "supcon", home / method
-    if method == "ce":
-        kind = "ce"
-    elif method == "supcon+ce":
-        cfg = cfg.replace(loss="supcon+ce")
-    elif method == "supcon-finetune":
-        cfg = cfg.replace(stage2="finetune")
-        if with_linear:
-            kind, cfg = "transfer", cfg.replace(encoder_from=str(home / "supcon"))
-    else:
-        cfg = cfg.replace(stage2="linear")
+    out = home / method
+    cfg = METHODS[method].configure(cfg)
+    if method == "supcon-finetune" and with_linear:
+        cfg = cfg.replace(encoder_from=str(home / "supcon"))
     with open_tracker(cfg, out, label, name) as track:
-        result = train_run(kind, cfg, data, out, track, keep_finished=True)
+        result = train_run(method, cfg, data, out, track, keep_finished=True, callbacks=callbacks)
         track.log_summary(result.summary)
     return result
 
@@ -139,7 +126,7 @@ def _draw_side_by_side(cfg: Config, data: DataSplits, methods: list[str], result
         return tsne_points(result.encoder, data, result.inputs, cfg.seed, cfg.eval_batch_size)
 
     labels = data.val.labels.numpy()[tsne_subset(data.val.labels, TSNE_POINTS, cfg.seed)]
-    titles = {"supcon": f"{LOSS_NAMES[cfg.loss]} encoder", "ce": "cross-entropy encoder"}
-    panels = [(f"{titles.get(m, METHODS[m] + ' encoder')} (val acc {r.summary['val_acc']:.3f})", points(r))
+    titles = {"supcon": f"{LOSS_TITLES[cfg.loss]} encoder"}  # the linear probe's encoder is stage 1's
+    panels = [(f"{titles.get(m) or METHODS[m].encoder_title} (val acc {r.summary['val_acc']:.3f})", points(r))
               for m, r in zip(methods, results, strict=True)]
     plot_embeddings(panels, labels, data.val.class_names, path)

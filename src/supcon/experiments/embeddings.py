@@ -1,5 +1,5 @@
-"""A finished run's embeddings, read without changing the run: exported, drawn with t-SNE, classified by kNN,
-and mapped for the HTML report.
+"""A finished run's embeddings, read without changing the run: exported, drawn with t-SNE and classified by kNN
+(the HTML report's maps use :func:`supcon.runs.load.val_embeddings`).
 
 >>> from supcon.experiments.embeddings import embed_run, knn_run, tsne_run
 >>> embed_run("runs/imagenet5", "emb.npz")          # train_x, train_y, val_x, val_y, class_names
@@ -9,6 +9,7 @@ and mapped for the HTML report.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,17 +19,49 @@ import torch
 from torch import nn
 
 from supcon.augment import Inputs
-from supcon.config import ENCODER_TITLES, TSNE_POINTS, Config
-from supcon.data import DataSplits
+from supcon.config import Config, shared
 from supcon.device import resolve_device
-from supcon.evaluate.inference import outputs, predicted_class
+from supcon.evaluate.inference import outputs
 from supcon.evaluate.knn import WEIGHTS, knn_accuracy
-from supcon.evaluate.tsne import tsne_subset
+from supcon.methods import encoder_title
+from supcon.options import TOOL, check_options, option
 from supcon.runs import RunDir
-from supcon.runs.load import data_for_run, load_encoder, load_linear, load_projection
+from supcon.runs.load import data_for_run, load_encoder, load_projection
 from supcon.stages.pictures import tsne_picture
 
 SPLITS = ("train", "val", "test", "all")
+
+
+@dataclass
+class EmbedOptions:
+    """``supcon embed``'s options (beside the run and ``--out``); the flags are made from these fields."""
+
+    dataset: str | None = option(None, "data set to embed, resized to the encoder's input size (default: the "
+                                 "run's own, with its split)", TOOL, metavar="SPEC")
+    split: str = option("all", "which split to export (all: the three)", TOOL, choices=SPLITS)
+    projection: bool = option(False, "also export the projection head's output (pretrain runs) as train_proj / "
+                              "val_proj", TOOL)
+    batch_size: int = shared("eval_batch_size")
+
+    def __post_init__(self):
+        check_options(self, positive=("batch_size",))
+
+
+@dataclass
+class KnnOptions:
+    """``supcon knn``'s options (beside the run); the flags are made from these fields."""
+
+    dataset: str | None = option(None, "data set whose training images are the neighbours and whose validation "
+                                 "images are classified, resized to the encoder's input size (default: the run's "
+                                 "own, with its split)", TOOL, metavar="SPEC")
+    k: int | None = option(None, "neighbours (default: the run's --knn-k)", TOOL, metavar="K")
+    temperature: float | None = option(None, "votes weigh exp(similarity / T) (default: the run's "
+                                       "--knn-temperature)", TOOL, metavar="T")
+    weights: str = option("exp", "exp(similarity / T) per neighbour, or 1 (uniform)", TOOL, choices=WEIGHTS)
+    batch_size: int = shared("eval_batch_size")
+
+    def __post_init__(self):
+        check_options(self, positive=("k", "temperature", "batch_size"))
 
 
 def _embedding_models(run: RunDir, projection: bool, device: torch.device
@@ -40,49 +73,16 @@ def _embedding_models(run: RunDir, projection: bool, device: torch.device
     return models, cfg, inputs
 
 
-@dataclass
-class ValEmbeddings:
-    """A run's validation images (a class-balanced subset), their encoder embeddings and predicted classes."""
-
-    indices: np.ndarray  # positions in the validation split
-    images: torch.Tensor  # uint8 [N, C, H, W], as the encoder saw them (resized to its input)
-    labels: np.ndarray
-    features: np.ndarray  # float32 [N, D]
-    predicted: np.ndarray | None  # by the run's linear classifier; None for a run without one (stage 1 only)
-    class_names: list[str]
-    seed: int
-
-
-def val_embeddings(run_dir: str | Path, max_points: int = TSNE_POINTS, batch_size: int = 512,
-                   cache: dict[tuple, DataSplits] | None = None) -> ValEmbeddings:
-    """The encoder embeddings of at most ``max_points`` validation images of a run (chosen as ``tsne.png``'s are:
-    seeded and class-balanced) with the classes its linear classifier predicts for them."""
-    run = RunDir(run_dir).require()
-    device = resolve_device("auto")
-    encoder, cfg, inputs = load_encoder(run.path, device)
-    data = data_for_run(run.path, cfg, inputs, cache=cache)
-    idx = tsne_subset(data.val.labels, max_points, cfg.seed)
-    images = data.val.images[torch.from_numpy(idx)]
-    features = outputs(encoder, images, transform=inputs.plain(), device=device, batch_size=batch_size)
-    fc = load_linear(run.path, encoder, cfg, data.num_classes)
-    predicted = None
-    if fc is not None:
-        with torch.no_grad():
-            predicted = predicted_class(fc(features.to(device)).float()).cpu().numpy()
-    return ValEmbeddings(idx, images, data.val.labels.numpy()[idx], features.numpy(), predicted,
-                         list(data.val.class_names), cfg.seed)
-
-
-def embed_run(run_dir: str | Path, out: str | Path, dataset: str | None = None, split: str = "all",
-              projection: bool = False, batch_size: int = 512) -> Path:
-    """Export the encoder embeddings of a run's data (or ``dataset``) as ``.npz``.
+def embed_run(run_dir: str | Path, out: str | Path, options: EmbedOptions | None = None, **changes) -> Path:
+    """Export the encoder embeddings of a run's data (or ``dataset``) as ``.npz``; ``changes`` are
+    :class:`EmbedOptions` fields (``embed_run(run, "e.npz", split="val")``).
 
     Keys: ``SPLIT_x`` (embeddings, float32 ``[N, D]``) and ``SPLIT_y`` (labels) for each split asked for
     (``train``, ``val``, ``test``, or ``all`` three), ``class_names``, and with ``projection`` also ``SPLIT_proj``
     (the projection head's output, pretrain runs only).
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    opts = dataclasses.replace(options or EmbedOptions(), **changes)
+    dataset, split, projection, batch_size = opts.dataset, opts.split, opts.projection, opts.batch_size
     run = RunDir(run_dir).require()
     device = resolve_device("auto")
     models, cfg, inputs = _embedding_models(run, projection, device)
@@ -109,7 +109,7 @@ def tsne_run(run_dir: str | Path, projection: bool = False) -> list[Path]:
     data = data_for_run(run.path, cfg, inputs)
     summary = run.summary()
     accuracy = f" (val acc {summary['val_acc']:.3f})" if summary.get("val_acc") is not None else ""
-    titles = {"x": ENCODER_TITLES[summary["method"]] + accuracy, "proj": "projection head output"}
+    titles = {"x": encoder_title(summary) + accuracy, "proj": "projection head output"}
     paths = []
     for key, model in models.items():
         path = run.file("tsne.png" if key == "x" else "tsne_projection.png")
@@ -118,16 +118,17 @@ def tsne_run(run_dir: str | Path, projection: bool = False) -> list[Path]:
     return paths
 
 
-def knn_run(run_dir: str | Path, dataset: str | None = None, k: int | None = None, temperature: float | None = None,
-            weights: str = "exp", batch_size: int = 512) -> dict[str, Any]:
-    """kNN accuracy of a finished run's encoder: the validation images' features against the training images'.
+def knn_run(run_dir: str | Path, options: KnnOptions | None = None, **changes) -> dict[str, Any]:
+    """kNN accuracy of a finished run's encoder: the validation images' features against the training images';
+    ``changes`` are :class:`KnnOptions` fields (``knn_run(run, k=10)``).
 
     The run's own split by default, or ``dataset`` (resized to the encoder's input). ``k`` and ``temperature``
     default to the run's ``knn_k`` and ``knn_temperature``; ``weights="uniform"`` counts every neighbour once.
     Returns ``knn_acc`` with what it was measured on; the run directory is not changed.
     """
-    if weights not in WEIGHTS:
-        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
+    opts = dataclasses.replace(options or KnnOptions(), **changes)
+    dataset, k, temperature, weights, batch_size = opts.dataset, opts.k, opts.temperature, opts.weights, \
+        opts.batch_size
     run = RunDir(run_dir).require()
     device = resolve_device("auto")
     encoder, cfg, inputs = load_encoder(run.path, device)

@@ -14,14 +14,17 @@ changed. The protocol is in ``docs/robustness.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from supcon.augment import apply_batch
+from supcon.config import shared
 from supcon.data import stratified_subset
 from supcon.device import resolve_device
 from supcon.evaluate.attacks import ATTACKS, PGD_STEPS
@@ -36,6 +39,7 @@ from supcon.evaluate.corruptions import (
 )
 from supcon.evaluate.inference import outputs
 from supcon.experiments.statistics import seed_paired_difference
+from supcon.options import TOOL, option
 from supcon.reporting.robustness import eps_key, write_robustness
 from supcon.runs import expand_runs
 from supcon.runs.load import data_for_run, load_classifier
@@ -43,50 +47,79 @@ from supcon.runs.load import data_for_run, load_classifier
 EPSILONS_255 = (1.0, 2.0, 4.0, 8.0)  # the attacks' eps in 1/255 steps of a pixel value
 
 
-def robustness_report(run_dirs: Sequence[str | Path], out: str | Path, *, baseline: str | Path | None = None,
-                      corruptions: Sequence[str] = CORRUPTIONS, severities: Sequence[int] = SEVERITIES,
-                      attacks: Sequence[str] = ATTACKS, epsilons: Sequence[float] = EPSILONS_255,
-                      pgd_steps: int = PGD_STEPS, bins: int = BINS, max_images: int | None = None, seed: int = 0,
-                      batch_size: int = 256, device: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Evaluate the classifiers of ``run_dirs`` and write the tables and pictures into ``out``; returns what
-    ``robustness.json`` holds.
+@dataclass
+class RobustnessOptions:
+    """What ``robustness`` evaluates and how (beside the runs and ``out``); the flags are made from these fields,
+    and :func:`robustness_report` takes them whole or as keywords. ``epsilons`` are in 1/255 units."""
 
-    ``baseline`` is the run the corruption errors are relative to (default: the first cross-entropy run, else
-    the first run; evaluated as well if it is not among ``run_dirs``). ``epsilons`` are in 1/255 units.
-    ``max_images`` evaluates a seeded, class-balanced subsample of each test split.
+    baseline: str | None = option(None, "the run that corruption errors are relative to (CE_c = a run's errors over "
+                                  "the baseline's); evaluated too if not among RUN_DIR (default: the first "
+                                  "cross-entropy run, else the first run)", TOOL, metavar="RUN_DIR")
+    corruptions: list[str] = option(CORRUPTIONS, f"comma-separated, or none (default: all nine: "
+                                    f"{', '.join(CORRUPTIONS)})", TOOL, metavar="LIST", items=str)
+    severities: list[int] = option(SEVERITIES, "comma-separated severities 1-5; mCE sums over these", TOOL,
+                                   metavar="LIST", items=int)
+    attacks: list[str] = option(ATTACKS, "L-inf attacks, comma-separated, or none", TOOL, metavar="LIST", items=str)
+    epsilons: list[float] = option(EPSILONS_255, "attack radii in 1/255 of the pixel range, comma-separated", TOOL,
+                                   metavar="LIST", flag="eps", items=float)
+    pgd_steps: int = option(PGD_STEPS, "PGD steps, each of 2.5 eps / N, after a random start", TOOL, metavar="N")
+    bins: int = option(BINS, "equal-width confidence bins of the ECE and reliability diagram", TOOL, metavar="N")
+    max_images: int | None = option(None, "evaluate a seeded, class-balanced subsample of N test images (default: "
+                                    "all)", TOOL, metavar="N")
+    seed: int = shared("seed", "seed of the corruptions' noise, PGD's random starts and the subsample")
+    batch_size: int = shared("eval_batch_size", "images per forward (and backward, for the attacks) pass")
+    device: str = shared("device")
+    quiet: bool = shared("quiet", "no progress bar")
+
+    def __post_init__(self):
+        self.corruptions, self.severities = list(self.corruptions), list(self.severities)
+        self.attacks, self.epsilons = list(self.attacks), list(self.epsilons)
+        _check_options(self)
+
+
+def robustness_report(run_dirs: Sequence[str | Path], out: str | Path, options: RobustnessOptions | None = None,
+                      **changes) -> dict[str, Any]:
+    """Evaluate the classifiers of ``run_dirs`` and write the tables and pictures into ``out``; returns what
+    ``robustness.json`` holds. ``changes`` are :class:`RobustnessOptions` fields
+    (``robustness_report(runs, out, attacks=["pgd"])``).
+
+    The ``baseline`` is the run the corruption errors are relative to (default: the first cross-entropy run, else
+    the first run; evaluated as well if it is not among ``run_dirs``). ``max_images`` evaluates a seeded,
+    class-balanced subsample of each test split.
     """
     from tqdm.auto import tqdm
 
-    _check_options(corruptions, severities, attacks, epsilons, pgd_steps, bins, max_images, batch_size)
-    named, base_name = _runs_and_baseline(run_dirs, baseline)
-    torch_device = resolve_device(device)
+    opts = dataclasses.replace(options or RobustnessOptions(), **changes)
+    corruptions, severities, attacks, epsilons = opts.corruptions, opts.severities, opts.attacks, opts.epsilons
+    named, base_name = _runs_and_baseline(run_dirs, opts.baseline)
+    torch_device = resolve_device(opts.device)
     # every run is read before any is evaluated, so that a bad directory fails in a second, not after an hour
     loaded = [(name, load_classifier(run.path, torch_device)) for name, run in named]
     if base_name is None:
         base_name = next((name for name, run in loaded if run.summary.get("method") == "ce"), loaded[0][0])
     cache: dict = {}
     per_run = 1 + len(corruptions) * len(severities) + len(attacks) * len(epsilons)
-    bar = tqdm(total=per_run * len(loaded), desc="robustness", unit="pass", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=per_run * len(loaded), desc="robustness", unit="pass", disable=opts.quiet, file=sys.stderr)
     runs, margin_panels = [], []
     try:
         for name, run in loaded:
             data = data_for_run(run.run.path, run.cfg, run.inputs, cache=cache)  # a comparison's runs share it
-            keep = torch.from_numpy(stratified_subset(data.test.labels.numpy(), max_images, seed, f"{data.name} test"))
+            keep = torch.from_numpy(stratified_subset(data.test.labels.numpy(), opts.max_images, opts.seed,
+                                                      f"{data.name} test"))
             bar.set_postfix_str(name)
             images = data.test.images[keep]
             if run.inputs.stored_size:  # stored larger: the run's centre view, in [0, 1], is what is perturbed
                 images = apply_batch(run.inputs.pixels(), images)
-            record, margin = _evaluate(name, run, data.name, images, data.test.labels[keep],
-                                       corruptions, severities, attacks, epsilons, pgd_steps, bins, seed,
-                                       torch_device, batch_size, bar.update)
+            record, margin = _evaluate(name, run, data.name, images, data.test.labels[keep], opts, torch_device,
+                                       bar.update)
             runs.append(record)
             margin_panels.append((name, margin))
     finally:
         bar.close()
     _add_corruption_errors(runs, next(r for r in runs if r["name"] == base_name))
     report = {"baseline": base_name, "corruptions": list(corruptions), "severities": list(severities),
-              "attacks": list(attacks), "eps_255": list(epsilons), "pgd_steps": pgd_steps,
-              "pgd_step_size": "2.5 eps / steps", "bins": bins, "max_images": max_images, "seed": seed,
+              "attacks": list(attacks), "eps_255": list(epsilons), "pgd_steps": opts.pgd_steps,
+              "pgd_step_size": "2.5 eps / steps", "bins": opts.bins, "max_images": opts.max_images, "seed": opts.seed,
               "parameters": {c: PARAMETERS[c] for c in corruptions}, "runs": runs,
               "differences": seed_differences(runs, epsilons if attacks else [])}
     write_robustness(report, margin_panels, Path(out))
@@ -110,19 +143,20 @@ def _runs_and_baseline(run_dirs, baseline) -> tuple[list, str | None]:
     return named, found
 
 
-def _evaluate(name, run, dataset, images, labels, corruptions, severities, attacks, epsilons, pgd_steps, bins,
-              seed, device, batch_size, advance) -> tuple[dict[str, Any], torch.Tensor]:
+def _evaluate(name, run, dataset, images, labels, opts: RobustnessOptions, device, advance
+              ) -> tuple[dict[str, Any], torch.Tensor]:
     """One run's record of ``robustness.json`` (with the raw accuracies the corruption errors need, as ``_``
     keys) and its logit margins."""
     model, cfg, summary = run.model, run.cfg, run.summary
+    epsilons, seed, batch_size = opts.epsilons, opts.seed, opts.batch_size
     logits = outputs(model, images, device=device, batch_size=batch_size)
     advance()
-    calibration = calibration_summary(logits, labels, bins)
-    accuracy = corruption_accuracy(model, images, labels, corruptions, severities, seed=seed, device=device,
+    calibration = calibration_summary(logits, labels, opts.bins)
+    accuracy = corruption_accuracy(model, images, labels, opts.corruptions, opts.severities, seed=seed, device=device,
                                    batch_size=batch_size, advance=advance)
     adversarial = {}
-    for attack in attacks:
-        acc = adversarial_accuracy(model, images, labels, attack, [e / 255 for e in epsilons], steps=pgd_steps,
+    for attack in opts.attacks:
+        acc = adversarial_accuracy(model, images, labels, attack, [e / 255 for e in epsilons], steps=opts.pgd_steps,
                                    seed=seed, device=device, batch_size=batch_size, advance=advance)
         adversarial[attack] = {eps_key(e): a for e, a in zip(epsilons, acc.values(), strict=True)}
     corrupted = [a for by_severity in accuracy.values() for a in by_severity.values()]
@@ -195,7 +229,9 @@ def seed_differences(runs: list[dict[str, Any]], epsilons: Sequence[float]) -> l
     return out
 
 
-def _check_options(corruptions, severities, attacks, epsilons, pgd_steps, bins, max_images, batch_size) -> None:
+def _check_options(opts: RobustnessOptions) -> None:
+    corruptions, severities, attacks, epsilons = opts.corruptions, opts.severities, opts.attacks, opts.epsilons
+    pgd_steps, bins, max_images, batch_size = opts.pgd_steps, opts.bins, opts.max_images, opts.batch_size
     unknown = [c for c in corruptions if c not in CORRUPTIONS]
     if unknown:
         raise ValueError(f"unknown corruption {unknown[0]!r}; expected some of {', '.join(CORRUPTIONS)}")

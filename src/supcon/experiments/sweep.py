@@ -20,19 +20,27 @@ import dataclasses
 import itertools
 import os
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supcon.config import Config, load_yaml, result_neutral_options
+import torch
+
+from supcon.config import TSNE_POINTS, Config, load_yaml, result_neutral_options
+from supcon.engine.callbacks import Callback
+from supcon.evaluate.inference import outputs
+from supcon.evaluate.tsne import draw_tsne, tsne_subset
 from supcon.experiments.compare import seeds_of
-from supcon.experiments.statistics import difference, method_summary
+from supcon.experiments.statistics import difference, method_summary, t_interval
 from supcon.io import atomic_write_text, write_json
-from supcon.reporting.sweep import table_rows, write_tables
+from supcon.methods import method_for
+from supcon.reporting.sweep import describe_cell, write_tables
 from supcon.runs import RunDir
+from supcon.runs.load import data_for_run, load_encoder
 from supcon.runs.rundir import SEED_PREFIX
+from supcon.stages import load_data, train_run
 
 STUDY_GRID = {"optimizer": ["sgd", "adam", "rmsprop"], "schedule": ["fixed", "cosine"], "augment": ["none", None]}
 STUDY_CE_GRID = {"optimizer": ["sgd", "adam", "rmsprop"]}
@@ -202,23 +210,21 @@ def stale_options(run: RunDir, cfg: Config) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
-def run_cell(method: str, cfg: Config, run_dir: str | Path, threads: int | None = None, data=None
-             ) -> dict[str, Any]:
-    """Train one cell into ``run_dir`` (from scratch) and return its run summary.
+def run_cell(method: str, cfg: Config, run_dir: str | Path, threads: int | None = None, data=None,
+             callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Train one cell into ``run_dir`` (from scratch) and return its run summary; ``method`` is ``ce`` or
+    ``supcon`` (the cell's stage-1 loss and stage 2 say which contrastive method it trains).
 
     A cell that fails the way training can fail (a diverging loss, for instance SGD at a fixed large rate) is a
     result, not a crash: its error is recorded in ``failed.json`` and the sweep goes on.
     """
-    import torch
-
-    from supcon.stages import load_data, train_run
-
     if threads:
         torch.set_num_threads(threads)
     run = RunDir(run_dir)
     data = data if data is not None else load_data(cfg)
     try:
-        return train_run("ce" if method == "ce" else "supcon", cfg, data, run.path).summary
+        trained = "ce" if method == "ce" else method_for(cfg)
+        return train_run(trained, cfg, data, run.path, callbacks=callbacks).summary
     except FloatingPointError as err:
         failure = {"method": method, "loss": "ce" if method == "ce" else cfg.loss, "error": str(err),
                    "val_acc": None, "train_acc": None, "stage1_loss": None, "seconds": None}
@@ -239,14 +245,14 @@ def cell_units(sweep: Sweep, out: Path, quiet: bool) -> list[tuple[str, str, Con
 
 
 def run_sweep(sweep: Sweep, out: str | Path, jobs: int = 1, log: Callable[[str], None] = print,
-              redo: bool = False, data=None) -> list[dict[str, Any]]:
+              redo: bool = False, data=None, callbacks: Sequence[Callback] = ()) -> list[dict[str, Any]]:
     """Run every unfinished cell and seed (``jobs`` at a time, each in its own process when ``jobs > 1``), then
     write ``sweep.md``, ``sweep.csv``, ``sweep.png`` and ``sweep.json`` (the best cell of each method, chosen on
     validation accuracy, and their difference on test); return one row per cell.
 
     A cell that finished under other options (the sweep was started again with a changed flag, say) is an error
     rather than silently redone, since redoing it deletes its result; ``redo=True`` redoes such cells. ``data``
-    (one process only) trains every cell on data already loaded.
+    (one process only) trains every cell on data already loaded; ``callbacks`` join every stage's loop.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1; got {jobs}")
@@ -275,31 +281,31 @@ def run_sweep(sweep: Sweep, out: str | Path, jobs: int = 1, log: Callable[[str],
 
     def finished(name: str, seed: int, summary: dict[str, Any]) -> None:
         summaries[(name, seed)] = summary
-        write_tables(sweep, by_cell(sweep, summaries), out)
+        _write_tables(sweep, by_cell(sweep, summaries), out)
         outcome = (f"failed: {summary['error']}" if "error" in summary
                    else f"val acc {summary['val_acc']:.4f} ({summary['seconds']:.0f} s)")
         log(f"  {len(summaries)}/{len(units)} {name} (seed {seed}): {outcome}")
 
-    _run_units(todo, jobs, data, log, finished)
+    _run_units(todo, jobs, data, log, finished, callbacks)
     cells = by_cell(sweep, summaries)
-    write_tables(sweep, cells, out)
+    _write_tables(sweep, cells, out)
     write_json(out / "sweep.json", best_cells(sweep, cells))
     if sweep.base.tsne:
         plot_best_tsne(sweep, cells, out / "tsne.png", log)
     return table_rows(sweep, cells)
 
 
-def _run_units(todo, jobs: int, data, log, finished) -> None:
+def _run_units(todo, jobs: int, data, log, finished, callbacks: Sequence[Callback]) -> None:
     if jobs == 1:
         for name, method, cfg, run_dir in todo:
             log(f"  running {name} (seed {cfg.seed})")
-            finished(name, cfg.seed, run_cell(method, cfg, run_dir, data=data))
+            finished(name, cfg.seed, run_cell(method, cfg, run_dir, data=data, callbacks=callbacks))
     elif todo:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         import multiprocessing
 
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(run_cell, method, cfg, run_dir, threads): (name, cfg.seed)
+            futures = {pool.submit(run_cell, method, cfg, run_dir, threads, callbacks=callbacks): (name, cfg.seed)
                        for name, method, cfg, run_dir in todo}
             for future in as_completed(futures):
                 finished(*futures[future], future.result())
@@ -309,6 +315,36 @@ def by_cell(sweep: Sweep, summaries: dict[tuple[str, int], dict[str, Any]]) -> d
     """Each cell's finished runs, in seed order."""
     seeds = seeds_of(sweep.base)
     return {name: [summaries[(name, s)] for s in seeds if (name, s) in summaries] for name, _, _ in sweep.cells()}
+
+
+def _mean(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def table_rows(sweep: Sweep, cells: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per cell, in grid order: its settings and, over its seeds, the mean of each result and the test
+    accuracy's 95 % t-interval; cells not run yet have empty results."""
+    rows = []
+    for name, method, cfg, variant in sweep.cells_with_variants():
+        runs = cells.get(name) or []
+        done = [r for r in runs if r.get("val_acc") is not None]
+        axes = list(sweep.grid if method == "supcon" else sweep.ce_grid)
+        tests = [r["test_acc"] for r in done if r.get("test_acc") is not None]
+        rows.append({"cell": name, "method": method, "setting": describe_cell(method, cfg, axes, variant),
+                     "loss": cfg.loss if method == "supcon" else "ce", "optimizer": cfg.resolved_optimizer(method),
+                     "lr": cfg.resolved_lr(method), "schedule": cfg.schedule, "augment": cfg.augment,
+                     "epochs": cfg.epochs, "seeds": len(done),
+                     "stage1_loss": _mean(done, "stage1_loss"), "stage1_progress": _mean(done, "stage1_progress"),
+                     "knn_acc": _mean(done, "knn_acc"), "train_acc": _mean(done, "train_acc"),
+                     "val_acc": _mean(done, "val_acc"), "test_acc": _mean(done, "test_acc"),
+                     "test_acc_ci": t_interval(tests), "seconds": _mean(done, "seconds"),
+                     "error": next((r["error"] for r in runs if r.get("error")), None)})
+    return rows
+
+
+def _write_tables(sweep: Sweep, cells: dict[str, list[dict[str, Any]]], out: Path) -> None:
+    write_tables(table_rows(sweep, cells), cells, best_cells(sweep, cells), out)
 
 
 def best_cells(sweep: Sweep, cells: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -334,13 +370,6 @@ def plot_best_tsne(sweep: Sweep, cells: dict[str, list[dict[str, Any]]], path: P
                    log: Callable[[str], None] = print) -> Path | None:
     """``tsne.png``: the best SupCon cell's encoder beside the best cross-entropy cell's (chosen on validation
     accuracy; their first seed's runs), on the same points; none, said in ``log``, where a cell's weights are gone."""
-    import torch
-
-    from supcon.config import TSNE_POINTS
-    from supcon.evaluate.inference import outputs
-    from supcon.evaluate.tsne import draw_tsne, tsne_subset
-    from supcon.runs.load import data_for_run, load_encoder
-
     best = best_cells(sweep, cells)["best"]
     if len(best) < 2:
         return None

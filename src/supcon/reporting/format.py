@@ -6,15 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from supcon.config import LOSS_NAMES, METHOD_NAMES, METHODS
+from supcon.methods import run_title, verdict_name
 
 COLUMNS = ("method", "test acc", "val acc", "stage-1 loss", "kNN acc", "train acc", "time")
 COMPARISON_COLUMNS = ("method", "test acc (95% CI)", "val acc", "stage-1 loss", "kNN acc", "train acc",
                       "time per seed")
 VERDICTS = {"supcon_better": "SupCon better at this budget", "ce_better": "cross-entropy better at this budget",
             "no_significant_difference": "no significant difference at this budget"}
-TRANSFERRED = {"supcon": "SupCon encoder + linear", "simclr": "SimCLR encoder + linear",
-               "ce": "cross-entropy encoder + linear"}
 MISSING = "–"
 
 
@@ -32,15 +30,6 @@ def seconds(value: float | None) -> str:
     return MISSING if value is None else f"{value:.0f} s"
 
 
-def method_name(run: dict[str, Any]) -> str:
-    """How a table names a run: its method (``SupCon + linear``), its stage-1 loss where that is not SupCon's, and
-    ``encoder + linear`` for a probe on an encoder trained elsewhere."""
-    name = (TRANSFERRED if run.get("encoder_from") else METHOD_NAMES).get(run["method"], run["method"])
-    if run["method"] == "supcon" and run.get("loss") not in (None, "supcon"):
-        name = name.replace("SupCon", LOSS_NAMES.get(run["loss"], run["loss"]), 1)
-    return name
-
-
 def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
@@ -52,7 +41,7 @@ def results_rows(runs: list[dict[str, Any]], names: list[str] | None = None) -> 
     rows = []
     for i, run in enumerate(runs):
         rows.append(([names[i]] if names is not None else []) + [
-            method_name(run), num(run.get("test_acc")), num(run.get("val_acc")), num(run.get("stage1_loss")),
+            run_title(run), num(run.get("test_acc")), num(run.get("val_acc")), num(run.get("stage1_loss")),
             num(run.get("knn_acc")), num(run.get("train_acc")), seconds(run.get("seconds"))])
     return columns, rows
 
@@ -79,33 +68,22 @@ def comparison_rows(results: dict[str, Any]) -> tuple[tuple[str, ...], list[list
     validation accuracy and the rest as means over seeds."""
     rows = []
     for method, line in results["methods"].items():
-        runs = [r for r in results["runs"] if r.get("form", _form(r)) == method]
-        rows.append([form_name(method, runs[0]), with_interval(line["test_acc"], line["test_acc_ci"]),
+        runs = [r for r in results["runs"] if r["method"] == method]
+        rows.append([run_title(runs[0]), with_interval(line["test_acc"], line["test_acc_ci"]),
                      num(line["val_acc"]), num(_mean(runs, "stage1_loss")), num(_mean(runs, "knn_acc")),
                      num(_mean(runs, "train_acc")), seconds(_mean(runs, "seconds"))])
     return COMPARISON_COLUMNS, rows
 
 
-def _form(run: dict[str, Any]) -> str:
-    """The ``--methods`` name of a run written before runs carried one: ``ce`` or ``supcon``."""
-    return "ce" if run["method"] == "ce" else "supcon"
-
-
-def form_name(form: str, run: dict[str, Any]) -> str:
-    """How a table names a method of ``--methods``: SupCon + linear names its stage-1 loss as :func:`method_name`
-    does; the other forms by :data:`~supcon.config.METHODS`."""
-    return method_name(run) if form in ("ce", "supcon") else METHODS.get(form, form)
-
-
-def verdict_line(results: dict[str, Any], form: str = "supcon") -> str:
-    """A comparison's answer in one line: the verdict, SupCon's (or another ``form``'s) difference from CE and
+def verdict_line(results: dict[str, Any], method: str = "supcon") -> str:
+    """A comparison's answer in one line: the verdict, SupCon's (or another ``method``'s) difference from CE and
     its interval, in points."""
-    d = results["difference"] if form == "supcon" and "difference" in results else results["differences"][form]
+    d = results["difference"] if method == "supcon" and "difference" in results else results["differences"][method]
     low, high = d["ci"]
     seeds = results.get("seeds") or []
     what = (f"{len(seeds)} seeds x {d['test_images']} test images" if len(seeds) > 1
             else f"{d['test_images']} test images, one seed")
-    name = "SupCon" if form == "supcon" else METHODS.get(form, form)
+    name = verdict_name(method)
     verdict = VERDICTS[d["verdict"]].replace("SupCon", name)
     return (f"{verdict}: {name} − CE = {points(d['supcon_minus_ce'])} points, "
             f"{round(100 * d.get('confidence', 0.95))} % CI [{points(low)}, {points(high)}] "
@@ -118,6 +96,6 @@ def points(share: float) -> str:
 
 
 def verdict_lines(results: dict[str, Any]) -> list[str]:
-    """One :func:`verdict_line` per SupCon form the comparison trained beside CE."""
-    forms = list(results.get("differences") or ({"supcon": None} if "difference" in results else {}))
-    return [verdict_line(results, form) for form in forms]
+    """One :func:`verdict_line` per method the comparison trained beside CE."""
+    methods = list(results.get("differences") or ({"supcon": None} if "difference" in results else {}))
+    return [verdict_line(results, method) for method in methods]

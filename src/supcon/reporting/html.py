@@ -22,11 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from supcon.config import ENCODER_TITLES, MAP_POINTS
+from supcon.config import MAP_POINTS
+from supcon.evaluate.curves import ACCURACIES, curve_panels, read_metrics
+from supcon.evaluate.tsne import MIN_POINTS, tsne_2d, umap_2d, umap_available
 from supcon.io import atomic_write_text
+from supcon.methods import encoder_title
 from supcon.reporting.format import comparison_rows, results_rows, verdict_lines
 from supcon.reporting.markdown import commands_of, config_changes, facts_sentence, run_link, table_entries
 from supcon.runs import FoundRun, find_runs
+from supcon.runs.load import ValEmbeddings, val_embeddings
 
 THUMBNAIL_PX = 64  # larger images are shrunk to this for the hover box
 # Plotly's hover labels hold text only (no <img>), so a hovered point's image is shown in a box beside the
@@ -120,7 +124,7 @@ def _colours(n: int) -> list[str]:
 def _method_title(results: dict[str, Any]) -> str:
     run = results["runs"][0]
     accuracy = f" (val acc {run['val_acc']:.3f})" if run.get("val_acc") is not None else ""
-    return ENCODER_TITLES.get(run.get("method"), "encoder") + accuracy
+    return encoder_title(run) + accuracy
 
 
 def _parts_in_order(run: FoundRun) -> list[FoundRun]:
@@ -134,14 +138,12 @@ def _parts_in_order(run: FoundRun) -> list[FoundRun]:
     return sorted(parts, key=lambda part: (part.results.get("runs", [{}])[0].get("method") == "ce", part.path))
 
 
-def embedding_figure(panels: list[tuple[str, Any]], thumbnails: Thumbnails, umap: bool | None = None):
+def embedding_figure(panels: list[tuple[str, ValEmbeddings]], thumbnails: Thumbnails, umap: bool | None = None):
     """A Plotly figure: one column per ``(title, ValEmbeddings)`` panel, t-SNE above and UMAP below (with
     ``umap-learn``, or as ``umap`` says). Points are coloured by their true class (one legend entry toggles it in
     every panel), crosses mark the images the run's classifier gets wrong, and each point's ``customdata`` holds
     its thumbnail's index in ``thumbnails`` and its predicted class."""
     from plotly.subplots import make_subplots
-
-    from supcon.evaluate.tsne import tsne_2d, umap_2d, umap_available
 
     projections = [("t-SNE", tsne_2d)] + ([("UMAP", umap_2d)] if (umap_available() if umap is None else umap)
                                           else [])
@@ -180,8 +182,6 @@ def curves_figure(run_dir: str | Path):
     each stage); None for a run without ``metrics.jsonl``."""
     from plotly.subplots import make_subplots
 
-    from supcon.evaluate.curves import ACCURACIES, curve_panels, read_metrics
-
     panels = curve_panels(read_metrics(run_dir))
     if not panels:
         return None
@@ -208,8 +208,6 @@ def _figure_html(fig, thumbnails: bool = False) -> str:
 
 
 def _embedding_html(run: FoundRun, thumbnails: Thumbnails, max_points: int, cache: dict, log) -> str:
-    from supcon.experiments.embeddings import val_embeddings
-
     panels = _parts_in_order(run)
     try:
         embeddings = [(_method_title(p.results), val_embeddings(p.path, max_points, cache=cache)) for p in panels]
@@ -260,8 +258,6 @@ def write_html_report(dirs: Iterable[str | Path], out: str | Path = "report.html
 
     ``max_points`` caps the points of each map (0: no maps, no encoder is run); ``log`` gets a line per map.
     """
-    from supcon.evaluate.tsne import MIN_POINTS
-
     if max_points != 0 and max_points < MIN_POINTS:
         raise ValueError(f"max_points must be 0 (no embedding maps) or at least {MIN_POINTS}; got {max_points}")
     plotly = _plotly()

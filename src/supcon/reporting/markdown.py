@@ -25,13 +25,9 @@ PICTURES = (("curves.png", "training curves"), ("tsne.png", "t-SNE of the valida
             ("tsne_projection.png", "t-SNE of the projection head's output"))
 
 
-COMMANDS_OF_KIND = {"compare": ("compare",), "transfer": ("linear",), "ce": ("ce",), "pretrain": ("pretrain", "linear"),
-                    None: COMMANDS}
-
-
 def commands_of(run: RunDir) -> tuple[str, ...]:
-    """The commands that made a run: their options are the ones that mattered."""
-    return COMMANDS_OF_KIND[run.kind()]
+    """The commands that made a run: their options are the ones that mattered (all of them, where it is not known)."""
+    return run.commands() or COMMANDS
 
 
 def config_changes(run_dir: str | Path, commands: Iterable[str] = COMMANDS) -> list[tuple[str, Any, Any]]:

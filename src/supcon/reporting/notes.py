@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from supcon.config import LOSS_NAMES, METHODS
+from supcon.methods import LOSS_TITLES, run_title
 from supcon.reporting.format import comparison_rows, markdown_table, results_table, verdict_lines
 
 # What the kNN monitor must show before compare speaks. "No gain" is less than FLAT (5 images of a 250-image
@@ -66,9 +66,9 @@ def ce_note(run: dict[str, Any]) -> str | None:
 def compare_notes(runs: list[dict[str, Any]]) -> str | None:
     """The notes of a comparison's runs (:func:`convergence_note` for SupCon, :func:`ce_note` for CE), or None."""
     notes = [convergence_note(run) if run.get("method") != "ce" else ce_note(run) for run in runs]
-    forms = sum(run.get("method") != "ce" for run in runs)
-    if forms > 1:  # several forms of SupCon: say whose stage 1 a note is about
-        notes = [f"{METHODS.get(run.get('form') or run['method'], run['method'])}: {note}" if note else None
+    contrastive = sum(run.get("method") != "ce" for run in runs)
+    if contrastive > 1:  # several forms of SupCon: say whose stage 1 a note is about
+        notes = [f"{run_title(run)}: {note}" if note else None
                  for run, note in zip(runs, notes, strict=True)]
     return " ".join(n for n in notes if n) or None
 
@@ -86,7 +86,7 @@ def convergence_note(run: dict[str, Any], threshold: float = 0.5) -> str | None:
     progress = run.get("stage1_progress")
     knn = knn_note(run)
     if run.get("method") != "ce" and progress is not None and progress < threshold:
-        name = LOSS_NAMES.get(run.get("loss"), "SupCon")
+        name = LOSS_TITLES.get(run.get("loss"), "SupCon")
         # when the kNN monitor says the features stopped improving, more epochs is the wrong advice
         advice = ("" if knn and "stopped improving" in knn else
                   f", so {name} was compared far from convergence; the answer may change with more --epochs (or a "

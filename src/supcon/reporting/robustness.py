@@ -8,9 +8,9 @@ import io
 from pathlib import Path
 from typing import Any
 
-from supcon.config import METHOD_NAMES
 from supcon.evaluate.calibration import plot_margins, plot_reliability
 from supcon.io import atomic_write_text, save_figure, write_json
+from supcon.methods import run_title
 from supcon.reporting.format import num, pct
 
 FILES = ("robustness.md", "robustness.json", "robustness.csv", "robustness.png", "reliability.png", "margins.png")
@@ -21,7 +21,7 @@ def eps_key(eps_255: float) -> str:
     return f"{eps_255:g}"
 
 def _label(run: dict[str, Any]) -> str:
-    return f"{run['name']} ({METHOD_NAMES.get(run['method'], run['method'])})"
+    return f"{run['name']} ({run_title({'method': run['method']})})"
 
 
 def summary_table(report: dict[str, Any]) -> str:

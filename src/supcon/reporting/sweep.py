@@ -1,19 +1,20 @@
-"""A sweep's tables and picture: ``sweep.md`` (the study's table), ``sweep.csv`` and ``sweep.png``."""
+"""A sweep's tables and picture: ``sweep.md`` (the study's table), ``sweep.csv`` and ``sweep.png``.
+
+They are drawn from the rows, runs and best cells :mod:`supcon.experiments.sweep` computes; nothing here reads
+the grid itself."""
 
 from __future__ import annotations
 
 import csv
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from supcon.config import LOSS_NAMES, Config
+from supcon.config import Config
 from supcon.io import atomic_write_text, save_figure
+from supcon.methods import LOSS_TITLES
 from supcon.reporting.format import num, verdict_line, with_interval
 from supcon.reporting.notes import ce_note, knn_note
-
-if TYPE_CHECKING:
-    from supcon.experiments.sweep import Sweep
 
 LABELS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}
 
@@ -31,7 +32,7 @@ def describe_cell(method: str, cfg: Config, axes: list[str], variant: dict[str, 
         elif key == "augment":
             parts.append("without augmentation" if value == "none" else f"with augmentation ({value})")
         elif key == "loss":
-            parts.append(LOSS_NAMES.get(value, value))
+            parts.append(LOSS_TITLES.get(value, value))
         else:
             parts.append(f"{key}={value}")
     if variant is not None:
@@ -40,38 +41,11 @@ def describe_cell(method: str, cfg: Config, axes: list[str], variant: dict[str, 
     return prefix + (" + ".join(parts) if parts else ("cross-entropy" if method == "ce" else "SupCon"))
 
 
-def _mean(runs: list[dict[str, Any]], key: str) -> float | None:
-    values = [r[key] for r in runs if r.get(key) is not None]
-    return sum(values) / len(values) if values else None
-
-
-def table_rows(sweep: Sweep, cells: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One row per cell, in grid order: its settings and, over its seeds, the mean of each result and the test
-    accuracy's 95 % t-interval; cells not run yet have empty results."""
-    from supcon.experiments.statistics import t_interval
-
-    rows = []
-    for name, method, cfg, variant in sweep.cells_with_variants():
-        runs = cells.get(name) or []
-        done = [r for r in runs if r.get("val_acc") is not None]
-        axes = list(sweep.grid if method == "supcon" else sweep.ce_grid)
-        tests = [r["test_acc"] for r in done if r.get("test_acc") is not None]
-        rows.append({"cell": name, "method": method, "setting": describe_cell(method, cfg, axes, variant),
-                     "loss": cfg.loss if method == "supcon" else "ce", "optimizer": cfg.resolved_optimizer(method),
-                     "lr": cfg.resolved_lr(method), "schedule": cfg.schedule, "augment": cfg.augment,
-                     "epochs": cfg.epochs, "seeds": len(done),
-                     "stage1_loss": _mean(done, "stage1_loss"), "stage1_progress": _mean(done, "stage1_progress"),
-                     "knn_acc": _mean(done, "knn_acc"), "train_acc": _mean(done, "train_acc"),
-                     "val_acc": _mean(done, "val_acc"), "test_acc": _mean(done, "test_acc"),
-                     "test_acc_ci": t_interval(tests), "seconds": _mean(done, "seconds"),
-                     "error": next((r["error"] for r in runs if r.get("error")), None)})
-    return rows
-
-
-def write_tables(sweep: Sweep, cells: dict[str, list[dict[str, Any]]], out: Path) -> None:
+def write_tables(rows: list[dict[str, Any]], cells: dict[str, list[dict[str, Any]]], chosen: dict[str, Any],
+                 out: Path) -> None:
     """``sweep.md`` (the table, the notes and, once they are known, the best cells and their verdict),
-    ``sweep.csv`` and ``sweep.png``."""
-    rows = table_rows(sweep, cells)
+    ``sweep.csv`` and ``sweep.png``, from the table's ``rows``, each cell's finished runs and ``chosen``, the
+    best cells (``sweep.json``)."""
     text = sweep_markdown(rows)
     stalled = [f"{r['setting']} ({r['stage1_progress']:.0%})" for r in rows
                if r["stage1_progress"] is not None and r["stage1_progress"] < 0.5]
@@ -83,7 +57,7 @@ def write_tables(sweep: Sweep, cells: dict[str, list[dict[str, Any]]], out: Path
         note = knn_note(runs[0]) or ce_note(runs[0])
         if note:
             text += f"\n\n{row['setting']}: {note}"
-    text += best_text(sweep, cells, rows)
+    text += best_text(chosen, rows)
     atomic_write_text(out / "sweep.md", text + "\n")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
@@ -94,12 +68,9 @@ def write_tables(sweep: Sweep, cells: dict[str, list[dict[str, Any]]], out: Path
         plot_sweep(rows, out / "sweep.png")
 
 
-def best_text(sweep: Sweep, cells: dict[str, list[dict[str, Any]]], rows: list[dict[str, Any]]) -> str:
-    """The cells chosen on validation accuracy and, on test, how the best SupCon cell compares with the best CE
-    cell; empty until both are known."""
-    from supcon.experiments.sweep import best_cells
-
-    chosen = best_cells(sweep, cells)
+def best_text(chosen: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The cells ``chosen`` on validation accuracy and, on test, how the best SupCon cell compares with the best
+    CE cell; empty until both are known."""
     if "difference" not in chosen:
         return ""
     setting = {r["cell"]: r["setting"] for r in rows}

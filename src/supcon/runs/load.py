@@ -1,4 +1,5 @@
-"""A finished run read back: its encoder, projection head and linear head, as one classifier, with its data.
+"""A finished run read back: its encoder, projection head and linear head, as one classifier, with its data, and
+its validation embeddings for the HTML report's maps.
 
 >>> from supcon.runs import load_classifier, load_run
 >>> loaded = load_classifier("runs/compare-digits/ce")      # a Classifier on [0, 1] pixels, its config, inputs
@@ -12,15 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from supcon.augment import Inputs
-from supcon.config import Config
+from supcon.config import TSNE_POINTS, Config
 from supcon.data import DataSplits, load_data
 from supcon.device import place, resolve_device
+from supcon.evaluate.inference import outputs, predicted_class
 from supcon.evaluate.predict import RunClassifier
+from supcon.evaluate.tsne import tsne_subset
 from supcon.io import load_weights
+from supcon.methods import encoder_method
 from supcon.models import Classifier, Encoder, ProjectionHead, SupConModel, build_encoder
 from supcon.runs.rundir import RunDir
 
@@ -45,8 +50,8 @@ def load_encoder(run_dir: str | Path, device: str | torch.device = "cpu", weight
         raise ValueError(f"{run.path} holds a comparison, not one encoder; give one of its runs: "
                          f"{run.path / 'supcon'} or {run.path / 'ce'}")
     inputs = Inputs(**results["input"])
-    method = results["runs"][0]["method"]
-    encoder = build_encoder(cfg.encoder, inputs.channels, inputs.image_size, cfg.stem, normalize=method != "ce")
+    trained_by = encoder_method(results["runs"][0])  # a transfer's encoder is its source's
+    encoder = build_encoder(cfg.encoder, inputs.channels, inputs.image_size, cfg.stem, normalize=trained_by != "ce")
     load_weights(weights if weights is not None else run.weights("encoder"), encoder)
     device = torch.device(device) if not isinstance(device, torch.device) else device
     return place(encoder, device).eval(), cfg, inputs
@@ -157,3 +162,36 @@ def data_for_run(run_dir: str | Path, cfg: Config, inputs: Inputs, dataset: str 
             cache[key] = data
     check_inputs(data, inputs, run_dir)
     return data
+
+
+@dataclass
+class ValEmbeddings:
+    """A run's validation images (a class-balanced subset), their encoder embeddings and predicted classes."""
+
+    indices: np.ndarray  # positions in the validation split
+    images: torch.Tensor  # uint8 [N, C, H, W], as the encoder saw them (resized to its input)
+    labels: np.ndarray
+    features: np.ndarray  # float32 [N, D]
+    predicted: np.ndarray | None  # by the run's linear classifier; None for a run without one (stage 1 only)
+    class_names: list[str]
+    seed: int
+
+
+def val_embeddings(run_dir: str | Path, max_points: int = TSNE_POINTS, batch_size: int = 512,
+                   cache: dict[tuple, DataSplits] | None = None) -> ValEmbeddings:
+    """The encoder embeddings of at most ``max_points`` validation images of a run (chosen as ``tsne.png``'s are:
+    seeded and class-balanced) with the classes its linear classifier predicts for them."""
+    run = RunDir(run_dir).require()
+    device = resolve_device("auto")
+    encoder, cfg, inputs = load_encoder(run.path, device)
+    data = data_for_run(run.path, cfg, inputs, cache=cache)
+    idx = tsne_subset(data.val.labels, max_points, cfg.seed)
+    images = data.val.images[torch.from_numpy(idx)]
+    features = outputs(encoder, images, transform=inputs.plain(), device=device, batch_size=batch_size)
+    fc = load_linear(run.path, encoder, cfg, data.num_classes)
+    predicted = None
+    if fc is not None:
+        with torch.no_grad():
+            predicted = predicted_class(fc(features.to(device)).float()).cpu().numpy()
+    return ValEmbeddings(idx, images, data.val.labels.numpy()[idx], features.numpy(), predicted,
+                         list(data.val.class_names), cfg.seed)

@@ -17,8 +17,6 @@ from supcon.config import Config, fields_for, load_yaml, result_neutral_options
 from supcon.runs.rundir import RunDir
 
 SWEEP_KEYS = ("grid", "ce_grid", "variants")  # a sweep file's own keys, beside the options of its base config
-# The commands that continue each kind of run (a pretrain run is also continued by `linear`, which adds its probe).
-RESUMED_BY = {"compare": "compare", "transfer": "linear", "ce": "ce", "pretrain": "pretrain"}
 
 
 def options_for(command: str, flags: dict[str, Any], config_file: str | Path | None = None) -> Config:
@@ -73,9 +71,9 @@ def resume_options(command: str, flags: dict[str, Any], config_file: str | Path 
     if not run.file("config.yaml").is_file():
         raise ValueError(f"nothing to resume in {run.path}: no config.yaml (is it the directory the run wrote?)")
     saved = run.config()
-    kind = run.kind()
-    if kind is not None and command != RESUMED_BY[kind] and not (command == "linear" and kind == "pretrain"):
-        raise ValueError(f"{run.path} holds a {kind} run; resume it with: supcon {RESUMED_BY[kind]} --resume "
+    commands = run.commands()  # a SupCon run is continued by `pretrain` and by `linear`, which adds its probe
+    if commands and command not in commands:
+        raise ValueError(f"{run.path} holds a {run.method()} run; resume it with: supcon {commands[0]} --resume "
                          f"{run.path}")
     changeable = result_neutral_options()
     for key, value in flags.items():

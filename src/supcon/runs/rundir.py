@@ -1,4 +1,4 @@
-"""``RunDir``: the one place that knows what a run directory holds, what kind of run it is and how far it got.
+"""``RunDir``: the one place that knows what a run directory holds, which method it ran and how far it got.
 
 A run directory holds ``config.yaml`` (every option, resolved; written when the run starts, so that
 ``--resume`` can read it), ``metrics.jsonl`` (one line per epoch and stage), ``results.json`` (written once, when
@@ -8,7 +8,7 @@ while a stage trains, ``checkpoints/``. A ``compare`` directory holds the same t
 directory per method (``supcon/``, ``ce/``); a sweep cell that failed holds ``failed.json`` instead of results.
 
 >>> run = RunDir("runs/compare-digits")
->>> run.kind(), [part.path.name for part in run.parts()]
+>>> run.method(), [part.path.name for part in run.parts()]
 ('compare', ['supcon', 'ce'])
 >>> run.parts()[0].summary()["val_acc"]
 """
@@ -19,6 +19,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import yaml
@@ -27,6 +28,7 @@ from supcon.config import Config
 from supcon.device import machine
 from supcon.engine.checkpoint import DIRNAME, Checkpoints
 from supcon.io import atomic_write_text, read_json, save_weights, write_json
+from supcon.methods import METHODS, method_for, upgrade_method
 
 CONFIG, RESULTS, METRICS, SKIPPED, FAILED = "config.yaml", "results.json", "metrics.jsonl", "skipped_images.txt", \
     "failed.json"
@@ -41,12 +43,13 @@ STAGE1_ENCODER = "pretrain-encoder.safetensors"  # stage 1's encoder while fine-
 
 
 def upgrade_summary(summary: dict[str, Any]) -> dict[str, Any]:
-    """A run summary with the keys of older versions renamed to today's."""
-    return {RENAMED.get(k, k): v for k, v in summary.items() if not (k in RENAMED and RENAMED[k] in summary)}
+    """A run summary with the keys of older versions renamed to today's, and its method named by the registry."""
+    return upgrade_method({RENAMED.get(k, k): v for k, v in summary.items()
+                           if not (k in RENAMED and RENAMED[k] in summary)})
 
 
 class RunDir:
-    """A run directory: its files, its kind, its finished stages and its checkpoints."""
+    """A run directory: its files, its method, its finished stages and its checkpoints."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -129,24 +132,29 @@ class RunDir:
         """The stages that have checkpoints here."""
         return {p.name.split("-epoch")[0] for p in (self.path / DIRNAME).glob("*-epoch*.pt")}
 
-    def kind(self) -> str | None:
-        """``compare``, ``transfer`` (a probe on another run's encoder), ``ce`` or ``pretrain`` (stage 1, with or
-        without its probe): the command that made the run; None before anything was written."""
+    def method(self) -> str | None:
+        """The method of the run (a name of :data:`supcon.methods.METHODS`), or ``compare`` for a comparison;
+        None before anything was written. A run still training is known by its checkpoints and options."""
         if self.is_compare():
             return "compare"
-        values = self.config_values()
-        if values.get("encoder_from"):
-            return "transfer"
         try:
-            method = self.summary().get("method") if self.is_run() else None
+            if self.is_run():
+                return self.summary().get("method")
         except (ValueError, AttributeError):
-            method = None
-        stages = self.checkpoint_stages()
-        if "ce" in stages or method == "ce":
+            return None
+        if "ce" in self.checkpoint_stages():
             return "ce"
-        if stages or method is not None or (self.path / DIRNAME / f"pretrain{FINISHED_SUFFIX}").is_file():
-            return "pretrain"
+        if self.checkpoint_stages() or (self.path / DIRNAME / f"pretrain{FINISHED_SUFFIX}").is_file():
+            values = self.config_values()  # plain YAML: a config of another version still reads
+            return method_for(SimpleNamespace(**{k: values.get(k) for k in ("loss", "stage2", "encoder_from")})).name
         return None
+
+    def commands(self) -> tuple[str, ...]:
+        """The ``supcon`` commands that made this run and resume it (empty before anything was written)."""
+        method = self.method()
+        if method == "compare":
+            return ("compare",)
+        return METHODS[method].commands if method in METHODS else ()
 
     def classifying(self) -> RunDir:
         """The run whose encoder and linear head classify: this one, or a comparison's ``supcon/`` run."""
@@ -184,13 +192,15 @@ class RunDir:
             run = self.summary()
         except (ValueError, KeyError, IndexError, TypeError, OSError, AttributeError):
             return None
+        method = METHODS.get(run.get("method"))
+        if method is None:
+            return None
         if stage == "ce":
-            done = run.get("method") == "ce" and not run.get("encoder_from")
-        elif stage == "pretrain":
-            done = run.get("method") in ("supcon", "simclr") and self.weights("encoder").is_file()
+            done = method.name == "ce"
+        elif stage == "pretrain":  # stage 1 of the run's own, not another run's encoder
+            done = method.trains_stage1 and not run.get("encoder_from") and self.weights("encoder").is_file()
         else:
-            done = (run.get("val_acc") is not None and self.weights("linear").is_file()
-                    and (run.get("method") != "ce" or bool(run.get("encoder_from"))))
+            done = run.get("val_acc") is not None and self.weights("linear").is_file() and method.name != "ce"
         return run if done else None
 
     def mark_stage_finished(self, stage: str, record: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from supcon.stages.ce import train_ce
 from supcon.stages.common import StageContext, StageResult, load_data, stage_context
 from supcon.stages.pretrain import pretrain
 from supcon.stages.probe import linear_probe
-from supcon.stages.run import KINDS, RunResult, train_run, transfer_config
+from supcon.stages.run import RunResult, train_run, transfer_config
 
-__all__ = ["KINDS", "RunResult", "StageContext", "StageResult", "linear_probe", "load_data", "pretrain",
+__all__ = ["RunResult", "StageContext", "StageResult", "linear_probe", "load_data", "pretrain",
            "stage_context", "train_ce", "train_run", "transfer_config"]

@@ -4,6 +4,7 @@ data a config names, and the classification step of the probe and the CE baselin
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from supcon.augment import Inputs
 from supcon.config import Config
 from supcon.device import amp_dtype, as_model_input, autocast, resolve_device
 from supcon.engine import distributed
+from supcon.engine.callbacks import Callback
 from supcon.engine.checkpoint import Checkpoints
 from supcon.engine.loop import FitOptions, FitResult
 from supcon.engine.optim import build_optimizer, build_schedule
@@ -40,7 +42,8 @@ class StageResult:
 @dataclass
 class StageContext:
     """Where a stage runs: its options, device and autocast dtype, run directory (None on the other processes of
-    a distributed run, and for a run kept in memory), checkpoints and tracker."""
+    a distributed run, and for a run kept in memory), checkpoints, tracker, and the caller's callbacks, which
+    every stage's loop runs after the stage's own."""
 
     cfg: Config
     device: torch.device
@@ -48,6 +51,7 @@ class StageContext:
     run: RunDir | None
     tracker: Tracker
     checkpoints: Checkpoints | None = None
+    callbacks: Sequence[Callback] = ()
 
     def for_stage(self, stage: str) -> StageContext:
         """This context with ``stage``'s checkpoints, and the global generator seeded for the stage.
@@ -75,10 +79,12 @@ class StageContext:
         return FitOptions(epochs=epochs, stage=stage, patience=patience, monitor=cfg.monitor,
                           grad_clip=cfg.grad_clip, metrics_path=self.run.metrics_path if self.run else None,
                           progress=not cfg.quiet, on_epoch=self.tracker.log_metrics, checkpoints=self.checkpoints,
-                          resume=cfg.resume is not None, detect_anomaly=cfg.detect_anomaly)
+                          resume=cfg.resume is not None, detect_anomaly=cfg.detect_anomaly,
+                          callbacks=self.callbacks)
 
 
-def stage_context(cfg: Config, out: str | Path | None = None, tracker: Tracker | None = None) -> StageContext:
+def stage_context(cfg: Config, out: str | Path | None = None, tracker: Tracker | None = None,
+                  callbacks: Sequence[Callback] = ()) -> StageContext:
     """The context of a run's stages: under torchrun this joins the process group, and only rank 0 gets the run
     directory (the others write nothing). Without ``out`` the stages run in memory (their metrics and
     checkpoints are not written); without ``tracker`` nothing is tracked.
@@ -88,7 +94,7 @@ def stage_context(cfg: Config, out: str | Path | None = None, tracker: Tracker |
     tracker = tracker if tracker is not None else Tracker()
     device = distributed.init(resolve_device(cfg.device))
     run = RunDir(out) if out is not None and distributed.is_main() else None
-    return StageContext(cfg, device, amp_dtype(cfg.amp, device), run, tracker)
+    return StageContext(cfg, device, amp_dtype(cfg.amp, device), run, tracker, callbacks=tuple(callbacks))
 
 
 def load_data(cfg: Config) -> datasets.DataSplits:

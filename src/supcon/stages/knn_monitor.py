@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -12,7 +11,7 @@ from torch import nn
 from supcon.augment import Inputs
 from supcon.config import Config
 from supcon.data import DataSplits
-from supcon.engine.batches import EpochBatches
+from supcon.engine.callbacks import Callback
 from supcon.evaluate.inference import outputs
 from supcon.evaluate.knn import KnnSchedule, chance_accuracy, knn_accuracy
 
@@ -30,32 +29,34 @@ def encoder_knn(encoder: nn.Module, data: DataSplits, inputs: Inputs, device: to
                         temperature=cfg.knn_temperature)
 
 
-class KnnMonitor:
-    """Stage 1's kNN monitor, as the loop's ``evaluate`` hook: ``knn_acc`` (and ``knn_seconds``) in the epoch's
-    record when :class:`~supcon.evaluate.knn.KnnSchedule` says it is due.
+class KnnMonitor(Callback):
+    """Stage 1's kNN monitor, one of its callbacks: ``knn_acc`` (and ``knn_seconds``) in the epoch's record when
+    :class:`~supcon.evaluate.knn.KnnSchedule` says it is due, and the untrained encoder's accuracy (epoch 0) when
+    training starts, the baseline that tells "never started" from "stopped early".
 
-    :meth:`batches` wraps the epoch batches to learn each epoch's number and start time (so ``auto`` can compare
-    the kNN's cost with the epoch's training). The random state is restored after each measurement and the
-    encoder is run in eval mode, so the monitor never changes what is trained.
+    Its state is the curve and the period ``auto`` chose, so that a resumed run keeps both. The epoch's start time
+    lets ``auto`` compare the kNN's cost with the epoch's training. The random state is restored after each
+    measurement and the encoder is run in eval mode, so the monitor never changes what is trained.
     """
 
+    state_key = "knn_monitor"
+
     def __init__(self, cfg: Config, data: DataSplits, encoder: nn.Module, inputs: Inputs, device: torch.device,
-                 dtype: torch.dtype | None = None, state: dict[str, Any] | None = None):
+                 dtype: torch.dtype | None = None):
         self.cfg, self.data, self.encoder, self.inputs = cfg, data, encoder, inputs
         self.device, self.dtype = device, dtype
         self.schedule = KnnSchedule(cfg.knn_every if cfg.knn_every == "auto" else int(cfg.knn_every), cfg.epochs)
         self.on = self.schedule.resolved != 0
-        # The curve and the period chosen by "auto" live in ``state``, the dict that the loop checkpoints and
-        # restores in place (its ``extra_state``), so that a resumed run keeps both.
-        self.state = state if state is not None else {}
-        self.state.setdefault("knn_curve", [])  # [epoch, accuracy]; epoch 0 is the untrained encoder
-        self.state.setdefault("knn_every", self.schedule.resolved)
+        self.curve: list[list[float]] = []  # [epoch, accuracy]; epoch 0 is the untrained encoder
         self.epoch, self.started = 0, time.perf_counter()
 
-    @property
-    def curve(self) -> list[list[float]]:
-        """``[epoch, kNN accuracy]`` pairs so far; epoch 0 is the untrained encoder."""
-        return self.state["knn_curve"]
+    # The keys are those of the flat dict that checkpoints of earlier versions kept, so that those still resume.
+    def state_dict(self) -> dict[str, Any]:
+        return {"knn_curve": self.curve, "knn_every": self.schedule.resolved} if self.on else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.curve = [list(point) for point in state["knn_curve"]]
+        self.schedule.resolved = state["knn_every"]
 
     def measure(self) -> tuple[float, float]:
         """The encoder's kNN accuracy now, and the seconds it took; the random state is left as it was."""
@@ -64,33 +65,20 @@ class KnnMonitor:
             acc = encoder_knn(self.encoder, self.data, self.inputs, self.device, self.cfg, self.dtype)
         return acc, time.perf_counter() - t0
 
-    def initial(self) -> None:
-        """The untrained encoder's accuracy: the baseline that tells "never started" from "stopped early"."""
-        self.curve.append([0, self.measure()[0]])
+    def on_fit_start(self, stage: str) -> None:
+        if self.on and not self.curve:  # a resumed run has its curve, the untrained encoder's point first
+            self.curve.append([0, self.measure()[0]])
 
-    def _epoch_started(self, epoch: int) -> None:
+    def on_epoch_start(self, epoch: int) -> None:
         self.epoch, self.started = epoch, time.perf_counter()
 
-    def batches(self, epoch_batches: Callable[[int], Iterator[list[torch.Tensor]]]):
-        """``epoch_batches`` that also tell the monitor when each epoch starts."""
-        if isinstance(epoch_batches, EpochBatches):  # kept as it is, so that checkpoints hold its shuffle state
-            epoch_batches.on_epoch_start = self._epoch_started
-            return epoch_batches
-
-        def wrapped(epoch: int):
-            self._epoch_started(epoch)
-            return epoch_batches(epoch)
-        return wrapped
-
     def evaluate(self) -> dict[str, float]:
-        """The loop's end-of-epoch hook: ``knn_acc`` and ``knn_seconds`` when a measurement is due, else ``{}``."""
+        """``knn_acc`` and ``knn_seconds`` when a measurement is due, else ``{}``."""
         train_seconds = time.perf_counter() - self.started
-        self.schedule.resolved = self.state["knn_every"]
-        if not self.schedule.due(self.epoch):
+        if not self.on or not self.schedule.due(self.epoch):
             return {}
         acc, seconds = self.measure()
         self.schedule.measured(seconds, train_seconds)
-        self.state["knn_every"] = self.schedule.resolved
         self.curve.append([self.epoch, acc])
         return {"knn_acc": acc, "knn_seconds": seconds}
 

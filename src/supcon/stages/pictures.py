@@ -66,14 +66,20 @@ def log_projector(track: Tracker, encoder: nn.Module, data: DataSplits, inputs: 
     track.log_embedding(tag, features, labels, images, step)
 
 
+def draw_curves(run: RunDir, track: Tracker) -> None:
+    """``curves.png`` of every stage in the run's ``metrics.jsonl``, tracked."""
+    if (path := plot_curves(run.path)) is not None:
+        track.log_image("curves", path)
+
+
 def draw_run_pictures(cfg: Config, run: RunDir, track: Tracker, data: DataSplits, encoder: nn.Module | None,
                       inputs: Inputs | None, title: str, curves: bool = True, stage: str | None = None,
                       step: int = 0) -> Any:
     """The end of a run: ``curves.png`` and, given an encoder and ``cfg.tsne``, ``tsne.png``; both tracked.
     Given a ``stage`` (the tag) and its last epoch (``step``), the tracker also gets the encoder's embeddings.
     Returns the t-SNE points (None where none were drawn)."""
-    if curves and (path := plot_curves(run.path)) is not None:
-        track.log_image("curves", path)
+    if curves:
+        draw_curves(run, track)
     if encoder is not None and stage is not None:
         log_projector(track, encoder, data, inputs, stage, step, cfg.seed, cfg.eval_batch_size)
     if encoder is None or not cfg.tsne:

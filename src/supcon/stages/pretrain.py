@@ -3,7 +3,7 @@
 >>> from supcon.config import Config
 >>> from supcon.stages import load_data, train_run
 >>> cfg = Config(dataset="digits", epochs=5)
->>> result = train_run("pretrain", cfg, load_data(cfg), "runs/digits")
+>>> result = train_run("supcon", cfg, load_data(cfg), "runs/digits", until="pretrain")
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ from supcon.data import DataSplits
 from supcon.device import as_model_input, autocast, place
 from supcon.engine import distributed
 from supcon.engine.batches import EpochBatches
+from supcon.engine.callbacks import Callback
 from supcon.engine.gradcache import GradCache
 from supcon.engine.loop import Trainable, fit
 from supcon.engine.queue import MemoryQueue
 from supcon.evaluate.inference import accuracy, outputs, predicted_class
 from supcon.losses import MaxMarginContrastiveLoss, NPairsLoss, SupConLoss
 from supcon.models import Classifier, ProjectionHead, SupConModel, build_encoder
+from supcon.options import check_distributable
 from supcon.runs.load import output_size
 from supcon.stages.common import (
     StageContext,
@@ -41,8 +43,6 @@ from supcon.stages.common import (
     validation_metrics,
 )
 from supcon.stages.knn_monitor import KnnMonitor
-
-PAIRWISE_LOSSES = ("maxmargin", "npairs")  # no anchors= option: they cannot run on a gathered batch
 
 
 def stage1_criterion(cfg: Config) -> nn.Module:
@@ -86,24 +86,60 @@ def loss_floor(labels: torch.Tensor | None, views: int, loss: str = "supcon") ->
 
 @dataclass
 class Stage1:
-    """What stage 1 trains, built by :func:`build_stage1`: the model, the loss, the views and the loop's
-    :class:`~supcon.engine.loop.Trainable` (``benchmarks/bench_train.py`` times the same objects)."""
+    """What stage 1 trains, built by :func:`build_stage1`: the model, the loss, the views, the loop's
+    :class:`~supcon.engine.loop.Trainable` (``benchmarks/bench_train.py`` times the same objects), and the
+    callbacks among its own that the summary reads."""
 
     model: SupConModel
     criterion: nn.Module
     views: Any
     trainable: Trainable
     inputs: Inputs
+    progress: Stage1Progress
+    monitor: KnnMonitor
+    classify: Callable[[torch.Tensor], torch.Tensor] | None  # the joint objective's classifier on images
 
     @property
     def batches(self) -> EpochBatches:
         return self.trainable.batches
 
 
-def build_stage1(cfg: Config, data: DataSplits, device: torch.device, dtype: torch.dtype | None,
-                 extra_state: dict[str, Any] | None = None) -> Stage1:
-    """Model, loss, augmentation, batches, optimizer and step of stage 1 (seed the global RNG first).
-    ``extra_state`` is the dict the loop checkpoints, where a memory queue (``cfg.queue``) keeps itself."""
+class Stage1Progress(Callback):
+    """How far stage 1 got: the first batch's loss and the mean over batches of the floor each allowed
+    (:func:`loss_floor`, times ``scale``, the contrastive share of a joint loss)."""
+
+    state_key = "stage1_progress"
+
+    def __init__(self, views: int, loss: str, use_labels: bool, scale: float = 1.0):
+        self.views, self.loss, self.use_labels, self.scale = views, loss, use_labels, scale
+        self.start: float | None = None
+        self.floor_sum, self.batches = 0.0, 0
+
+    # The keys are those of the flat dict that checkpoints of earlier versions kept, so that those still resume.
+    def state_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "floor": self.floor_sum, "batches": self.batches}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.start, self.floor_sum, self.batches = state["start"], float(state["floor"]), int(state["batches"])
+
+    def on_step_end(self, state, batch: list[torch.Tensor], loss: float) -> None:
+        if self.start is None:
+            self.start = loss
+        labels = distributed.gather(batch[1])  # the floor of the global batch, which the loss is taken on
+        self.floor_sum += self.scale * loss_floor(labels if self.use_labels else None, batch[0].shape[1], self.loss)
+        self.batches += 1
+
+    def summary(self, final: float) -> dict[str, Any]:
+        """The summary's ``stage1_loss*`` entries and ``stage1_progress``, the share of the way from the first
+        loss to the floor that the ``final`` epoch's loss covered."""
+        floor, start = self.floor_sum / max(1, self.batches), self.start
+        return {"stage1_loss": final, "stage1_loss_start": start, "stage1_loss_floor": floor,
+                "stage1_progress": (start - final) / (start - floor) if start - floor > 1e-6 else None}
+
+
+def build_stage1(cfg: Config, data: DataSplits, device: torch.device, dtype: torch.dtype | None) -> Stage1:
+    """Model, loss, augmentation, batches, optimizer, step and callbacks (progress, kNN monitor, memory queue)
+    of stage 1 (seed the global RNG first)."""
     inputs = Inputs.of_images(data.train.images, cfg.normalize, data.image_size, cfg.val_crop)
     encoder = build_encoder(cfg.encoder, data.channels, data.image_size, cfg.stem, pretrained=cfg.pretrained)
     head = ProjectionHead(encoder.out_dim, cfg.proj_hidden, cfg.proj_dim, cfg.projection)
@@ -112,9 +148,7 @@ def build_stage1(cfg: Config, data: DataSplits, device: torch.device, dtype: tor
     forward = compiled(distributed.wrap(model, device, cfg.sync_bn), cfg)
     criterion = stage1_criterion(cfg)
     if distributed.is_distributed():
-        if cfg.loss in PAIRWISE_LOSSES:
-            raise ValueError(f"--loss {cfg.loss} does not run distributed: only the supcon, supcon_in and simclr "
-                             "losses can split the global batch's anchors between processes")
+        check_distributable(cfg.loss)  # under torchrun, whatever --nproc said
         criterion = distributed.GatheredLoss(criterion)
     views = multiview_transform(cfg.augment, data.image_size, cfg.views, first_view=cfg.first_view,
                                 mean=inputs.mean, std=inputs.std, **policy_options(cfg))
@@ -122,17 +156,23 @@ def build_stage1(cfg: Config, data: DataSplits, device: torch.device, dtype: tor
     optimizer, scheduler = optimizer_and_schedule(cfg, model.parameters(), batches.steps, cfg.epochs,
                                                   cfg.resolved_optimizer("supcon"), cfg.resolved_lr("supcon"),
                                                   cfg.weight_decay)
-    queue = (MemoryQueue(model, cfg.queue, cfg.views, cfg.proj_dim, cfg.momentum_encoder,
-                         extra_state if extra_state is not None else {}, device) if cfg.queue else None)
+    queue = (MemoryQueue(model, cfg.queue, cfg.views, cfg.proj_dim, cfg.momentum_encoder, device)
+             if cfg.queue else None)
     backward = None
     if cfg.chunk_size is not None:
         cache = GradCache(model, criterion, cfg.chunk_size, device, dtype, forward, cfg.loss != "simclr")
         step, backward = cache.step, cache.backward
     else:
         step = _step(cfg, forward, criterion, device, dtype, queue)
+    progress = Stage1Progress(cfg.views, cfg.loss, cfg.loss != "simclr", 1 - cfg.ce_weight if _joint(cfg) else 1.0)
+    monitor = KnnMonitor(cfg, data, model.encoder, inputs, device, dtype)
+    classify = _joint_classifier(model, inputs, cfg, device, dtype) if _joint(cfg) else None
+    evaluate = ((lambda: validation_metrics(classify(data.val.images), data.val.labels))
+                if classify is not None else None)
+    callbacks = [progress] + ([monitor] if monitor.on else []) + ([queue] if queue is not None else [])
     trainable = Trainable(model, step, batches, batches.steps, optimizer, scheduler, scaler_for(dtype), backward,
-                          extra_state=extra_state)
-    return Stage1(model, criterion, views, trainable, inputs)
+                          evaluate, callbacks)
+    return Stage1(model, criterion, views, trainable, inputs, progress, monitor, classify)
 
 
 def _joint(cfg: Config) -> bool:
@@ -170,21 +210,6 @@ def _step(cfg: Config, forward, criterion: nn.Module, device: torch.device, dtyp
     return step
 
 
-def _tracking_progress(step: Callable, reference: dict[str, Any], use_labels: bool, loss: str,
-                       scale: float = 1.0) -> Callable:
-    """``step`` that also records the first batch's loss and each batch's floor (:func:`loss_floor`, times
-    ``scale``, the contrastive share of a joint loss), which tell afterwards how far stage 1 got."""
-    def tracked(batch):
-        value, hits = step(batch)
-        if reference["start"] is None:
-            reference["start"] = value.item()
-        labels = distributed.gather(batch[1])  # the floor of the global batch, which the loss is taken on
-        reference["floor"] += scale * loss_floor(labels if use_labels else None, batch[0].shape[1], loss)
-        reference["batches"] += 1
-        return value, hits
-    return tracked
-
-
 def pretrain(ctx: StageContext, data: DataSplits) -> StageResult:
     """Stage 1: train encoder and projection head with the stage-1 loss ``cfg.loss`` (SupCon by default;
     SimCLR's ignores the labels), with the kNN monitor of ``cfg.knn_every``. Writes nothing but its metrics and
@@ -195,30 +220,13 @@ def pretrain(ctx: StageContext, data: DataSplits) -> StageResult:
     needs no stage 2)."""
     cfg, ctx = ctx.cfg, ctx.for_stage("pretrain")
     started = time.perf_counter()
-    reference: dict[str, Any] = {"start": None, "floor": 0.0, "batches": 0}
-    stage = build_stage1(cfg, data, ctx.device, ctx.dtype, extra_state=reference)
-    task = stage.trainable
-    scale = 1 - cfg.ce_weight if _joint(cfg) else 1.0
-    task.step = _tracking_progress(task.step, reference, cfg.loss != "simclr", cfg.loss, scale)
-    monitor = KnnMonitor(cfg, data, stage.model.encoder, stage.inputs, ctx.device, ctx.dtype, state=reference)
-    if monitor.on:
-        if not ctx.resuming():  # a resumed run gets its curve back from the checkpoint
-            monitor.initial()
-        task.batches = monitor.batches(task.batches)
-    classify = _joint_classifier(stage, cfg, ctx.device, ctx.dtype) if _joint(cfg) else None
-    if classify is not None:
-        task.evaluate = lambda: {**validation_metrics(classify(data.val.images), data.val.labels),
-                                 **(monitor.evaluate() if monitor.on else {})}
-    elif monitor.on:
-        task.evaluate = monitor.evaluate
-    result = fit(task, ctx.fit_options("pretrain", cfg.epochs, cfg.patience if classify is not None else 0))
-    final = result.history[-1]["loss"]
-    floor = reference["floor"] / max(1, reference["batches"])
-    start = reference["start"]
-    summary = {"method": "simclr" if cfg.loss == "simclr" else "supcon", "loss": cfg.loss, "seed": cfg.seed,
-               "stage1_loss": final, "stage1_loss_start": start, "stage1_loss_floor": floor,
-               "stage1_progress": (start - final) / (start - floor) if start - floor > 1e-6 else None,
-               **monitor.summary(), "val_acc": None, "train_acc": None, "epochs": len(result.history)}
+    stage = build_stage1(cfg, data, ctx.device, ctx.dtype)
+    classify = stage.classify
+    result = fit(stage.trainable, ctx.fit_options("pretrain", cfg.epochs, cfg.patience if classify is not None else 0))
+    method = cfg.loss if cfg.loss in ("simclr", "supcon+ce") else "supcon"  # stage 1's own (supcon.methods)
+    summary = {"method": method, "loss": cfg.loss, "seed": cfg.seed,
+               **stage.progress.summary(result.history[-1]["loss"]), **stage.monitor.summary(),
+               "val_acc": None, "train_acc": None, "epochs": len(result.history)}
     if classify is not None:  # the joint classifier, measured once training and its choices are over
         summary.update(train_acc=accuracy(classify(data.train.images), data.train.labels),
                        val_acc=accuracy(classify(data.val.images), data.val.labels),
@@ -228,10 +236,11 @@ def pretrain(ctx: StageContext, data: DataSplits) -> StageResult:
     return StageResult(summary, result, stage.model.encoder, stage.model, stage.inputs)
 
 
-def _joint_classifier(stage: Stage1, cfg: Config, device: torch.device, dtype: torch.dtype | None):
+def _joint_classifier(model: SupConModel, inputs: Inputs, cfg: Config, device: torch.device,
+                      dtype: torch.dtype | None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The joint objective's classifier on images: the encoder and its linear layer, without augmentation."""
-    model = Classifier(stage.model.encoder, stage.model.classifier)
-    plain = stage.inputs.plain()
+    model = Classifier(model.encoder, model.classifier)
+    plain = inputs.plain()
 
     def logits(images: torch.Tensor) -> torch.Tensor:
         return outputs(model, images, transform=plain, device=device, batch_size=cfg.eval_batch_size, dtype=dtype)
