@@ -48,7 +48,8 @@ def test_one_training_step_through_the_training_code(timm, shared_data, tmp_path
     data = load_data(cfg)
     torch.manual_seed(cfg.seed)  # as the stage seeds before it builds the encoder: its starting weights
     start = build_encoder(cfg.encoder, 3, 32, normalize=stage != "ce").state_dict()
-    result = train_run(stage, cfg, data, tmp_path)
+    result = (train_run("ce", cfg, data, tmp_path) if stage == "ce"
+              else train_run("supcon", cfg, data, tmp_path, until="pretrain"))
     assert len(result.fit.history) == 1 and result.fit.history[0]["loss"] > 0
     trained = result.encoder.state_dict()
     changed = [k for k, v in start.items() if v.is_floating_point() and not torch.equal(v, trained[k].cpu())]

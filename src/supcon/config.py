@@ -217,7 +217,7 @@ class Config:
                                       "in a new run directory (--out); DIR itself is not changed", ("linear",),
                                       metavar="DIR")
     seed: int = option(0, "random seed of the training: initial weights, shuffles, augmentation (runs are "
-                       "deterministic on CPU)")
+                       "deterministic on CPU)", metavar="N")
     seeds: int = option(1, "train every method (or sweep cell) with this many seeds, --seed, --seed + 1, ...; the "
                         "test accuracy is then a mean with a 95 percent t-interval over the seeds",
                         ("compare", "sweep"), metavar="K")

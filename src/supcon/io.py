@@ -12,11 +12,20 @@ import torch
 from safetensors.torch import load_file, save
 
 
+def new_file_mode() -> int:
+    """The mode the process's umask gives a newly created file (0644 under the usual 022). ``mkstemp`` makes its
+    files 0600, which would leave a shared results folder unreadable to everyone but its owner."""
+    mask = os.umask(0o022)  # the only way to read the umask is to set it; it is put back at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic(path: str | Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.chmod(tmp, new_file_mode())
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

@@ -266,8 +266,6 @@ def test_folder_errors(tmp_path):
     root = tmp_path / "e"
     _copy_jpegs(root, 4)
     (root / "dog").mkdir()
-    with pytest.raises(ValueError, match="class 'dog' has no readable images in"):
-        load_dataset(f"folder:{root}")
     for i in range(4):
         (root / "dog" / f"broken{i}.jpg").write_bytes(b"\xff\xd8garbage")
     with pytest.raises(ValueError, match=rf"class 'dog' has no readable images in {root} \(4 file\(s\) tried, all"):
@@ -281,6 +279,29 @@ def test_folder_errors(tmp_path):
         load_dataset(f"folder:{root}")
     with pytest.raises(ValueError, match="no class sub-folders"):
         load_dataset(f"folder:{tmp_path / 'e' / 'airplane'}")
+    for c in CLASSES[1:]:
+        (root / c).mkdir()
+    shutil.rmtree(root / CLASSES[0])
+    (root / CLASSES[0]).mkdir()
+    with pytest.raises(ValueError, match=rf"no class sub-folder of {root} holds any file \({len(CLASSES)} empty"):
+        load_dataset(f"folder:{root}")
+
+
+@needs_jpegs
+def test_an_empty_class_folder_is_skipped_with_one_warning_and_recorded(tmp_path):
+    """A folder data set while its user still sorts images: an empty class folder is left out, not fatal."""
+    root = tmp_path / "sorting"
+    _copy_jpegs(root, 4)
+    (root / "zebra").mkdir()
+    (root / "unsorted").mkdir()
+    (root / "unsorted" / ".DS_Store").write_bytes(b"")  # hidden files are no images
+    with pytest.warns(UserWarning, match=rf"skipped 2 empty class folder\(s\) in {root}: unsorted, zebra; "
+                                         rf"training on the {len(CLASSES)} classes"):
+        s = load_dataset(f"folder:{root}", val_fraction=0.25, test_fraction=0.25)
+    assert s.train.class_names == sorted(CLASSES) and s.empty_classes == ["unsorted", "zebra"]
+    from supcon.stages.run import data_facts
+
+    assert data_facts(s)["empty_class_folders"] == ["unsorted", "zebra"]
 
 
 @needs_jpegs

@@ -20,6 +20,12 @@ def test_ce_that_never_trained_is_called_out(tmp_path, capsys):
     assert ce_note(trained) is None and ce_note({**trained, "val_acc": 0.248}).startswith("Cross-entropy never")
     assert ce_note({"method": "supcon", "val_acc": 0.2, "val_chance": 0.2}) is None
     assert ce_note({"method": "ce", "val_acc": 0.2}) is None  # results written before val_chance existed
+    # the advice is the run's own: it says what the run used, and suggests only what would change something
+    assert "this run: SGD at 1e-09" in out and "--warmup-epochs" in out and "leave --optimizer at auto" in out
+    at_chance = {"method": "ce", "val_acc": 0.2, "val_chance": 0.2}
+    adamw = ce_note({**at_chance, "optimizer": "adamw", "lr": 1e-3, "warmup_epochs": 2.0})
+    assert "this run: AdamW at 0.001" in adamw and "AdamW" not in adamw.split("this run: AdamW")[1]
+    assert "--warmup-epochs" not in adamw and "--optimizer" not in adamw
 
 
 def test_convergence_note_speaks_only_when_stage1_stalled():

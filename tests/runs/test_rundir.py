@@ -43,7 +43,7 @@ def test_methods_parts_and_the_classifying_run(compare_dir, tmp_path):
     assert run.method() == "compare" and [p.path.name for p in run.parts()] == ["supcon", "ce"]
     assert RunDir(compare_dir / "ce").method() == "ce" and RunDir(compare_dir / "supcon").method() == "supcon"
     assert RunDir(compare_dir / "supcon").commands() == ("pretrain", "linear") and run.commands() == ("compare",)
-    assert run.classifying() == RunDir(compare_dir / "supcon")
+    assert run.resolve() == RunDir(compare_dir / "supcon") and run.resolve("ce") == RunDir(compare_dir / "ce")
     assert RunDir(tmp_path).method() is None and RunDir(tmp_path).commands() == ()  # nothing written yet
     with pytest.raises(ValueError, match="holds a comparison, not one run"):
         run.summary()
@@ -173,3 +173,52 @@ def test_a_fresh_run_forgets_what_an_earlier_run_left_in_its_directory(digits, t
     assert run.stage_finished("pretrain") == {"method": "supcon"}
     train_run("ce", cfg, digits, tmp_path)
     assert run.method() == "ce" and run.stage_finished("pretrain") is None
+
+
+def test_run_files_get_the_mode_of_the_umask_not_mkstemps_0600(digits, tmp_path):
+    """A shared results folder must be readable by the group: every file a run writes (atomically, through a
+    temporary file) gets the mode a new file gets under the process's umask, checkpoints included."""
+    import os
+    import stat
+
+    from supcon.engine.checkpoint import save_checkpoint
+
+    before = os.umask(0o022)
+    try:
+        train_run("ce", Config(**{**TINY, "epochs": 1, "tsne": True}), digits, tmp_path / "run")
+        save_checkpoint(tmp_path / "run" / "checkpoints" / "ce-epoch0001.pt", {"loop": {}})
+        os.umask(0o027)  # another umask, another mode: the mode follows it
+        save_checkpoint(tmp_path / "strict.pt", {"loop": {}})
+    finally:
+        os.umask(before)
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert {"results.json", "metrics.jsonl", "config.yaml", "encoder.safetensors", "tsne.png",
+            "ce-epoch0001.pt"} <= names, names
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}
+    assert set(modes.values()) == {0o644}, modes
+    assert stat.S_IMODE((tmp_path / "strict.pt").stat().st_mode) == 0o640
+
+
+def test_every_command_reading_a_model_takes_a_compare_folder(compare_dir, tmp_path, capsys):
+    """knn, tsne, embed and predict resolve a compare folder (and one seed's folder of it) the same way: its
+    SupCon run by default, --method to choose, a one-line error listing the methods there otherwise."""
+    import shutil
+
+    home = tmp_path / "cmp"
+    shutil.copytree(compare_dir, home)
+    assert main(["knn", str(home)]) == 0
+    assert f"encoder of {home}" in capsys.readouterr().out
+    assert main(["knn", str(home), "--method", "ce"]) == 0
+    assert main(["tsne", str(home)]) == 0 and (home / "supcon" / "tsne.png").is_file()
+    assert main(["embed", str(home), "--method", "ce", "--split", "val", "--out", str(tmp_path / "e.npz")]) == 0
+    capsys.readouterr()
+    assert main(["knn", str(home), "--method", "simclr"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"supcon knn: error: {home} has no simclr run; --method must be one of supcon, ce"]
+    seeds = tmp_path / "seeds"
+    shutil.copytree(compare_dir, seeds / "seed-3")
+    assert RunDir(seeds).resolve() == RunDir(seeds / "seed-3" / "supcon")
+    assert RunDir(seeds / "seed-3").resolve("ce") == RunDir(seeds / "seed-3" / "ce")
+    with pytest.raises(ValueError, match="is a ce run, not supcon"):
+        RunDir(home / "ce").resolve("supcon")

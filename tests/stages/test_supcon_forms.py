@@ -203,6 +203,45 @@ def test_compare_trains_every_form_side_by_side(tmp_path, capsys):
     assert tuned["encoder_from"] == str(tmp_path / "supcon") and tuned["stage2"] == "finetune"
     linear = results["runs"][0]
     assert tuned["seconds"] > linear["pretrain_seconds"]
+    _a_comparison_written_before_the_registry_reads_the_same(tmp_path, capsys)
+
+
+def _as_written_before_the_registry(summary: dict) -> dict:
+    """A summary as the versions before the method registry wrote it: ``method`` the stage-1 method (supcon,
+    simclr, ce), the joint objective and fine-tuning known by their ``loss`` and ``stage2``, no ``encoder_method``."""
+    old = {k: v for k, v in summary.items() if k != "encoder_method"}
+    old["method"] = summary.get("encoder_method") or ("ce" if summary["method"] == "ce" else "supcon")
+    return old
+
+
+def _a_comparison_written_before_the_registry_reads_the_same(run_dir, capsys):
+    import shutil
+
+    from supcon.runs import RunDir
+
+    old = run_dir.parent / f"{run_dir.name}-old"
+    shutil.copytree(run_dir, old)
+    for path in old.rglob("results.json"):
+        results = json.loads(path.read_text())
+        # the comparison's own results.json tagged each run with its --methods name, its "form"
+        tag = path.parent == old
+        results["runs"] = [{**_as_written_before_the_registry(r), **({"form": r["method"]} if tag else {})}
+                           for r in results["runs"]]
+        path.write_text(json.dumps(results))
+    assert json.loads((old / "supcon-finetune" / "results.json").read_text())["runs"][0]["method"] == "supcon"
+    for name in ("supcon", "supcon-finetune", "supcon+ce", "ce"):
+        assert RunDir(old / name).method() == name == RunDir(run_dir / name).method()
+    assert [r["method"] for r in RunDir(old).results()["runs"]] == ["supcon", "supcon-finetune", "supcon+ce", "ce"]
+    for place in (run_dir, old):
+        code, _, err = run_cli(capsys, "report", str(place), "--out", str(place / "r.md"))
+        assert code == 0, err
+    table = lambda d: [line for line in (d / "r.md").read_text().splitlines() if line.startswith("| ")]  # noqa: E731
+    assert table(old) == table(run_dir)
+    code, _, err = run_cli(capsys, "knn", str(old / "supcon-finetune"))
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "compare", "--resume", str(old), "--quiet")  # all four finished: kept
+    assert code == 0, err
+    assert "| SupCon + fine-tuning |" in out and "| SupCon + CE, joint |" in out
 
 
 def test_a_finished_comparison_resumed_with_more_methods_trains_only_the_new_ones(tmp_path, capsys, monkeypatch):

@@ -169,7 +169,7 @@ def run_tool(args: argparse.Namespace) -> int:
               f"votes), encoder of {args.run_dir}")
         return 0
     if args.command == "tsne":
-        paths = embeddings.tsne_run(args.run_dir, projection=args.projection)
+        paths = embeddings.tsne_run(args.run_dir, tool_options(embeddings.TsneOptions, args))
         print(f"t-SNE written to {', '.join(map(str, paths))}")
         return 0
     path = embeddings.embed_run(args.run_dir, args.out, tool_options(embeddings.EmbedOptions, args))
@@ -204,7 +204,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from supcon.runs.load import load_run
 
     opts = tool_options(PredictOptions, args)
-    run = load_run(args.run_dir, opts.device)
+    run = load_run(args.run_dir, opts.device, opts.method)
     files = find_images(args.paths, run.classes)
     # a bar for folders, on a terminal: in a log file its redraws between the lines would be noise
     progress = not opts.quiet and any(Path(p).is_dir() for p in args.paths) and sys.stderr.isatty()

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import re
+import sys
 import typing
 from typing import Any
 
@@ -53,15 +56,61 @@ def _plain_type(hint: Any) -> Any:
     return typing.get_origin(plain) or plain
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, except that a bad command line is one line on stderr (exit 2) naming the flag, the value and what
+    was expected, with a "did you mean" for a misspelt flag, instead of the whole usage block. Flags are never
+    abbreviated: ``--epoch 3`` is a mistake to point out, not ``--epochs 3`` to guess."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = self.commands.get(getattr(namespace, "command", None))
+            (command or self).error(_unrecognized(extras, command or self))
+        return namespace
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+_INVALID = re.compile(r"argument (?P<flag>[^:]+): invalid (?P<kind>\w+) value: (?P<value>.*)")
+_CHOICE = re.compile(r"argument (?P<flag>[^:]+): invalid choice: (?P<value>.*?) \(choose from (?P<choices>.*)\)")
+_EXPECTED = {"float": "a number", "int": "a whole number"}
+
+
+def _one_line(message: str) -> str:
+    """argparse's message as this command line says it: the flag first, then what it expected and what it got."""
+    if found := _INVALID.fullmatch(message):
+        what = _EXPECTED.get(found["kind"], found["kind"])
+        return f"{found['flag'].split('/')[0]}: expected {what}, got {found['value']}"
+    if found := _CHOICE.fullmatch(message):
+        return f"{found['flag'].split('/')[0]}: expected one of {found['choices']}, got {found['value']}"
+    if message.startswith("argument ") and message.endswith(": expected one argument"):
+        return f"{message[len('argument '):].split(':')[0].split('/')[0]}: expected a value after it"
+    return " ".join(message.split())
+
+
+def _unrecognized(extras: list[str], parser: argparse.ArgumentParser) -> str:
+    """``unrecognized argument --epoch; did you mean --epochs?`` for the first of ``extras``."""
+    first = extras[0]
+    flags = [flag for action in parser._actions for flag in action.option_strings]
+    close = difflib.get_close_matches(first.split("=")[0], flags, n=1) if first.startswith("-") else []
+    return f"unrecognized argument {first}" + (f"; did you mean {close[0]}?" if close else "")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="supcon", description="Supervised Contrastive Learning against cross-entropy.",
         epilog="Run 'supcon COMMAND --help' for the options of a command.")
     parser.add_argument("--version", action="version", version=f"supcon {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser)
     for command in COMMANDS:
-        sub = commands.add_parser(command, help=DESCRIPTIONS[command], description=DESCRIPTIONS[command],
-                                  argument_default=argparse.SUPPRESS)
+        sub = parser.commands[command] = commands.add_parser(
+            command, help=DESCRIPTIONS[command], description=DESCRIPTIONS[command], argument_default=argparse.SUPPRESS)
         sub.add_argument("--config", metavar="FILE",
                          help="YAML file of options (keys as below, with - or _); flags override it" + (
                              "; a sweep file may also hold grid: and ce_grid: mappings of axis lists, and "
@@ -85,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         # SUPPRESS (the sub-parser's default) keeps unset flags out of the namespace, so that a YAML file or a
         # run's config.yaml below them is not overwritten by defaults; the help shows the Config's default.
         add_flags(sub, fields_for(command), _HINTS)
-    _add_tools(commands)
+    _add_tools(commands, parser.commands)
     return parser
 
 
@@ -126,24 +175,26 @@ def add_tool_flags(parser: argparse.ArgumentParser, options: type) -> None:
     add_flags(parser, list(dataclasses.fields(options)), typing.get_type_hints(options))
 
 
-def _add_tools(commands) -> None:
+def _add_tools(commands, known: dict[str, argparse.ArgumentParser]) -> None:
     def sub(name: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=TOOLS[name], description=TOOLS[name])
+        known[name] = commands.add_parser(name, help=TOOLS[name], description=TOOLS[name])
+        return known[name]
 
-    tsne = sub("tsne")
-    tsne.add_argument("run_dir", metavar="RUN_DIR", help="a finished pretrain, linear or ce run directory")
-    tsne.add_argument("--projection", action="store_true",
-                      help="also draw the projection head's output (pretrain runs) to RUN_DIR/tsne_projection.png")
     from supcon.evaluate.predict import PredictOptions
-    from supcon.experiments.embeddings import EmbedOptions, KnnOptions
+    from supcon.experiments.embeddings import EmbedOptions, KnnOptions, TsneOptions
     from supcon.experiments.robustness import RobustnessOptions
 
+    run_folder = ("a finished run directory, or a compare directory (or one seed-S/ folder of it), whose --method "
+                  "run is read")
+    tsne = sub("tsne")
+    tsne.add_argument("run_dir", metavar="RUN_DIR", help=run_folder)
+    add_tool_flags(tsne, TsneOptions)
     embed = sub("embed")
-    embed.add_argument("run_dir", metavar="RUN_DIR", help="a finished pretrain, linear or ce run directory")
+    embed.add_argument("run_dir", metavar="RUN_DIR", help=run_folder)
     embed.add_argument("--out", metavar="FILE", required=True, help="the .npz file to write")
     add_tool_flags(embed, EmbedOptions)
     knn = sub("knn")
-    knn.add_argument("run_dir", metavar="RUN_DIR", help="a finished pretrain, linear or ce run directory")
+    knn.add_argument("run_dir", metavar="RUN_DIR", help=run_folder)
     add_tool_flags(knn, KnnOptions)
     robustness = sub("robustness")
     robustness.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",

@@ -110,7 +110,7 @@ def _write(home: Path, root: Path, files: list[Path], labels: np.ndarray, split:
     try:
         counts, kept_labels, skipped, noted = {}, {}, [], []
         total = sum(len(members) for members in split)
-        bar = tqdm(total=total, desc=what, unit="img", disable=not progress)
+        bar = tqdm(total=total, desc=what, unit="img", disable=None if progress else True)  # None: off in a log
         # fork where there is one, as DataLoader's workers do: the workers decode with Pillow and numpy only, and
         # need not import torch again (spawn costs seconds a worker, and cannot start from a script on stdin)
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"

@@ -53,6 +53,7 @@ class DataSplits:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     noisy_labels: int = 0  # training (and val) labels changed on purpose (supcon.data.noise); test is never noisy
     input_size: int | None = None  # the training size, where the images are stored larger (a decoded cache)
+    empty_classes: list[str] = field(default_factory=list)  # class folders left out: they held no files
 
     @property
     def num_classes(self) -> int:

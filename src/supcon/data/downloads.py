@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from supcon.io import new_file_mode
+
 from .cache import decoded_splits
 from .core import DataSplits, ImageDataset, LoadOptions, register_loader, split_indices, three_splits
 
@@ -169,11 +171,12 @@ def _fetch(url: str, dest: Path, progress: bool) -> None:
 
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     try:
+        os.chmod(tmp, new_file_mode())
         request = urllib.request.Request(url, headers={"User-Agent": "supcon"})
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=60) as response:
             total = response.headers.get("Content-Length")
             with tqdm(total=int(total) if total else None, unit="B", unit_scale=True, unit_divisor=1024,
-                      desc=f"downloading {dest.name}", disable=not progress) as bar:
+                      desc=f"downloading {dest.name}", disable=None if progress else True) as bar:
                 received = 0
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
@@ -216,7 +219,7 @@ def _extract(archive: Path, root: Path, src: Source, progress: bool) -> Path:
 
     scratch = Path(tempfile.mkdtemp(prefix=f".{src.tree}.", suffix=".partial", dir=root))
     try:
-        bar = tqdm(desc=f"extracting {archive.name}", unit="file", disable=not progress)
+        bar = tqdm(desc=f"extracting {archive.name}", unit="file", disable=None if progress else True)
         try:
             if archive.name.endswith(".zip"):
                 with zipfile.ZipFile(archive) as z:

@@ -39,7 +39,7 @@ def load_folder(arg: str, opts: LoadOptions) -> DataSplits:
         raise ValueError(f"{root} is a file; folder:PATH needs a directory of class sub-folders (npz:PATH for .npz)")
     if not root.is_dir():
         raise ValueError(f"folder not found: {root}")
-    paths, labels, split, classes, places = _plan(root, opts)
+    paths, labels, split, classes, places, empty = _plan(root, opts)
     asked = opts.store_size or opts.image_size
     size = asked or _native_size(paths, root)
     parts, skipped, _ = decoded_splits(f"folder-{root.name}", root, paths, labels, tuple(split), classes, size,
@@ -59,7 +59,7 @@ def load_folder(arg: str, opts: LoadOptions) -> DataSplits:
                       "its skipped_images.txt)", stacklevel=3)
     input_size = opts.image_size if opts.image_size not in (None, size) else None
     return DataSplits(parts["train"], parts["val"], parts["test"], f"folder:{root.name or root.resolve().name}",
-                      skipped, input_size=input_size)
+                      skipped, input_size=input_size, empty_classes=empty)
 
 
 def data_dir(opts: LoadOptions) -> Path:
@@ -82,14 +82,14 @@ def _native_size(paths: list[Path], root: Path) -> int:
 
 def _plan(root: Path, opts: LoadOptions):
     """The files of a folder data set, their labels, the train/val/test indices into them, the class names and
-    where each split comes from (for messages)."""
+    where each split comes from (for messages), and the empty class folders left out."""
     held_out = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
     if (root / "train").is_dir() and held_out is not None:
-        classes = _class_dirs(root / "train")
+        classes, empty = _class_dirs(root / "train")
         own_val = held_out.name == "test" and (root / "val").is_dir()
         folders = [root / "train", *([root / "val"] if own_val else []), held_out]
         for folder in folders[1:]:
-            extra = sorted(set(_class_dirs(folder, check=False)) - set(classes))
+            extra = sorted(set(_class_dirs(folder, check=False)[0]) - set(classes) - set(empty))
             if extra:
                 raise ValueError(f"{folder} has classes not in {root / 'train'}: {extra}")
         listed = [_list_files(folder, classes, require_all=folder == folders[0]) for folder in folders]
@@ -106,11 +106,11 @@ def _plan(root: Path, opts: LoadOptions):
             split = list(split_indices(labels, which == 1, opts, f"folder {root}"))
             places = (f"{root / 'train'} (train split)", f"{root / 'train'} (val split)", str(held_out))
     else:
-        classes = _class_dirs(root)
+        classes, empty = _class_dirs(root)
         paths, labels = _list_files(root, classes, require_all=True)
         split = list(split_indices(labels, None, opts, f"folder {root}"))
         places = tuple(f"{root} ({name} split)" for name in ("train", "val", "test"))
-    return paths, labels, split, classes, places
+    return paths, labels, split, classes, places, empty
 
 
 def _skip_summary(skipped: list[tuple[str, str]]) -> str:
@@ -128,13 +128,27 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _class_dirs(d: Path, check: bool = True) -> list[str]:
+def _class_dirs(d: Path, check: bool = True) -> tuple[list[str], list[str]]:
+    """The class folders of ``d`` that hold files, and those that hold none. An empty class folder (a user still
+    sorting images) is left out with one warning, not an error; ``check``: fewer than two classes with files is
+    one."""
     names = sorted(p.name for p in d.iterdir() if p.is_dir() and not _hidden(p.name))
     if check and not names:
         raise ValueError(f"no class sub-folders in {d} (expected {d}/<class>/<image files>)")
-    if check and len(names) == 1:
-        raise ValueError(f"only one class ('{names[0]}') in {d}; need at least 2 class sub-folders")
-    return names
+    empty = [name for name in names if not _has_files(d / name)]
+    kept = [name for name in names if name not in empty]
+    if check and not kept:
+        raise ValueError(f"no class sub-folder of {d} holds any file ({len(names)} empty: {', '.join(names)})")
+    if check and len(kept) == 1:
+        raise ValueError(f"only one class ('{kept[0]}') in {d} has files; need at least 2 class sub-folders")
+    if check and empty:
+        warnings.warn(f"skipped {len(empty)} empty class folder(s) in {d}: {', '.join(empty)}; training on the "
+                      f"{len(kept)} classes that hold files", stacklevel=4)
+    return kept, empty
+
+
+def _has_files(d: Path) -> bool:
+    return any(not _hidden(f) for _, _, files in os.walk(d) for f in files)
 
 
 def _list_files(d: Path, classes: list[str], require_all: bool) -> tuple[list[Path], np.ndarray]:

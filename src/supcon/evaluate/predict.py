@@ -259,6 +259,8 @@ class PredictOptions:
     format: str = option("text", "text: one tab-separated line per image; csv: a header and one row per image; "
                          "json: one document with predictions, skipped files and the summary", TOOL,
                          choices=("text", "json", "csv"))
+    method: str | None = option(None, "in a compare directory, whose run classifies (default: the SupCon one)",
+                                TOOL, metavar="NAME")
     batch_size: int = shared("eval_batch_size", "images decoded and classified at a time")
     high_bit_depth: str = option("skip", "images of more than 8 bits per sample (16-bit PNG or TIFF, float): skip "
                                  "them with the reason, since the runs learned from 8-bit photos, or convert them "

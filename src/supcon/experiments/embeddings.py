@@ -38,6 +38,8 @@ class EmbedOptions:
 
     dataset: str | None = option(None, "data set to embed, resized to the encoder's input size (default: the "
                                  "run's own, with its split)", TOOL, metavar="SPEC")
+    method: str | None = option(None, "in a compare directory, whose run to read (default: the SupCon one)", TOOL,
+                                metavar="NAME")
     split: str = option("all", "which split to export (all: the three)", TOOL, choices=SPLITS)
     projection: bool = option(False, "also export the projection head's output (pretrain runs) as train_proj / "
                               "val_proj", TOOL)
@@ -48,12 +50,24 @@ class EmbedOptions:
 
 
 @dataclass
+class TsneOptions:
+    """``supcon tsne``'s options (beside the run); the flags are made from these fields."""
+
+    method: str | None = option(None, "in a compare directory, whose run to read (default: the SupCon one)", TOOL,
+                                metavar="NAME")
+    projection: bool = option(False, "also draw the projection head's output (pretrain runs) to "
+                              "RUN_DIR/tsne_projection.png", TOOL)
+
+
+@dataclass
 class KnnOptions:
     """``supcon knn``'s options (beside the run); the flags are made from these fields."""
 
     dataset: str | None = option(None, "data set whose training images are the neighbours and whose validation "
                                  "images are classified, resized to the encoder's input size (default: the run's "
                                  "own, with its split)", TOOL, metavar="SPEC")
+    method: str | None = option(None, "in a compare directory, whose run to read (default: the SupCon one)", TOOL,
+                                metavar="NAME")
     k: int | None = option(None, "neighbours (default: the run's --knn-k)", TOOL, metavar="K")
     temperature: float | None = option(None, "votes weigh exp(similarity / T) (default: the run's "
                                        "--knn-temperature)", TOOL, metavar="T")
@@ -83,7 +97,7 @@ def embed_run(run_dir: str | Path, out: str | Path, options: EmbedOptions | None
     """
     opts = dataclasses.replace(options or EmbedOptions(), **changes)
     dataset, split, projection, batch_size = opts.dataset, opts.split, opts.projection, opts.batch_size
-    run = RunDir(run_dir).require()
+    run = RunDir(run_dir).resolve(opts.method)
     device = resolve_device("auto")
     models, cfg, inputs = _embedding_models(run, projection, device)
     data = data_for_run(run.path, cfg, inputs, dataset)
@@ -101,9 +115,13 @@ def embed_run(run_dir: str | Path, out: str | Path, options: EmbedOptions | None
     return out
 
 
-def tsne_run(run_dir: str | Path, projection: bool = False) -> list[Path]:
-    """Draw ``RUN_DIR/tsne.png`` (validation embeddings by class) and, with ``projection``, ``tsne_projection.png``."""
-    run = RunDir(run_dir).require()
+def tsne_run(run_dir: str | Path, options: TsneOptions | None = None, **changes) -> list[Path]:
+    """Draw the run's ``tsne.png`` (validation embeddings by class) and, with ``projection``,
+    ``tsne_projection.png``; ``changes`` are :class:`TsneOptions` fields. In a compare directory they go into the
+    chosen ``method``'s run folder."""
+    opts = dataclasses.replace(options or TsneOptions(), **changes)
+    projection = opts.projection
+    run = RunDir(run_dir).resolve(opts.method)
     device = resolve_device("auto")
     models, cfg, inputs = _embedding_models(run, projection, device)
     data = data_for_run(run.path, cfg, inputs)
@@ -129,7 +147,7 @@ def knn_run(run_dir: str | Path, options: KnnOptions | None = None, **changes) -
     opts = dataclasses.replace(options or KnnOptions(), **changes)
     dataset, k, temperature, weights, batch_size = opts.dataset, opts.k, opts.temperature, opts.weights, \
         opts.batch_size
-    run = RunDir(run_dir).require()
+    run = RunDir(run_dir).resolve(opts.method)
     device = resolve_device("auto")
     encoder, cfg, inputs = load_encoder(run.path, device)
     data = data_for_run(run.path, cfg, inputs, dataset)

@@ -99,7 +99,8 @@ def robustness_report(run_dirs: Sequence[str | Path], out: str | Path, options: 
         base_name = next((name for name, run in loaded if run.summary.get("method") == "ce"), loaded[0][0])
     cache: dict = {}
     per_run = 1 + len(corruptions) * len(severities) + len(attacks) * len(epsilons)
-    bar = tqdm(total=per_run * len(loaded), desc="robustness", unit="pass", disable=opts.quiet, file=sys.stderr)
+    bar = tqdm(total=per_run * len(loaded), desc="robustness", unit="pass", disable=True if opts.quiet else None,
+               file=sys.stderr)  # None: a bar on a terminal only
     runs, margin_panels = [], []
     try:
         for name, run in loaded:

@@ -14,6 +14,7 @@ COMPARISON_COLUMNS = ("method", "test acc (95% CI)", "val acc", "stage-1 loss", 
 VERDICTS = {"supcon_better": "SupCon better at this budget", "ce_better": "cross-entropy better at this budget",
             "no_significant_difference": "no significant difference at this budget"}
 MISSING = "–"
+OPTIMIZER_TITLES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}
 
 
 def num(value: float | None, digits: int = 4) -> str:

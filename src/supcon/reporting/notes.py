@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from supcon.methods import LOSS_TITLES, run_title
-from supcon.reporting.format import comparison_rows, markdown_table, results_table, verdict_lines
+from supcon.reporting.format import OPTIMIZER_TITLES, comparison_rows, markdown_table, results_table, verdict_lines
 
 # What the kNN monitor must show before compare speaks. "No gain" is less than FLAT (5 images of a 250-image
 # validation split) or, near the top, less than a tenth of the way left to 1 (an untrained CNN already scores 0.94
@@ -37,7 +37,8 @@ def knn_note(run: dict[str, Any]) -> str | None:
     if chance is not None and best < chance + AT_CHANCE * (1 - chance):
         return (f"Stage 1 never started: the kNN accuracy of its encoder stayed at chance (best {best:.3f} over "
                 f"{span}; always guessing the largest class scores {chance:.3f}), so the encoder learned nothing a "
-                "classifier can use; lower --lr, or try another --loss, before reading the probe's accuracy.")
+                f"classifier can use; lower --lr{_rate(run)}, or try another --loss, before reading the probe's "
+                "accuracy.")
     if init is not None and best < init + _tolerance(init):
         return (f"Stage 1 never started: the kNN accuracy of its encoder never rose above the untrained encoder's "
                 f"({init:.3f} before training, best {best:.3f} over {span}), so stage 1 did not improve the "
@@ -51,16 +52,30 @@ def knn_note(run: dict[str, Any]) -> str | None:
     return None
 
 
+def _rate(run: dict[str, Any]) -> str:
+    """`` (this run: SGD at 0.1)``, where the run recorded what it trained with; empty for older runs."""
+    optimizer, lr = run.get("optimizer"), run.get("lr")
+    return f" (this run: {OPTIMIZER_TITLES.get(optimizer, optimizer)} at {lr:g})" if optimizer and lr else ""
+
+
 def ce_note(run: dict[str, Any]) -> str | None:
     """A plain sentence when the cross-entropy baseline never trained: its validation accuracy stayed at chance
-    (``val_chance``, what always guessing the largest class scores), as our ResNet-50 under SGD at 0.1 did."""
+    (``val_chance``, what always guessing the largest class scores), as our ResNet-50 under SGD at 0.1 did. The
+    advice is the run's own: it names the optimizer and rate the run used, and suggests a warm-up or AdamW only
+    where the run had none."""
     chance, acc = run.get("val_chance"), run.get("val_acc")
     if run.get("method") != "ce" or chance is None or acc is None or acc >= chance + AT_CHANCE * (1 - chance):
         return None
+    optimizer, warmup = run.get("optimizer"), run.get("warmup_epochs")
+    advice = [f"check --lr{_rate(run)}, since too high diverges in the first epoch (as SGD at 0.1 can on a deep "
+              "encoder trained from scratch) and too low never moves"]
+    if not warmup:  # None (a run written before this was recorded) or 0
+        advice.append("add --warmup-epochs")
+    if optimizer != "adamw":
+        advice.append("leave --optimizer at auto, which trains CE with AdamW")
     return (f"Cross-entropy never trained: its validation accuracy ({acc:.3f}) stayed at chance (always guessing "
-            f"the largest class scores {chance:.3f}), so it is no baseline to compare with; check --lr (too high "
-            "diverges in the first epoch, as SGD at 0.1 can on a deep encoder trained from scratch; too low never "
-            "moves), add --warmup-epochs, or leave --optimizer at auto, which trains CE with AdamW.")
+            f"the largest class scores {chance:.3f}), so it is no baseline to compare with; "
+            f"{'; '.join(advice[:-1]) + '; or ' + advice[-1] if len(advice) > 1 else advice[0]}.")
 
 
 def compare_notes(runs: list[dict[str, Any]]) -> str | None:

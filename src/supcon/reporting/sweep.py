@@ -13,10 +13,8 @@ from typing import Any
 from supcon.config import Config
 from supcon.io import atomic_write_text, save_figure
 from supcon.methods import LOSS_TITLES
-from supcon.reporting.format import num, verdict_line, with_interval
+from supcon.reporting.format import OPTIMIZER_TITLES, num, verdict_line, with_interval
 from supcon.reporting.notes import ce_note, knn_note
-
-LABELS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}
 
 
 def describe_cell(method: str, cfg: Config, axes: list[str], variant: dict[str, Any] | None = None) -> str:
@@ -26,7 +24,7 @@ def describe_cell(method: str, cfg: Config, axes: list[str], variant: dict[str, 
     for key in axes:
         value = getattr(cfg, key)
         if key == "optimizer":
-            parts.append(LABELS.get(cfg.resolved_optimizer(method), value))
+            parts.append(OPTIMIZER_TITLES.get(cfg.resolved_optimizer(method), value))
         elif key == "schedule":
             parts.append({"fixed": "fixed lr", "cosine": "lr decayed (cosine)", "step": "lr decayed (step)"}[value])
         elif key == "augment":

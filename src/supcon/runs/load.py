@@ -111,14 +111,14 @@ def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu") -> 
     return LoadedRun(run, model, cfg, inputs, results["runs"][0], list(classes))
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> RunClassifier:
+def load_run(run_dir: str | Path, device: str | torch.device = "auto", method: str | None = None) -> RunClassifier:
     """A finished run ready to classify images (:class:`~supcon.evaluate.predict.RunClassifier`).
 
     ``run_dir``: a ``ce`` run, a ``pretrain`` run with a linear probe, a transfer run, or a ``compare``
-    directory (its ``supcon/`` run; pass ``DIR/ce`` for the baseline). ``device``: ``auto`` (CUDA, MPS, then the
-    CPU), or a torch device name.
+    directory (its ``method``'s run, by default SupCon's: :meth:`RunDir.resolve`). ``device``: ``auto`` (CUDA,
+    MPS, then the CPU), or a torch device name.
     """
-    run = RunDir(run_dir).classifying()
+    run = RunDir(run_dir).resolve(method)
     if not run.file("config.yaml").is_file():
         raise ValueError(f"{run.path} is not a run directory (no config.yaml)")
     device = device if isinstance(device, torch.device) else resolve_device(device)

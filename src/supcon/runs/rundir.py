@@ -28,11 +28,11 @@ from supcon.config import Config
 from supcon.device import machine
 from supcon.engine.checkpoint import DIRNAME, Checkpoints
 from supcon.io import atomic_write_text, read_json, save_weights, write_json
-from supcon.methods import METHODS, method_for, upgrade_method
+from supcon.methods import COMPARABLE, METHODS, method_for, upgrade_method
 
 CONFIG, RESULTS, METRICS, SKIPPED, FAILED = "config.yaml", "results.json", "metrics.jsonl", "skipped_images.txt", \
     "failed.json"
-PARTS = ("supcon", "ce")  # a comparison's runs, in the order its tables show them
+PARTS = COMPARABLE  # a comparison's runs, one folder per method, in the order its tables show them
 SEED_PREFIX = "seed-"  # a comparison of several seeds keeps each seed's runs in seed-S/
 STAGES = ("pretrain", "linear", "finetune", "ce")
 # Summary keys renamed since: a run written before still reads as one written now.
@@ -156,14 +156,26 @@ class RunDir:
             return ("compare",)
         return METHODS[method].commands if method in METHODS else ()
 
-    def classifying(self) -> RunDir:
-        """The run whose encoder and linear head classify: this one, or a comparison's ``supcon/`` run."""
+    def resolve(self, method: str | None = None) -> RunDir:
+        """The one finished run that a command reading a trained model uses: this run, or in a comparison (or one
+        seed's folder of it) its ``method``'s run, by default SupCon's (its first seed's, where there are
+        several). A one-line ValueError names the methods there when ``method`` is not among them."""
         if not self.path.is_dir():
             raise ValueError(f"run directory not found: {self.path}")
-        supcon = [part for part in self.parts() if part.path.name == "supcon"]
-        if supcon:  # a comparison: its (first seed's) SupCon run
-            return supcon[0]
-        return self.require()
+        if not self.is_compare():
+            run = self.require()
+            if method is not None and run.method() != method:
+                raise ValueError(f"{self.path} is a {run.method()} run, not {method}; --method chooses among the "
+                                 "runs of a compare directory")
+            return run
+        home = (self.seed_dirs() or [self.path])[0]
+        present = [name for name in PARTS if (home / name / RESULTS).is_file()]
+        if not present:
+            raise ValueError(f"{self.path} holds no finished run yet (no results.json in its method folders)")
+        chosen = method or next((name for name in present if name != "ce"), present[0])
+        if chosen not in present:
+            raise ValueError(f"{self.path} has no {chosen} run; --method must be one of {', '.join(present)}")
+        return RunDir(home / chosen)
 
     def failure(self) -> dict[str, Any] | None:
         """The failure a sweep recorded for this cell (``failed.json``), or None."""

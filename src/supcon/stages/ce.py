@@ -62,6 +62,9 @@ def train_ce(ctx: StageContext, data: DataSplits) -> StageResult:
                **test_metrics(logits_of(data.test.images), data.test.labels),
                "epochs": len(result.history), "best_epoch": result.best_epoch,
                "stopped_early": result.stopped_early, "val_chance": chance_accuracy(data.val.labels),
+               # what trained it, for the notes' advice: they suggest only what would change something
+               "optimizer": cfg.resolved_optimizer("ce"), "lr": cfg.resolved_lr("ce"),
+               "warmup_epochs": cfg.warmup_epochs,
                "seconds": time.perf_counter() - started + result.earlier_seconds}
     if cfg.knn_every != "0":
         summary["knn_acc"] = encoder_knn(model.encoder, data, inputs, device, cfg, dtype)

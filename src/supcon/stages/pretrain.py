@@ -224,7 +224,8 @@ def pretrain(ctx: StageContext, data: DataSplits) -> StageResult:
     classify = stage.classify
     result = fit(stage.trainable, ctx.fit_options("pretrain", cfg.epochs, cfg.patience if classify is not None else 0))
     method = cfg.loss if cfg.loss in ("simclr", "supcon+ce") else "supcon"  # stage 1's own (supcon.methods)
-    summary = {"method": method, "loss": cfg.loss, "seed": cfg.seed,
+    summary = {"method": method, "loss": cfg.loss, "seed": cfg.seed, "optimizer": cfg.resolved_optimizer("supcon"),
+               "lr": cfg.resolved_lr("supcon"),
                **stage.progress.summary(result.history[-1]["loss"]), **stage.monitor.summary(),
                "val_acc": None, "train_acc": None, "epochs": len(result.history)}
     if classify is not None:  # the joint classifier, measured once training and its choices are over

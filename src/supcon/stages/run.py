@@ -281,9 +281,11 @@ def _results(data: DataSplits, summary: dict[str, Any], inputs: Inputs) -> dict[
 
 
 def data_facts(data: DataSplits) -> dict[str, Any]:
-    """What ``results.json`` says of the data a run saw: the size of each split, skipped and noisy images."""
+    """What ``results.json`` says of the data a run saw: the size of each split, skipped and noisy images, and
+    the empty class folders left out."""
     return {"splits": {name: len(getattr(data, name)) for name in ("train", "val", "test")},
-            "skipped_images": len(data.skipped), "noisy_labels": data.noisy_labels}
+            "skipped_images": len(data.skipped), "noisy_labels": data.noisy_labels,
+            **({"empty_class_folders": data.empty_classes} if data.empty_classes else {})}
 
 
 def transfer_config(cfg: Config, source: str | Path, out: str | Path | None) -> Config:
