@@ -1,6 +1,7 @@
 """Paired differences on the test split between runs that share their splits and training seeds, e.g. a sweep's
 max-margin cell against `compare`'s SupCon and CE runs of the same data set: the mean difference of test accuracy,
-its 95 % paired-bootstrap interval over test images and seeds, and the verdict, as `compare` computes its own.
+its 95 % interval over seeds and test images (`supcon.experiments.statistics.difference`), and the verdict, as
+`compare` computes its own.
 
     python experiments/paired.py NAME=PATTERN NAME=PATTERN ...
 
@@ -55,7 +56,8 @@ def main(args: list[str]) -> None:
 def verdict(code: str, name: str, first: str) -> str:
     """`difference` names its sides SupCon and CE; here they are the other set and the first."""
     return {"supcon_better": f"{name} better", "ce_better": f"{first} better",
-            "no_significant_difference": "no significant difference"}[code]
+            "no_significant_difference": "no significant difference",
+            "needs_seeds": "one seed: no verdict"}[code]
 
 
 if __name__ == "__main__":

@@ -184,8 +184,8 @@ def test_compare_with_seeds_prints_the_interval_table_and_the_verdict(tmp_path, 
     assert code == 0
     assert "| method | test acc (95% CI) | val acc |" in out and out.count(" ± ") == 2
     line = re.search(r"(no significant difference|SupCon better|cross-entropy better) at this budget: SupCon − CE = "
-                     r"([+−]\d+\.\d) points, 95 % CI \[([+−]\d+\.\d), ([+−]\d+\.\d)\] \(paired bootstrap over 3 "
-                     r"seeds x 270 test images\)", out)
+                     r"([+−]\d+\.\d) points, 95 % CI \[([+−]\d+\.\d), ([+−]\d+\.\d)\] \(two-level t-interval over 3 "
+                     r"seeds and 270 test images\)", out)
     assert line, out
     low, mid, high = (float(line[i].replace("−", "-")) for i in (3, 2, 4))
     assert low <= mid <= high

@@ -286,7 +286,7 @@ def test_which_run_classifies(folder_run, tmp_path, capsys):
     with pytest.raises(ValueError, match="has no linear head .*supcon linear --run"):
         load_run(probe_less)
     assert main(["predict", str(tmp_path / "nowhere"), str(tmp_path)]) == 2
-    assert "run directory not found" in capsys.readouterr().err
+    assert "is not a run directory (no results.json)" in capsys.readouterr().err
     assert main(["predict", str(out), str(tmp_path / "missing.jpg")]) == 2
     assert "not found:" in capsys.readouterr().err
 

@@ -249,13 +249,18 @@ def _record(method, seed, clean, ece, noise=0.0):
 
 def test_seed_differences_pair_runs_by_seed_and_condition_and_read_each_measurement_s_direction():
     runs = [_record("supcon", s, 0.6 + 0.01 * s, 0.02) for s in range(3)]
-    runs += [_record("ce", s, 0.7 + 0.01 * s, 0.10 + 0.001 * s) for s in range(3)]
+    runs += [_record("ce", s, 0.7 + 0.012 * s, 0.10 + 0.001 * s) for s in range(3)]
     runs += [_record("supcon", 3, 0.9, 0.0),  # no CE partner: not a pair
              _record("supcon", 0, 0.5, 0.1, noise=0.2), _record("ce", 0, 0.5, 0.1, noise=0.2)]
     clean, noisy = seed_differences(runs, [])
     assert clean["seeds"] == [0, 1, 2] and clean["label_noise"] == 0.0 and noisy["seeds"] == [0]
     m = {x["metric"]: x for x in clean["metrics"]}
-    assert m["clean_acc"]["difference"] == pytest.approx(-0.1) and m["clean_acc"]["favours"] == "ce"
+    assert m["clean_acc"]["difference"] == pytest.approx(-0.102) and m["clean_acc"]["favours"] == "ce"
+    # the same difference in every seed is no spread to estimate: that interval has no width and calls no side
+    same = {x["metric"]: x for x in seed_differences(
+        [_record("supcon", k, 0.6, 0.02) for k in range(3)] + [_record("ce", k, 0.7, 0.02) for k in range(3)], [])[0]
+        ["metrics"]}
+    assert same["clean_acc"]["difference"] == pytest.approx(-0.1) and same["clean_acc"]["favours"] is None
     # lower is more robust for the calibration error: SupCon's smaller ECE favours SupCon
     assert m["ece"]["difference"] == pytest.approx(-0.081) and m["ece"]["favours"] == "supcon"
     assert m["median_margin"]["difference"] == 0 and m["median_margin"]["favours"] is None

@@ -138,7 +138,7 @@ def test_tsne_and_embed_need_the_right_run(digits, tmp_path, capsys):
     cases = [
         (["tsne", tmp_path], "is not a run directory (no results.json)"),
         (["tsne", tmp_path / "ce", "--projection"], "has no projection head"),
-        (["tsne", tmp_path / "cmp"], "holds a comparison"),
+        (["tsne", tmp_path / "cmp"], "holds a comparison"),  # a comparison's results without its run folders
         (["embed", tmp_path / "nowhere", "--out", tmp_path / "e.npz"], "is not a run directory (no results.json)"),
     ]
     for args, message in cases:

@@ -78,17 +78,22 @@ def comparison_rows(results: dict[str, Any]) -> tuple[tuple[str, ...], list[list
 
 def verdict_line(results: dict[str, Any], method: str = "supcon") -> str:
     """A comparison's answer in one line: the verdict, SupCon's (or another ``method``'s) difference from CE and
-    its interval, in points."""
+    its interval, in points; with one seed, the interval of that pair of trained models and no verdict."""
     d = results["difference"] if method == "supcon" and "difference" in results else results["differences"][method]
     low, high = d["ci"]
-    seeds = results.get("seeds") or []
-    what = (f"{len(seeds)} seeds x {d['test_images']} test images" if len(seeds) > 1
-            else f"{d['test_images']} test images, one seed")
     name = verdict_name(method)
-    verdict = VERDICTS[d["verdict"]].replace("SupCon", name)
-    return (f"{verdict}: {name} − CE = {points(d['supcon_minus_ce'])} points, "
-            f"{round(100 * d.get('confidence', 0.95))} % CI [{points(low)}, {points(high)}] "
-            f"(paired bootstrap over {what})")
+    interval = (f"{name} − CE = {points(d['supcon_minus_ce'])} points, {round(100 * d.get('confidence', 0.95))} % "
+                f"CI [{points(low)}, {points(high)}]")
+    if d["verdict"] == "needs_seeds":
+        return (f"one seed, so no verdict on the methods (that needs --seeds 3 or more); this pair of trained "
+                f"models: {interval} (paired bootstrap over {d['test_images']} test images)")
+    seeds = d.get("seeds") or len(results.get("seeds") or [])
+    if d.get("method", "").startswith("two-level"):
+        what = f"two-level t-interval over {seeds} seeds and {d['test_images']} test images"
+    else:  # results written before the two-level interval
+        what = (f"paired bootstrap over {seeds} seeds x {d['test_images']} test images" if seeds > 1
+                else f"paired bootstrap over {d['test_images']} test images, one seed")
+    return f"{VERDICTS[d['verdict']].replace('SupCon', name)}: {interval} ({what})"
 
 
 def points(share: float) -> str:

@@ -91,8 +91,18 @@ class RunDir:
         """``results.json``, its summaries in today's keys."""
         results = read_json(self.path / RESULTS)
         if isinstance(results, dict) and isinstance(results.get("runs"), list):
-            results["runs"] = [upgrade_summary(r) if isinstance(r, dict) else r for r in results["runs"]]
+            results["runs"] = [self._upgraded(r) if isinstance(r, dict) else r for r in results["runs"]]
         return results
+
+    def _upgraded(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """:func:`upgrade_summary`, and a comparison's fine-tuned SupCon of before the registry told apart from a
+        transfer, which its summary alone does not: it is a ``supcon-finetune/`` run on a ``supcon/`` run's encoder."""
+        upgraded = upgrade_summary(summary)
+        source = summary.get("encoder_from")
+        if (upgraded.get("method") == "transfer" and "encoder_method" not in summary and source
+                and self.path.name == "supcon-finetune" and Path(source).name == "supcon"):
+            upgraded["method"] = "supcon-finetune"
+        return upgraded
 
     def summary(self) -> dict[str, Any]:
         """The summary of the run (a comparison holds several: read its parts)."""
@@ -160,8 +170,8 @@ class RunDir:
         """The one finished run that a command reading a trained model uses: this run, or in a comparison (or one
         seed's folder of it) its ``method``'s run, by default SupCon's (its first seed's, where there are
         several). A one-line ValueError names the methods there when ``method`` is not among them."""
-        if not self.path.is_dir():
-            raise ValueError(f"run directory not found: {self.path}")
+        if not self.path.is_dir() or not (self.is_run() or (self.path / CONFIG).is_file()):
+            raise ValueError(f"{self.path} is not a run directory (no results.json)")
         if not self.is_compare():
             run = self.require()
             if method is not None and run.method() != method:
