@@ -38,6 +38,15 @@ def _as_written_before(run_dir) -> None:
         path.write_text(text)
 
 
+def _outcome(run_dir) -> tuple[list, dict]:
+    """What a run computed: its metrics lines and its summary, without the times."""
+    lines = [{k: v for k, v in json.loads(x).items() if "seconds" not in k}
+             for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary = {k: v for k, v in json.loads((run_dir / "results.json").read_text())["runs"][0].items()
+               if "seconds" not in k}
+    return lines, summary
+
+
 def test_methods_parts_and_the_classifying_run(compare_dir, tmp_path):
     run = RunDir(compare_dir)
     assert run.method() == "compare" and [p.path.name for p in run.parts()] == ["supcon", "ce"]
@@ -114,14 +123,7 @@ def test_a_checkpoint_written_before_the_redesign_resumes_to_the_same_result(tmp
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
 
-    def outcome(d):
-        lines = [{k: v for k, v in json.loads(x).items() if "seconds" not in k}
-                 for x in (d / "metrics.jsonl").read_text().splitlines()]
-        summary = {k: v for k, v in json.loads((d / "results.json").read_text())["runs"][0].items()
-                   if "seconds" not in k}
-        return lines, summary
-
-    assert outcome(run) == outcome(tmp_path / "ref")
+    assert _outcome(run) == _outcome(tmp_path / "ref")
 
 
 def test_a_stage1_checkpoint_of_one_flat_dict_resumes_to_the_same_result(tmp_path):
@@ -154,14 +156,7 @@ def test_a_stage1_checkpoint_of_one_flat_dict_resumes_to_the_same_result(tmp_pat
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
 
-    def outcome(d):
-        lines = [{k: v for k, v in json.loads(x).items() if "seconds" not in k}
-                 for x in (d / "metrics.jsonl").read_text().splitlines()]
-        summary = {k: v for k, v in json.loads((d / "results.json").read_text())["runs"][0].items()
-                   if "seconds" not in k and k != "knn_every"}
-        return lines, summary
-
-    assert outcome(run) == outcome(tmp_path / "ref")
+    assert _outcome(run) == _outcome(tmp_path / "ref")
 
 
 def test_a_fresh_run_forgets_what_an_earlier_run_left_in_its_directory(digits, tmp_path):
@@ -218,6 +213,7 @@ def test_every_command_reading_a_model_takes_a_compare_folder(compare_dir, tmp_p
     assert err == [f"supcon knn: error: {home} has no simclr run; --method must be one of supcon, ce"]
     seeds = tmp_path / "seeds"
     shutil.copytree(compare_dir, seeds / "seed-3")
+    shutil.copy(compare_dir / "config.yaml", seeds / "config.yaml")  # a multi-seed compare's own, at its top
     assert RunDir(seeds).resolve() == RunDir(seeds / "seed-3" / "supcon")
     assert RunDir(seeds / "seed-3").resolve("ce") == RunDir(seeds / "seed-3" / "ce")
     with pytest.raises(ValueError, match="is a ce run, not supcon"):

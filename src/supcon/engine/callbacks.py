@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import signal
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from supcon.engine.loop import LoopState
+from supcon.engine.state import LoopState
 
 
 class Callback:
