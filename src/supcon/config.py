@@ -36,12 +36,6 @@ TRAINING = COMMANDS
 NEW_RUN = ("pretrain", "ce", "compare", "sweep")  # `linear` adds to an existing run: its encoder and dir are given
 ONE_JOB = ("pretrain", "linear", "ce", "compare")  # the commands that train in one job (a sweep runs many jobs)
 LR_REFERENCE_BATCH = 256  # the batch of Goyal et al.'s rule: lr = base_lr x batch / 256
-# Only rank 0 writes checkpoints and each process has its own random streams, so a distributed run cannot yet be
-# continued where it stopped.
-NO_DISTRIBUTED_RESUME = ("--resume does not work with several processes yet: rank 0 alone checkpoints, and the "
-                         "other processes' random states are not saved; resume in one process (--nproc 1)")
-
-
 # The usual starting points: SGD with momentum at 0.1 for batch 128-256 (He et al. 2016, and the SupCon reference
 # code's CE and contrastive recipes scaled to that batch); the adaptive methods at their libraries' default.
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3}
@@ -251,6 +245,9 @@ class Config:
     detect_anomaly: bool = option(False, "debugging: run backward passes under torch.autograd.set_detect_anomaly, "
                                   "which names the operation that produced a NaN or inf (slow)", runtime=True)
     # distributed
+    max_restarts: int = option(0, "with --nproc: restart every process up to N times when one dies (torchrun's "
+                               "elastic agent); the restarted ones continue from the run's newest checkpoint",
+                               ONE_JOB, metavar="N", runtime=True)
     nproc: int = option(1, "train on N processes of this machine with DistributedDataParallel: runs torchrun "
                         "--standalone --nproc-per-node N for this same command (one GPU each on CUDA, else CPU "
                         "processes with gloo); ignored inside torchrun, which already chose the processes",
@@ -289,8 +286,6 @@ class Config:
             raise ValueError(f"crop_scale must be in (0, 1]; got {self.crop_scale}")
         if not (self.knn_every == "auto" or (isinstance(self.knn_every, str) and self.knn_every.isdigit())):
             raise ValueError(f"knn_every must be auto or a whole number of epochs (0: off); got {self.knn_every!r}")
-        if self.nproc > 1 and self.resume is not None:
-            raise ValueError(NO_DISTRIBUTED_RESUME)
         if self.nproc > 1:
             check_distributable(self.loss)
         if self.contrast_mode != "all" and self.loss in ("maxmargin", "npairs"):

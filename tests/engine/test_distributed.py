@@ -17,6 +17,7 @@ from conftest import SHARED_DATA
 
 from supcon.config import Config
 from supcon.engine import distributed
+from supcon.engine.checkpoint import Checkpoints
 from supcon.losses import SupConLoss
 from supcon.models import Classifier, ProjectionHead, SupConModel, build_encoder
 from supcon.stages import load_data, train_run
@@ -218,3 +219,63 @@ def test_distributed_pretrain_and_linear_match_one_process(tmp_path, shared_data
     # chance is 0.2; the two runs differ in BatchNorm batches and random streams, so they agree within a band
     assert alone.summary["val_acc"] > 0.4 and abs(two["val_acc"] - alone.summary["val_acc"]) < 0.08, (
         alone.summary["val_acc"], two["val_acc"])
+
+
+def _torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node N ARGS`` (a script and its arguments, or ``-m supcon ...``)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _computed(run_dir: Path) -> tuple[list, dict]:
+    lines = [{k: v for k, v in json.loads(x).items() if "seconds" not in k}
+             for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary = {k: v for k, v in json.loads((run_dir / "results.json").read_text())["runs"][0].items()
+               if "seconds" not in k}
+    return lines, summary
+
+
+def test_a_killed_two_process_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """Both processes killed mid-epoch (SIGKILL after step 8 of 2 x 5); --resume on two processes again continues
+    from the step-6 checkpoint, each process with its own random streams, to the same metrics, bit for bit on
+    the CPU. On one process it is a one-line error naming both sizes."""
+    flags = ["pretrain", "--max-train", "300", "--max-val", "100", "--epochs", "2", "--batch-size", "64",
+             "--knn-every", "1", "--ckpt-every", "3", "--no-tsne", "--quiet"]
+    launcher = str(REPO / "tests" / "signal_launcher.py")
+    reference = _torchrun("-m", "supcon", *flags, "--out", str(tmp_path / "ref"))
+    assert reference.returncode == 0, reference.stderr
+    run = tmp_path / "run"
+    killed = _torchrun(launcher, "SIGKILL:8", *flags, "--out", str(run))
+    assert killed.returncode != 0 and not (run / "results.json").exists()
+    newest = Checkpoints(run, "pretrain").paths()[-1]
+    assert newest.name == "pretrain-epoch0002-step000001.pt", newest  # step 6 = epoch 2's first
+    alone = _supcon("pretrain", "--resume", str(run))
+    errors = alone.stderr.strip().splitlines()
+    assert alone.returncode == 2 and len(errors) == 1, alone.stderr
+    assert "written by 2 process(es) and this run has 1; resume with --nproc 2" in errors[0]
+    resumed = _torchrun("-m", "supcon", "pretrain", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    assert _computed(run) == _computed(tmp_path / "ref")
+    # torchrun's elastic agent: one process killed mid-epoch (rank 1 alone), every process restarted, and the
+    # restarted ones continue from the newest checkpoint by themselves
+    elastic = tmp_path / "elastic"
+    restarted = _torchrun("--max-restarts=1", launcher, "SIGKILL:8::1:1", *flags, "--out", str(elastic))
+    assert restarted.returncode == 0, restarted.stderr
+    assert "restart 1: resuming" in restarted.stderr
+    assert _computed(elastic) == _computed(tmp_path / "ref")
+
+
+def test_an_elastic_restart_of_a_two_process_compare_ends_as_the_uninterrupted_one(tmp_path):
+    flags = ["compare", "--max-train", "200", "--max-val", "100", "--epochs", "2", "--linear-epochs", "3",
+             "--batch-size", "64", "--knn-every", "1", "--no-tsne", "--quiet"]
+    reference = _torchrun("-m", "supcon", *flags, "--out", str(tmp_path / "ref"))
+    assert reference.returncode == 0, reference.stderr
+    # killed in the CE baseline's first epoch, after SupCon had finished: the restart keeps SupCon's runs
+    restarted = _torchrun("--max-restarts=1", str(REPO / "tests" / "signal_launcher.py"), "SIGKILL:2:ce:1:1", *flags,
+                          "--out", str(tmp_path / "run"))
+    assert restarted.returncode == 0, restarted.stderr
+    for part in ("supcon", "ce"):
+        assert _computed(tmp_path / "run" / part) == _computed(tmp_path / "ref" / part), part

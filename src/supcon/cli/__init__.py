@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from supcon.cli.commands import config_from_args, run_command, run_tool
+from supcon.cli.commands import config_from_args, default_out, run_command, run_tool
 from supcon.cli.parser import TOOLS, build_parser
 from supcon.config import ONE_JOB
 from supcon.engine import distributed
@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None, callbacks: Sequence[Callback] = ()) -> i
             from supcon.device import resolve_device
 
             distributed.check_launch(cfg.nproc, resolve_device(cfg.device), cfg.batch_size, cfg.sync_bn)
-            return distributed.launch(cfg.nproc, argv)
+            if cfg.max_restarts and not cfg.out and not cfg.run:  # a restart must find the same directory
+                argv = [*argv, "--out", str(default_out(args.command, cfg.dataset))]
+            return distributed.launch(cfg.nproc, argv, cfg.max_restarts)
         return run_command(args.command, cfg, args, callbacks)
     except (ValueError, FloatingPointError, OSError, ImportError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from supcon.cli.parser import tool_options
-from supcon.config import NO_DISTRIBUTED_RESUME, ONE_JOB, Config
+from supcon.config import ONE_JOB, Config
 from supcon.engine import distributed
 from supcon.methods import LOSS_TITLES, method_for
 from supcon.runs.options import options_for, resume_dir
@@ -45,8 +45,14 @@ def run_command(command: str, cfg: Config, args: argparse.Namespace | None = Non
         raise ValueError(f"{command} does not run under torchrun (its cells train one process each); expected one "
                          f"of {', '.join(ONE_JOB)}")
     distributed.init(resolve_device(cfg.device))  # under torchrun: join the others before anything else
-    if distributed.is_distributed() and cfg.resume is not None:
-        raise ValueError(NO_DISTRIBUTED_RESUME)
+    if distributed.restarts() and cfg.resume is None:  # torchrun restarted us: continue where the run stopped
+        where = cfg.run if command == "linear" and cfg.run is not None else cfg.out
+        if where is None:
+            raise ValueError("a restarted process needs the run's directory: give --out (--nproc with "
+                             "--max-restarts does)")
+        cfg = cfg.replace(resume=str(where))
+        if distributed.is_main():
+            print(f"supcon {command}: restart {distributed.restarts()}: resuming {where}", file=sys.stderr)
     if command != "linear" or cfg.run is None:  # every run but a probe added to --run DIR has a new directory
         # under torchrun every process takes rank 0's clock, so that they name the same directory
         cfg = cfg.replace(out=cfg.out or str(distributed.broadcast(default_out(command, cfg.dataset))))

@@ -12,6 +12,7 @@ stage's own callbacks (stage 1's progress record, kNN monitor and memory queue) 
 
 from __future__ import annotations
 
+import os
 import signal
 from collections import Counter
 from typing import Any
@@ -61,23 +62,26 @@ class SignalAt(Callback):
     Tests of Ctrl-C and of killed runs interrupt a run at a known step this way, instead of racing a file watcher
     against it; ``python tests/signal_launcher.py SIGKILL:16 pretrain ...`` does it to a ``supcon`` command."""
 
-    def __init__(self, signal: int | str, step: int, stage: str | None = None, nth: int = 1):
+    def __init__(self, signal: int | str, step: int, stage: str | None = None, nth: int = 1, rank: int | None = None):
         self.signal = _signal_number(signal)
-        self.step, self.stage, self.nth = int(step), stage, int(nth)
+        self.step, self.stage, self.nth, self.rank = int(step), stage, int(nth), rank
         self.runs: Counter[str] = Counter()  # on_fit_start calls of each stage, in this object's life
         self.armed = False
 
     @classmethod
     def from_spec(cls, spec: str) -> SignalAt:
-        """``SIGNAL:STEP[:STAGE[:NTH]]``, as in ``SIGKILL:3:pretrain:2``."""
+        """``SIGNAL:STEP[:STAGE[:NTH[:RANK]]]``, as in ``SIGKILL:3:pretrain:2`` or ``SIGKILL:8::1:1`` (the process of
+        rank 1 alone, in a distributed run)."""
         name, step, *rest = spec.split(":")
-        if len(rest) > 2:
-            raise ValueError(f"a signal spec is SIGNAL:STEP[:STAGE[:NTH]]; got {spec!r}")
-        return cls(name, int(step), rest[0] if rest and rest[0] else None, int(rest[1]) if len(rest) > 1 else 1)
+        if len(rest) > 3:
+            raise ValueError(f"a signal spec is SIGNAL:STEP[:STAGE[:NTH[:RANK]]]; got {spec!r}")
+        return cls(name, int(step), rest[0] if rest and rest[0] else None, int(rest[1]) if len(rest) > 1 else 1,
+                   int(rest[2]) if len(rest) > 2 else None)
 
     def on_fit_start(self, stage: str) -> None:
         self.runs[stage] += 1
-        self.armed = self.stage in (None, stage) and self.runs[stage] == self.nth
+        here = self.rank is None or self.rank == int(os.environ.get("RANK", "0"))
+        self.armed = here and self.stage in (None, stage) and self.runs[stage] == self.nth
 
     def on_step_end(self, state: LoopState, batch: list[torch.Tensor], loss: float) -> None:
         if self.armed and state.global_step == self.step:

@@ -85,7 +85,17 @@ def init(device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=TIMEOUT)
+        if restarts():
+            # A restarted group meets in the same store as the one that died, where that group's addresses still
+            # stand (pytorch/pytorch#167288): its keys under a prefix of their own keep the two apart.
+            size = int(os.environ["WORLD_SIZE"])
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size,
+                                  is_master=rank() == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True",
+                                  timeout=TIMEOUT)
+            dist.init_process_group(backend, store=dist.PrefixStore(f"supcon/restart-{restarts()}", store),
+                                    rank=rank(), world_size=size, timeout=TIMEOUT)
+        else:
+            dist.init_process_group(backend, timeout=TIMEOUT)
     return device
 
 
@@ -108,8 +118,14 @@ def check_launch(nproc: int, device: torch.device, batch_size: int, sync_bn: boo
                          f"{2 * nproc} (two images each), got {batch_size}")
 
 
-def launch(nproc: int, argv: Sequence[str]) -> int:
+def restarts() -> int:
+    """How many times torchrun's elastic agent has restarted this process's group (0: the first attempt)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def launch(nproc: int, argv: Sequence[str], max_restarts: int = 0) -> int:
     """Run ``python -m supcon ARGV`` in ``nproc`` processes on this machine under torchrun; the exit status.
+    ``max_restarts``: how many times torchrun restarts them all when one dies (they resume, :func:`restarts`).
 
     ``--standalone`` picks a free port, so that two runs on one machine do not collide on torchrun's default.
     The workers see ``WORLD_SIZE`` and so do not launch again, whatever ``--nproc`` says. Each gets an equal
@@ -124,7 +140,8 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
         if name.startswith("torch.distributed") and isinstance(logger, logging.Logger):
             logger.setLevel(logging.CRITICAL)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "supcon"])
+    args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}",
+                                         f"--max-restarts={max_restarts}", "-m", "supcon"])
     # Set, not parsed: torchrun's parser takes --nproc, --run and --monitor for abbreviations of its own options.
     args.training_script_args = list(argv)
     try:
@@ -234,6 +251,15 @@ def broadcast(obj: T) -> T:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_objects(obj: T) -> list[T]:
+    """Every process's ``obj`` (any picklable object), in rank order, on every process."""
+    if not is_distributed():
+        return [obj]
+    found: list = [None] * world_size()
+    dist.all_gather_object(found, obj)
+    return found
 
 
 def from_main(fn: Callable[[], T]) -> T:

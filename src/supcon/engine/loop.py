@@ -104,10 +104,12 @@ class FitResult:
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped :func:`fit` after it saved a checkpoint (``checkpoint``) that a resumed run continues."""
+    """Ctrl-C stopped :func:`fit` after it saved a checkpoint (``checkpoint``) that a resumed run continues; None
+    in a distributed run stopped mid-epoch, which continues from its last checkpoint instead."""
 
-    def __init__(self, stage: str, epoch: int, step: int, checkpoint: Path):
-        super().__init__(f"{stage} interrupted at epoch {epoch}, step {step}; checkpoint saved to {checkpoint}")
+    def __init__(self, stage: str, epoch: int, step: int, checkpoint: Path | None):
+        saved = f"checkpoint saved to {checkpoint}" if checkpoint is not None else "the last checkpoint is kept"
+        super().__init__(f"{stage} interrupted at epoch {epoch}, step {step}; {saved}")
         self.stage, self.epoch, self.step, self.checkpoint = stage, epoch, step, checkpoint
 
 
@@ -209,6 +211,11 @@ class _Loop:
         if found is None:
             return
         saved, self.result.resumed_from = found
+        written_by = saved.get("world_size", 1)
+        if written_by != distributed.world_size():
+            raise ValueError(f"{self.options.stage}: {found[1]} was written by {written_by} process(es) and this run "
+                             f"has {distributed.world_size()}; resume with --nproc {written_by}, as it started, "
+                             "since each process's random streams are in it")
         task = self.task
         self.state = LoopState.from_dict(saved["loop"])
         self.result.earlier_seconds = self.state.seconds
@@ -230,7 +237,8 @@ class _Loop:
         for callback in self.callbacks:
             if callback.state_key in states:
                 callback.load_state_dict(states[callback.state_key])
-        self.restored_rng = saved["rng"]
+        streams = saved.get("rng_of_ranks")
+        self.restored_rng = streams[distributed.rank()] if streams else saved["rng"]
         if self.progress:
             print(f"{self.options.stage}: resuming from {self.result.resumed_from}", file=sys.stderr)
 
@@ -255,7 +263,10 @@ class _Loop:
             for callback in self.callbacks:  # before this step's checkpoint, which then holds what they recorded
                 callback.on_step_end(state, batch, value)
             if self.stop.requested:  # also a Ctrl-C that a callback raised (SignalAt) in this step
-                raise TrainingInterrupted(self.options.stage, epoch, state.skip, self._save(over=False))
+                # a checkpoint of several processes is taken together, at points they all reach; one process's
+                # Ctrl-C is not one of them, so a distributed run continues from its last periodic checkpoint
+                saved = self._save(over=False) if not distributed.is_distributed() else None
+                raise TrainingInterrupted(self.options.stage, epoch, state.skip, saved)
             checkpoints = self.options.checkpoints
             # a mark on an epoch's last step is left to the end-of-epoch checkpoint just after it
             if checkpoints is not None and checkpoints.every and state.global_step % checkpoints.every == 0 \
@@ -379,10 +390,16 @@ class _Loop:
             "scheduler": task.scheduler.state_dict() if task.scheduler is not None else None,
             "scaler": task.scaler.state_dict() if task.scaler is not None else None,
             "batches": task.batches.state_dict() if isinstance(task.batches, EpochBatches) else None,
-            "rng": rng_state(),
+            # every process's random streams (its augmentations differ), so that each resumes its own
+            "rng": rng_state(), "world_size": distributed.world_size(),
             "callbacks": {key: value for key, value in ((c.state_key, c.state_dict()) for c in self.callbacks)
                           if value},
         }
+        streams = distributed.gather_objects(saved["rng"])  # a collective: every process saves together
+        if not distributed.is_main():  # rank 0 alone writes
+            return options.checkpoints.path(state.epoch, state.skip)
+        if len(streams) > 1:
+            saved["rng_of_ranks"] = streams
         return options.checkpoints.save(saved, state.epoch, state.skip)
 
 

@@ -52,6 +52,14 @@ class StageContext:
     tracker: Tracker
     checkpoints: Checkpoints | None = None
     callbacks: Sequence[Callback] = ()
+    # the run directory as the other processes of a distributed run see it: they read it (its checkpoints, its
+    # finished stages) to go where rank 0 goes; rank 0 alone writes, through ``run``
+    shared: RunDir | None = None
+
+    @property
+    def reads(self) -> RunDir | None:
+        """The run directory to read, on every process: ``run`` on rank 0, ``shared`` on the others."""
+        return self.run if self.run is not None else self.shared
 
     def for_stage(self, stage: str) -> StageContext:
         """This context with ``stage``'s checkpoints, and the global generator seeded for the stage.
@@ -62,9 +70,9 @@ class StageContext:
         initial weights to all)."""
         torch.manual_seed(self.cfg.seed + distributed.rank())
         cfg, checkpoints = self.cfg, None
-        if self.run is not None:
-            checkpoints = self.run.checkpoints(stage, max(1, cfg.keep_checkpoints), cfg.ckpt_every, cfg.to_dict())
-            if cfg.resume is None:
+        if self.reads is not None:
+            checkpoints = self.reads.checkpoints(stage, max(1, cfg.keep_checkpoints), cfg.ckpt_every, cfg.to_dict())
+            if cfg.resume is None and self.run is not None:
                 checkpoints.clear()
             checkpoints = checkpoints if cfg.keep_checkpoints > 0 else None
         return dataclasses.replace(self, checkpoints=checkpoints)
@@ -94,7 +102,9 @@ def stage_context(cfg: Config, out: str | Path | None = None, tracker: Tracker |
     tracker = tracker if tracker is not None else Tracker()
     device = distributed.init(resolve_device(cfg.device))
     run = RunDir(out) if out is not None and distributed.is_main() else None
-    return StageContext(cfg, device, amp_dtype(cfg.amp, device), run, tracker, callbacks=tuple(callbacks))
+    shared = RunDir(out) if out is not None and not distributed.is_main() else None
+    return StageContext(cfg, device, amp_dtype(cfg.amp, device), run, tracker, callbacks=tuple(callbacks),
+                        shared=shared)
 
 
 def load_data(cfg: Config) -> datasets.DataSplits:

@@ -95,11 +95,12 @@ def train_run(method: str | Method, cfg: Config, data: DataSplits | None = None,
 
 
 def _kept(ctx: StageContext, last: str) -> RunResult | None:
-    """A finished run read back, when resuming a comparison that had finished it."""
-    if ctx.cfg.resume is None or ctx.run is None or not ctx.run.is_run() or ctx.run.stage_finished(last) is None:
+    """A finished run read back, when resuming a comparison that had finished it (on every process alike)."""
+    run = ctx.reads
+    if ctx.cfg.resume is None or run is None or not run.is_run() or run.stage_finished(last) is None:
         return None
-    encoder, _, inputs = load_encoder(ctx.run.path, ctx.device)
-    return RunResult(ctx.run.summary(), encoder, encoder, inputs)
+    encoder, _, inputs = load_encoder(run.path, ctx.device)
+    return RunResult(run.summary(), encoder, encoder, inputs)
 
 
 @dataclass
@@ -152,11 +153,11 @@ class _StageSequence:
         """Open the run directory: refuse one whose last stage finished (``--resume`` has nothing to do), keep
         what a resumed run or a pretrain run being added to has, and write ``config.yaml``."""
         run, cfg = self.run_dir, self.cfg
+        resuming = cfg.resume is not None
+        if resuming and self.ctx.reads is not None:  # every process: they all stop, not rank 0 alone
+            self.ctx.reads.refuse_finished(self.stages[-1])
         if run is None:
             return
-        resuming = cfg.resume is not None
-        if resuming:
-            run.refuse_finished(self.stages[-1])
         going = any(run.checkpoints(stage).has_any() or run.stage_finished(stage) is not None
                     for stage in self.stages)
         run.start(cfg, fresh=not (adding or resuming and going))
@@ -172,7 +173,7 @@ class _StageSequence:
                        "loss": previous.get("loss"), "seed": cfg.seed, "encoder_from": str(source.path),
                        "encoder_dataset": source.results().get("dataset"), "stage1_loss": None}
             return _Encoder(encoder, inputs, summary, "borrowed", source)
-        home = RunDir(cfg.run) if adding else run
+        home = RunDir(cfg.run) if adding else ctx.reads  # every process decides alike
         finished = home.stage_finished("pretrain") if home is not None and (adding or cfg.resume is not None) \
             else None
         if finished is not None and not last:
