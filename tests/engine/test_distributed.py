@@ -232,7 +232,7 @@ def _torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
 
 def _computed(run_dir: Path) -> tuple[list, dict]:
     lines = [{k: v for k, v in json.loads(x).items() if "seconds" not in k}
-             for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+             for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"event"' not in x]
     summary = {k: v for k, v in json.loads((run_dir / "results.json").read_text())["runs"][0].items()
                if "seconds" not in k}
     return lines, summary
@@ -266,6 +266,8 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert restarted.returncode == 0, restarted.stderr
     assert "restart 1: resuming" in restarted.stderr
     assert _computed(elastic) == _computed(tmp_path / "ref")
+    events = [json.loads(x) for x in (elastic / "metrics.jsonl").read_text().splitlines() if '"event"' in x]
+    assert [(e["event"], e["restart"]) for e in events] == [("restart", 1)]
 
 
 def test_an_elastic_restart_of_a_two_process_compare_ends_as_the_uninterrupted_one(tmp_path):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from supcon.cli.parser import tool_options
 from supcon.config import ONE_JOB, Config
 from supcon.engine import distributed
+from supcon.io import append_jsonl
 from supcon.methods import LOSS_TITLES, method_for
 from supcon.runs.options import options_for, resume_dir
 
@@ -53,6 +54,10 @@ def run_command(command: str, cfg: Config, args: argparse.Namespace | None = Non
         cfg = cfg.replace(resume=str(where))
         if distributed.is_main():
             print(f"supcon {command}: restart {distributed.restarts()}: resuming {where}", file=sys.stderr)
+            metrics = Path(where) / "metrics.jsonl"  # a single run's; a comparison's runs each have their own
+            if metrics.is_file():
+                append_jsonl(metrics, {"event": "restart", "restart": distributed.restarts(),
+                                       "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
     if command != "linear" or cfg.run is None:  # every run but a probe added to --run DIR has a new directory
         # under torchrun every process takes rank 0's clock, so that they name the same directory
         cfg = cfg.replace(out=cfg.out or str(distributed.broadcast(default_out(command, cfg.dataset))))

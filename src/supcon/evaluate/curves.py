@@ -15,7 +15,8 @@ ACCURACIES = (("train_acc", "train"), ("val_acc", "val"), ("knn_acc", "kNN (val)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The per-epoch records of a run, in the order they were written (empty if there are none yet)."""
+    """The per-epoch records of a run, in the order they were written (empty if there are none yet); the lines of
+    events (``{"event": "restart", ...}``, an elastic restart of a distributed run) are left out."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
@@ -24,9 +25,11 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} line {number} is not valid JSON ({err.msg})") from None
+        if "event" not in record:
+            records.append(record)
     return records
 
 
