@@ -190,6 +190,9 @@ class Config:
     finetune_lr: float = option(1e-4, "learning rate of the encoder when --stage2 finetune (the classifier keeps "
                                 "--linear-lr): a hundredth of the classifier's, so that fine-tuning adjusts the "
                                 "stage-1 features rather than relearning them", STAGE2)
+    tune: bool = option(False, "compare: first give every method the same trials on the first seed, its "
+                        "learning rate at a third of, at, and at three times its default, choose each one's on "
+                        "val accuracy, then train every seed with it", ("compare",))
     methods: str = option("ce,supcon", "compare: the methods trained side by side, comma-separated: ce (the "
                           "baseline), supcon (stage 1 + linear probe), supcon-finetune (stage 1, then fine-tuned "
                           "with CE), supcon+ce (the joint objective)", ("compare",), metavar="LIST")

@@ -63,3 +63,27 @@ def test_a_sweep_chooses_its_cells_on_validation_alone(tmp_path):
     chosen = [json.loads((tmp_path / which / "sweep.json").read_text()) for which in ("clean", "poisoned")]
     assert {m: c["cell"] for m, c in chosen[0]["best"].items()} == {m: c["cell"] for m, c in chosen[1]["best"].items()}
     assert chosen[0]["chosen_on"] == "val_acc" and chosen[0]["difference"] != chosen[1]["difference"]
+
+
+def test_tuning_chooses_on_validation_alone_with_equal_trials(tmp_path):
+    """compare --tune: every method gets the same trials; poisoned test labels change no choice and no val figure."""
+    cfg = Config(**{**OPTIONS, "epochs": 1, "linear_epochs": 3, "seeds": 1, "tune": True})
+    data = load_data(cfg)
+    clean = compare(cfg, tmp_path / "clean", data, log=lambda line: None)
+    poisoned = compare(cfg, tmp_path / "poisoned", _poisoned(data), log=lambda line: None)
+    tuning = clean["tuning"]
+    assert set(tuning) == {"supcon", "ce"} and {len(t["trials"]) for t in tuning.values()} == {3}
+    assert tuning["ce"]["default_lr"] == 1e-3 and [t["lr"] for t in tuning["ce"]["trials"]] == [3.33e-4, 1e-3, 3e-3]
+    assert tuning == poisoned["tuning"]  # every trial's val accuracy and every choice
+    for method, t in tuning.items():
+        best = max(trial["val_acc"] for trial in t["trials"])
+        assert next(trial for trial in t["trials"] if trial["lr"] == t["lr"])["val_acc"] == best
+        saved = Config.from_yaml(tmp_path / "clean" / method / "config.yaml")
+        assert saved.lr == t["lr"]  # the comparison's run trained with the rate chosen
+    assert [r["val_acc"] for r in clean["runs"]] == [r["val_acc"] for r in poisoned["runs"]]
+    text = (tmp_path / "clean" / "results.md").read_text()
+    assert "tuned on val accuracy, seed 0, 3 learning rates each: SupCon + linear lr" in text
+    from supcon.cli import main
+
+    assert main(["report", str(tmp_path / "clean"), "--out", str(tmp_path / "report.md")]) == 0
+    assert "tuned on val accuracy" in (tmp_path / "report.md").read_text()

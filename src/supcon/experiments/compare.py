@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from supcon.config import TSNE_POINTS, Config
+from supcon.config import DEFAULT_LR, TSNE_POINTS, Config
 from supcon.data import DataSplits, describe
 from supcon.engine import distributed
 from supcon.engine.callbacks import Callback
@@ -34,6 +34,9 @@ from supcon.runs.rundir import SEED_PREFIX
 from supcon.stages import RunResult, load_data, train_run
 from supcon.stages.pictures import tsne_points
 from supcon.stages.run import data_facts
+
+TUNE_DIR = "tune"  # compare --tune's trials, beside the comparison's runs
+TUNE_FACTORS = (1 / 3, 1.0, 3.0)  # of each method's default learning rate: the same number of trials for each
 
 
 def seeds_of(cfg: Config) -> list[int]:
@@ -55,6 +58,8 @@ def compare(cfg: Config, out: str | Path, data: DataSplits | None = None,
     log(describe(data))
     seeds = seeds_of(cfg)
     methods = ordered_methods(cfg)
+    tuning = tune(cfg.replace(seed=seeds[0]), data, run.path / TUNE_DIR, methods, log, callbacks) if cfg.tune \
+        else {}
     trained: dict[str, list[RunResult]] = {method: [] for method in methods}
     for i, seed in enumerate(seeds):
         home = run.path if len(seeds) == 1 else run.path / f"{SEED_PREFIX}{seed}"
@@ -63,9 +68,12 @@ def compare(cfg: Config, out: str | Path, data: DataSplits | None = None,
             kept = cfg.resume is not None and RunDir(home / method).is_run()
             log(f"{n}/{len(methods)} {METHODS[method].describe(cfg.loss)}{where}"
                 + (": finished before, kept" if kept else ""))
-            trained[method].append(_method_run(method, cfg.replace(seed=seed), data, home, run.path.name,
+            chosen = {"lr": tuning[method]["lr"]} if method in tuning else {}
+            trained[method].append(_method_run(method, cfg.replace(seed=seed, **chosen), data, home, run.path.name,
                                                "supcon" in methods, callbacks))
     results = comparison_results(data, {m: [r.summary for r in runs] for m, runs in trained.items()})
+    if tuning:
+        results["tuning"] = tuning
     if not distributed.is_main():
         return results
     run.write_results(results, data.skipped)
@@ -75,6 +83,31 @@ def compare(cfg: Config, out: str | Path, data: DataSplits | None = None,
     if cfg.tsne and all(r.tsne_xy is not None or redraw for r in firsts):
         _draw_side_by_side(cfg.replace(seed=seeds[0]), data, methods, firsts, run.file("tsne.png"))
     return results
+
+
+def tune(cfg: Config, data: DataSplits, out: Path, methods: list[str], log: Callable[[str], None],
+         callbacks: Sequence[Callback] = ()) -> dict[str, dict[str, Any]]:
+    """``compare --tune``: every method gets the same trials, on ``cfg.seed`` alone, each a whole run in
+    ``out/<method>-lr<rate>/``: its learning rate (stage 1's, or CE's) at each of :data:`TUNE_FACTORS` times its
+    default. Each method keeps the rate of its best validation accuracy (the default on a tie; the test split plays
+    no part). Returns, per method, its trials and the rate chosen. A fine-tuned SupCon beside the linear one is
+    tuned on a stage 1 of its own; in the comparison it then continues the linear one's, as without tuning."""
+    chosen = {}
+    for method in methods:
+        trained_by = "ce" if method == "ce" else "supcon"
+        default = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.resolved_optimizer(trained_by)]
+        trials = []
+        for factor in TUNE_FACTORS:
+            lr = float(f"{default * factor:.3g}")
+            where = out / f"{method}-lr{lr:g}"
+            trial = METHODS[method].configure(cfg.replace(lr=lr, tsne=False, out=str(where)))
+            result = train_run(method, trial, data, where, keep_finished=True, callbacks=callbacks)
+            trials.append({"lr": lr, "val_acc": result.summary["val_acc"]})
+            log(f"  tuning {METHODS[method].title}: lr {lr:g}, val acc {result.summary['val_acc']:.4f}")
+        best = max(trials, key=lambda t: (t["val_acc"], t["lr"] == float(f"{default:.3g}")))
+        chosen[method] = {"trials": trials, "lr": best["lr"], "default_lr": default, "chosen_on": "val_acc",
+                          "seed": cfg.seed}
+    return chosen
 
 
 def ordered_methods(cfg: Config) -> list[str]:

@@ -105,3 +105,25 @@ def verdict_lines(results: dict[str, Any]) -> list[str]:
     """One :func:`verdict_line` per method the comparison trained beside CE."""
     methods = list(results.get("differences") or ({"supcon": None} if "difference" in results else {}))
     return [verdict_line(results, method) for method in methods]
+
+
+def tuning_line(tuning: dict[str, dict[str, Any]], runs: list[dict[str, Any]]) -> str:
+    """``compare --tune``'s trials and choices in one line: each method's rates tried, their validation
+    accuracies, and the one chosen."""
+    titles = {run["method"]: run_title(run) for run in runs}
+    parts = []
+    for method, t in tuning.items():
+        tried = ", ".join(f"{trial['lr']:g}: {trial['val_acc']:.4f}" for trial in t["trials"])
+        parts.append(f"{titles.get(method, method)} lr {t['lr']:g} ({tried})")
+    first = next(iter(tuning.values()))
+    return (f"tuned on val accuracy, seed {first['seed']}, {len(first['trials'])} learning rates each: "
+            + "; ".join(parts))
+
+
+def answer_lines(results: dict[str, Any]) -> list[str]:
+    """What a comparison found, under its table: a :func:`verdict_line` per method beside CE, then, for
+    ``compare --tune``, the :func:`tuning_line`."""
+    lines = verdict_lines(results)
+    if results.get("tuning"):
+        lines.append(tuning_line(results["tuning"], results["runs"]))
+    return lines

@@ -27,7 +27,7 @@ from supcon.evaluate.curves import ACCURACIES, curve_panels, read_metrics
 from supcon.evaluate.tsne import MIN_POINTS, tsne_2d, umap_2d, umap_available
 from supcon.io import atomic_write_text
 from supcon.methods import encoder_title
-from supcon.reporting.format import comparison_rows, results_rows, verdict_lines
+from supcon.reporting.format import answer_lines, comparison_rows, results_rows
 from supcon.reporting.markdown import commands_of, config_changes, facts_sentence, run_link, table_entries
 from supcon.runs import FoundRun, find_runs
 from supcon.runs.load import ValEmbeddings, val_embeddings
@@ -230,7 +230,7 @@ def _html_section(run: FoundRun, number: int, base: Path, thumbnails: Thumbnails
     parts = [f"<section><h2>{html.escape(run_link(run.path, base))}</h2>", f"<p>{facts_sentence(results, code)}</p>"]
     if "methods" in results:  # a comparison: its methods over the seeds, on test, and the verdict
         parts += [_html_table(*comparison_rows(results))]
-        parts += [f"<p><strong>{html.escape(line)}</strong></p>" for line in verdict_lines(results)]
+        parts += [f"<p><strong>{html.escape(line)}</strong></p>" for line in answer_lines(results)]
     changes = config_changes(run.path, commands_of(run.run))
     if changes:
         parts.append(_html_table(("option", "value", "default"), [(k, "–" if v is None else v, d)

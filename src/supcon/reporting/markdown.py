@@ -18,7 +18,7 @@ from typing import Any
 
 from supcon.config import COMMANDS, Config, fields_for, result_neutral_options
 from supcon.io import atomic_write_text
-from supcon.reporting.format import MISSING, comparison_rows, markdown_table, results_table, verdict_lines
+from supcon.reporting.format import MISSING, answer_lines, comparison_rows, markdown_table, results_table
 from supcon.runs import FoundRun, RunDir, find_runs
 
 PICTURES = (("curves.png", "training curves"), ("tsne.png", "t-SNE of the validation embeddings"),
@@ -80,7 +80,7 @@ def _section(run: FoundRun, base: Path) -> list[str]:
     lines = [f"## {run_link(run.path, base)}", "", facts_sentence(results), ""]
     if "methods" in results:  # a comparison: its methods over the seeds, on test, and the verdict
         lines += [markdown_table(*comparison_rows(results)), ""]
-        lines += [line for verdict in verdict_lines(results) for line in (verdict, "")]
+        lines += [line for verdict in answer_lines(results) for line in (verdict, "")]
     changes = config_changes(run.path, commands_of(run.run))
     if changes:
         lines += ["| option | value | default |", "|---|---|---|"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from supcon.methods import LOSS_TITLES, run_title
-from supcon.reporting.format import OPTIMIZER_TITLES, comparison_rows, markdown_table, results_table, verdict_lines
+from supcon.reporting.format import OPTIMIZER_TITLES, answer_lines, comparison_rows, markdown_table, results_table
 
 # What the kNN monitor must show before compare speaks. "No gain" is less than FLAT (5 images of a 250-image
 # validation split) or, near the top, less than a tenth of the way left to 1 (an untrained CNN already scores 0.94
@@ -120,7 +120,7 @@ def comparison_text(results: dict[str, Any]) -> str:
     if "methods" not in results:
         text, runs = results_table(results["runs"]), results["runs"]
     else:
-        text = markdown_table(*comparison_rows(results)) + "".join("\n\n" + line for line in verdict_lines(results))
+        text = markdown_table(*comparison_rows(results)) + "".join("\n\n" + line for line in answer_lines(results))
         runs = results["runs"][:len(results["methods"])]
     note = compare_notes(runs)
     return text + ("\n\n" + note if note else "")
