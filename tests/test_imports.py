@@ -25,10 +25,6 @@ LOCAL_IMPORTS_KEPT = {
 }
 # The face loads a command's library only when that command runs, so that `supcon --help` stays fast.
 LOCAL_IMPORTS_KEPT_UNDER = ("supcon.cli",)
-# Imports written for annotations only (under `if TYPE_CHECKING:`) that still close a circle; they count as edges
-# like any other, since the two modules depend on each other all the same, and each one kept is a debt.
-# (importer, imported module)
-ANNOTATION_CIRCLES_KEPT: set[tuple[str, str]] = set()  # none now; the next one must earn its place here
 
 
 def _modules() -> dict[str, Path]:
@@ -67,13 +63,9 @@ def _is_function(node: ast.AST) -> bool:
     return isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
 
 
-def _is_type_checking(node: ast.AST) -> bool:
-    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-
-
-def imports(module: str, source: str | None = None, where: str = "function") -> list[tuple[int, str, bool]]:
+def imports(module: str, source: str | None = None) -> list[tuple[int, str, bool]]:
     """``(line, imported module, inside a function)`` for each import of a ``supcon`` module by ``module``
-    (with ``where="annotations"``, the flag says whether it is under ``if TYPE_CHECKING:``).
+    (under ``if TYPE_CHECKING:`` too: an import for annotations still ties the two modules together).
 
     ``from supcon.x import y`` is the module ``supcon.x.y`` where that is a module, else ``supcon.x``; relative
     imports are resolved. A module's own parent packages are not counted: Python has already started them by
@@ -81,7 +73,7 @@ def imports(module: str, source: str | None = None, where: str = "function") -> 
     circle (an explicit ``from supcon.data import x`` inside ``supcon.data`` still counts).
     """
     tree = ast.parse(source if source is not None else MODULES[module].read_text())
-    local = _nodes_under(tree, _is_function if where == "function" else _is_type_checking)
+    local = _nodes_under(tree, _is_function)
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -181,28 +173,11 @@ def test_the_walk_resolves_imports():
     assert imports("supcon.io", "def f():\n    import supcon.config\n") == [(2, "supcon.config", True)]
 
 
-def _annotation_only(importer: str, target: str) -> bool:
-    if importer not in MODULES:
-        return False
-    flags = [flag for _, t, flag in imports(importer, where="annotations") if t == target]
-    return bool(flags) and all(flags)
-
-
 def test_no_circle_between_modules():
+    """Imports under ``if TYPE_CHECKING:`` count as well: the two modules depend on each other all the same."""
     edges = graph()
-    for importer, target in ANNOTATION_CIRCLES_KEPT:
-        if _annotation_only(importer, target):
-            del edges[importer][target]
     found = [_describe(circle, edges) for circle in cycles(edges)]
     assert found == [], "circles between modules:\n" + "\n".join(found)
-
-
-@pytest.mark.parametrize("kept", sorted(ANNOTATION_CIRCLES_KEPT))
-def test_each_kept_annotation_circle_is_annotations_only_and_still_a_circle(kept):
-    importer, target = kept
-    assert _annotation_only(importer, target), f"{importer} imports {target} outside `if TYPE_CHECKING:`"
-    circles = cycles(graph())
-    assert any(importer in circle and target in circle for circle in circles), f"{kept} closes no circle now"
 
 
 def test_reporting_never_imports_experiments():

@@ -48,7 +48,7 @@ class Method:
     def configure(self, cfg: Config) -> Config:
         """``cfg`` with the options this method fixes."""
         changes = {k: v for k, v in (("loss", self.loss), ("stage2", self.stage2)) if v is not None}
-        return cfg.replace(**changes) if any(getattr(cfg, k) != v for k, v in changes.items()) else cfg
+        return cfg.replace(**changes) if changes else cfg
 
     def stages_for(self, cfg: Config) -> tuple[str, ...]:
         """The stages a run of this method trains under ``cfg``: a second stage the method leaves open (a

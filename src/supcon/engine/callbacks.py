@@ -12,13 +12,13 @@ stage's own callbacks (stage 1's progress record, kNN monitor and memory queue) 
 
 from __future__ import annotations
 
-import os
 import signal
 from collections import Counter
 from typing import Any
 
 import torch
 
+from supcon.engine import distributed
 from supcon.engine.state import LoopState
 
 
@@ -80,7 +80,7 @@ class SignalAt(Callback):
 
     def on_fit_start(self, stage: str) -> None:
         self.runs[stage] += 1
-        here = self.rank is None or self.rank == int(os.environ.get("RANK", "0"))
+        here = self.rank is None or self.rank == distributed.rank()
         self.armed = here and self.stage in (None, stage) and self.runs[stage] == self.nth
 
     def on_step_end(self, state: LoopState, batch: list[torch.Tensor], loss: float) -> None:

@@ -111,9 +111,8 @@ def difference(first: list[dict[str, Any]], second: list[dict[str, Any]], resamp
     trained models (``resamples`` bootstrap draws over the test images); with several it is the method's."""
     if [r.get("seed") for r in first] != [r.get("seed") for r in second]:
         raise ValueError("a paired comparison needs the same seeds for both methods")
-    a = np.stack([correctness(r) for r in first]).astype(np.float64)
-    b = np.stack([correctness(r) for r in second]).astype(np.float64)
-    return paired_difference(a, b, resamples, seed, confidence)
+    return paired_difference(np.stack([correctness(r) for r in first]), np.stack([correctness(r) for r in second]),
+                             resamples, seed, confidence)
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES, seed: int = 0,

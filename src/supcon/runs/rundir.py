@@ -152,9 +152,10 @@ class RunDir:
                 return self.summary().get("method")
         except (ValueError, AttributeError):
             return None
-        if "ce" in self.checkpoint_stages():
+        stages = self.checkpoint_stages()
+        if "ce" in stages:
             return "ce"
-        if self.checkpoint_stages() or (self.path / DIRNAME / f"pretrain{FINISHED_SUFFIX}").is_file():
+        if stages or (self.path / DIRNAME / f"pretrain{FINISHED_SUFFIX}").is_file():
             values = self.config_values()  # plain YAML: a config of another version still reads
             return method_for(SimpleNamespace(**{k: values.get(k) for k in ("loss", "stage2", "encoder_from")})).name
         return None
@@ -179,13 +180,13 @@ class RunDir:
                                  "runs of a compare directory")
             return run
         home = (self.seed_dirs() or [self.path])[0]
-        present = [name for name in PARTS if (home / name / RESULTS).is_file()]
+        present = {part.path.name: part for part in self.parts() if part.path.parent == home}
         if not present:
             raise ValueError(f"{self.path} holds no finished run yet (no results.json in its method folders)")
-        chosen = method or next((name for name in present if name != "ce"), present[0])
+        chosen = method or next((name for name in present if name != "ce"), next(iter(present)))
         if chosen not in present:
             raise ValueError(f"{self.path} has no {chosen} run; --method must be one of {', '.join(present)}")
-        return RunDir(home / chosen)
+        return present[chosen]
 
     def failure(self) -> dict[str, Any] | None:
         """The failure a sweep recorded for this cell (``failed.json``), or None."""

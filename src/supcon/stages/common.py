@@ -77,10 +77,6 @@ class StageContext:
             checkpoints = checkpoints if cfg.keep_checkpoints > 0 else None
         return dataclasses.replace(self, checkpoints=checkpoints)
 
-    def resuming(self) -> bool:
-        """Whether this stage continues from a checkpoint of its own."""
-        return self.cfg.resume is not None and self.checkpoints is not None and self.checkpoints.has_any()
-
     def fit_options(self, stage: str, epochs: int, patience: int = 0) -> FitOptions:
         """How the loop trains ``stage`` here: the config's options, this run's metrics file and checkpoints."""
         cfg = self.cfg

@@ -110,8 +110,8 @@ class Stage1Progress(Callback):
 
     state_key = "stage1_progress"
 
-    def __init__(self, views: int, loss: str, use_labels: bool, scale: float = 1.0):
-        self.views, self.loss, self.use_labels, self.scale = views, loss, use_labels, scale
+    def __init__(self, loss: str, use_labels: bool, scale: float = 1.0):
+        self.loss, self.use_labels, self.scale = loss, use_labels, scale
         self.start: float | None = None
         self.floor_sum, self.batches = 0.0, 0
 
@@ -164,7 +164,7 @@ def build_stage1(cfg: Config, data: DataSplits, device: torch.device, dtype: tor
         step, backward = cache.step, cache.backward
     else:
         step = _step(cfg, forward, criterion, device, dtype, queue)
-    progress = Stage1Progress(cfg.views, cfg.loss, cfg.loss != "simclr", 1 - cfg.ce_weight if _joint(cfg) else 1.0)
+    progress = Stage1Progress(cfg.loss, cfg.loss != "simclr", 1 - cfg.ce_weight if _joint(cfg) else 1.0)
     monitor = KnnMonitor(cfg, data, model.encoder, inputs, device, dtype)
     classify = _joint_classifier(model, inputs, cfg, device, dtype) if _joint(cfg) else None
     evaluate = ((lambda: validation_metrics(classify(data.val.images), data.val.labels))
