@@ -63,7 +63,7 @@ class OneLineParser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, allow_abbrev=False, **kwargs)
-        self.commands: dict[str, argparse.ArgumentParser] = {}
+        self.commands: dict[str, argparse.ArgumentParser] = {}  # the sub-commands' parsers (argparse's own map)
 
     def parse_args(self, args=None, namespace=None):
         namespace, extras = self.parse_known_args(args, namespace)
@@ -108,9 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'supcon COMMAND --help' for the options of a command.")
     parser.add_argument("--version", action="version", version=f"supcon {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser)
+    parser.commands = commands.choices
     for command in COMMANDS:
-        sub = parser.commands[command] = commands.add_parser(
-            command, help=DESCRIPTIONS[command], description=DESCRIPTIONS[command], argument_default=argparse.SUPPRESS)
+        sub = commands.add_parser(command, help=DESCRIPTIONS[command], description=DESCRIPTIONS[command],
+                                  argument_default=argparse.SUPPRESS)
         sub.add_argument("--config", metavar="FILE",
                          help="YAML file of options (keys as below, with - or _); flags override it" + (
                              "; a sweep file may also hold grid: and ce_grid: mappings of axis lists, and "
@@ -134,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         # SUPPRESS (the sub-parser's default) keeps unset flags out of the namespace, so that a YAML file or a
         # run's config.yaml below them is not overwritten by defaults; the help shows the Config's default.
         add_flags(sub, fields_for(command), _HINTS)
-    _add_tools(commands, parser.commands)
+    _add_tools(commands)
     return parser
 
 
@@ -144,7 +145,7 @@ def add_flags(parser: argparse.ArgumentParser, fields: list[dataclasses.Field], 
         flag = "--" + (f.metadata["flag"] or f.name).replace("_", "-")
         kind = _plain_type(hints[f.name])
         text = f.metadata["help"]
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        default = _default(f)
         shown = ",".join(map(_shown, default)) if isinstance(default, list) else default
         kwargs = {"help": text if "default" in text else f"{text} (default: {shown})", "dest": f.name}
         if kind is bool:
@@ -159,6 +160,10 @@ def add_flags(parser: argparse.ArgumentParser, fields: list[dataclasses.Field], 
         parser.add_argument(flag, type=kind, **kwargs)
 
 
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def _shown(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -170,15 +175,13 @@ def tool_options(options: type, args: argparse.Namespace) -> Any:
 
 def add_tool_flags(parser: argparse.ArgumentParser, options: type) -> None:
     """A tool command's flags, one per field of its ``options`` dataclass, with its defaults."""
-    parser.set_defaults(**{f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING
-                           else f.default for f in dataclasses.fields(options)})
+    parser.set_defaults(**{f.name: _default(f) for f in dataclasses.fields(options)})
     add_flags(parser, list(dataclasses.fields(options)), typing.get_type_hints(options))
 
 
-def _add_tools(commands, known: dict[str, argparse.ArgumentParser]) -> None:
+def _add_tools(commands) -> None:
     def sub(name: str) -> argparse.ArgumentParser:
-        known[name] = commands.add_parser(name, help=TOOLS[name], description=TOOLS[name])
-        return known[name]
+        return commands.add_parser(name, help=TOOLS[name], description=TOOLS[name])
 
     from supcon.evaluate.predict import PredictOptions
     from supcon.experiments.embeddings import EmbedOptions, KnnOptions, TsneOptions
