@@ -378,6 +378,12 @@ class _Loop:
             raise FloatingPointError(f"{options.stage}: the weights became non-finite ({bad[0]}) at epoch "
                                      f"{state.epoch}, step {state.skip}; {likely_cause(options.stage, task.scaler)}; "
                                      f"the last good checkpoint is kept in {options.checkpoints.directory}")
+        # every process's random streams (its augmentations differ), so that each resumes its own: a collective,
+        # so every process saves together; the others' part of the checkpoint ends there, rank 0 alone writes it
+        rng = rng_state()
+        streams = distributed.gather_objects(rng)
+        if not distributed.is_main():
+            return options.checkpoints.path(state.epoch, state.skip)
         loop = dataclasses.replace(state, seconds=self.result.earlier_seconds + time.perf_counter() - self.started)
         if over:
             loop = dataclasses.replace(loop, epoch=state.epoch + 1, skip=0)
@@ -390,14 +396,10 @@ class _Loop:
             "scheduler": task.scheduler.state_dict() if task.scheduler is not None else None,
             "scaler": task.scaler.state_dict() if task.scaler is not None else None,
             "batches": task.batches.state_dict() if isinstance(task.batches, EpochBatches) else None,
-            # every process's random streams (its augmentations differ), so that each resumes its own
-            "rng": rng_state(), "world_size": distributed.world_size(),
+            "rng": rng, "world_size": distributed.world_size(),
             "callbacks": {key: value for key, value in ((c.state_key, c.state_dict()) for c in self.callbacks)
                           if value},
         }
-        streams = distributed.gather_objects(saved["rng"])  # a collective: every process saves together
-        if not distributed.is_main():  # rank 0 alone writes
-            return options.checkpoints.path(state.epoch, state.skip)
         if len(streams) > 1:
             saved["rng_of_ranks"] = streams
         return options.checkpoints.save(saved, state.epoch, state.skip)
