@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from supcon.config import DEFAULT_LR, TSNE_POINTS, Config
+from supcon.config import TSNE_POINTS, Config
 from supcon.data import DataSplits, describe
 from supcon.engine import distributed
 from supcon.engine.callbacks import Callback
@@ -94,17 +94,17 @@ def tune(cfg: Config, data: DataSplits, out: Path, methods: list[str], log: Call
     tuned on a stage 1 of its own; in the comparison it then continues the linear one's, as without tuning."""
     chosen = {}
     for method in methods:
-        trained_by = "ce" if method == "ce" else "supcon"
-        default = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.resolved_optimizer(trained_by)]
+        # the rate before --lr-scale, which the trial's own config applies again
+        default = cfg.resolved_lr("ce" if method == "ce" else "supcon") / cfg.lr_factor()
         trials = []
         for factor in TUNE_FACTORS:
             lr = float(f"{default * factor:.3g}")
             where = out / f"{method}-lr{lr:g}"
-            trial = METHODS[method].configure(cfg.replace(lr=lr, tsne=False, out=str(where)))
-            result = train_run(method, trial, data, where, keep_finished=True, callbacks=callbacks)
+            result = train_run(method, cfg.replace(lr=lr, tsne=False, out=str(where)), data, where,
+                               keep_finished=True, callbacks=callbacks)
             trials.append({"lr": lr, "val_acc": result.summary["val_acc"]})
             log(f"  tuning {METHODS[method].title}: lr {lr:g}, val acc {result.summary['val_acc']:.4f}")
-        best = max(trials, key=lambda t: (t["val_acc"], t["lr"] == float(f"{default:.3g}")))
+        best, _ = max(zip(trials, TUNE_FACTORS, strict=True), key=lambda tried: (tried[0]["val_acc"], tried[1] == 1.0))
         chosen[method] = {"trials": trials, "lr": best["lr"], "default_lr": default, "chosen_on": "val_acc",
                           "seed": cfg.seed}
     return chosen

@@ -32,14 +32,18 @@ from supcon.stages.pictures import tsne_picture
 SPLITS = ("train", "val", "test", "all")
 
 
+def _method_option():
+    """The ``--method`` of the commands that read one run's model (a compare directory holds several)."""
+    return option(None, "in a compare directory, whose run to read (default: the SupCon one)", TOOL, metavar="NAME")
+
+
 @dataclass
 class EmbedOptions:
     """``supcon embed``'s options (beside the run and ``--out``); the flags are made from these fields."""
 
     dataset: str | None = option(None, "data set to embed, resized to the encoder's input size (default: the "
                                  "run's own, with its split)", TOOL, metavar="SPEC")
-    method: str | None = option(None, "in a compare directory, whose run to read (default: the SupCon one)", TOOL,
-                                metavar="NAME")
+    method: str | None = _method_option()
     split: str = option("all", "which split to export (all: the three)", TOOL, choices=SPLITS)
     projection: bool = option(False, "also export the projection head's output (pretrain runs) as train_proj / "
                               "val_proj", TOOL)
@@ -53,8 +57,7 @@ class EmbedOptions:
 class TsneOptions:
     """``supcon tsne``'s options (beside the run); the flags are made from these fields."""
 
-    method: str | None = option(None, "in a compare directory, whose run to read (default: the SupCon one)", TOOL,
-                                metavar="NAME")
+    method: str | None = _method_option()
     projection: bool = option(False, "also draw the projection head's output (pretrain runs) to "
                               "RUN_DIR/tsne_projection.png", TOOL)
 
@@ -66,8 +69,7 @@ class KnnOptions:
     dataset: str | None = option(None, "data set whose training images are the neighbours and whose validation "
                                  "images are classified, resized to the encoder's input size (default: the run's "
                                  "own, with its split)", TOOL, metavar="SPEC")
-    method: str | None = option(None, "in a compare directory, whose run to read (default: the SupCon one)", TOOL,
-                                metavar="NAME")
+    method: str | None = _method_option()
     k: int | None = option(None, "neighbours (default: the run's --knn-k)", TOOL, metavar="K")
     temperature: float | None = option(None, "votes weigh exp(similarity / T) (default: the run's "
                                        "--knn-temperature)", TOOL, metavar="T")

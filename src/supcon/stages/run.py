@@ -114,6 +114,7 @@ class _Encoder:
     summary: dict[str, Any]
     origin: str
     source: RunDir | None = None
+    source_summary: dict[str, Any] | None = None  # the borrowed encoder's run's, read once
     stage: StageResult | None = None  # stage 1's result, where it trained now
     tsne_xy: Any = None
 
@@ -172,7 +173,7 @@ class _StageSequence:
             summary = {"method": self.method.name, "encoder_method": encoder_method(previous),
                        "loss": previous.get("loss"), "seed": cfg.seed, "encoder_from": str(source.path),
                        "encoder_dataset": source.results().get("dataset"), "stage1_loss": None}
-            return _Encoder(encoder, inputs, summary, "borrowed", source)
+            return _Encoder(encoder, inputs, summary, "borrowed", source, previous)
         home = RunDir(cfg.run) if adding else ctx.reads  # every process decides alike
         finished = home.stage_finished("pretrain") if home is not None and (adding or cfg.resume is not None) \
             else None
@@ -230,7 +231,7 @@ class _StageSequence:
             earlier = 0.0
             if cfg.stage2 == "finetune" and stage1.summary["encoder_dataset"] == data.name:
                 # the source's stage 1 on the same data and this fine-tuning are one method: its time counts in
-                earlier = stage1.source.summary().get("pretrain_seconds", 0.0)
+                earlier = stage1.source_summary.get("pretrain_seconds", 0.0)
         summary = {**stage1.summary, **stage2.summary, "seconds": earlier + stage2.summary["linear_seconds"]}
         if stage1.origin != "borrowed":
             summary["method"] = self.method.name
@@ -244,7 +245,7 @@ class _StageSequence:
             if stage1.origin == "borrowed":
                 log_projector(ctx.tracker, stage1.encoder, data, stage1.inputs, "linear", len(stage2.fit.history),
                               cfg.seed, cfg.eval_batch_size)
-                title = (f"{encoder_title(stage1.source.summary())} from {stage1.source.path.name} "
+                title = (f"{encoder_title(stage1.source_summary)} from {stage1.source.path.name} "
                          f"(val acc {summary['val_acc']:.3f})")
                 xy = draw_run_pictures(cfg, run, ctx.tracker, data, stage1.encoder, stage1.inputs, title,
                                        curves=False)
