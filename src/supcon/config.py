@@ -159,8 +159,8 @@ class Config:
     # kNN monitor
     knn_every: str = option("auto", "kNN accuracy of the validation split's encoder features against the training "
                             "split's every N epochs of stage 1 and at its last (metrics.jsonl knn_acc); auto: every "
-                            "epoch where it costs under a tenth of an epoch, else every 5; 0: off (also the final kNN "
-                            "of ce runs)", STAGE1 + ("ce",), metavar="N|auto")
+                            "epoch when stage 1 stops on it (--patience above 0), else every epoch where it costs "
+                            "under a tenth of an epoch, or every 5; 0: off (also the final kNN of ce runs)", STAGE1 + ("ce",), metavar="N|auto")
     knn_k: int = option(20, "neighbours of the kNN monitor", STAGE1 + ("ce",))
     knn_temperature: float = option(0.07, "the kNN monitor weighs each neighbour's vote by exp(similarity / T)",
                                     STAGE1 + ("ce",), metavar="T")
@@ -190,19 +190,22 @@ class Config:
     finetune_lr: float = option(1e-4, "learning rate of the encoder when --stage2 finetune (the classifier keeps "
                                 "--linear-lr): a hundredth of the classifier's, so that fine-tuning adjusts the "
                                 "stage-1 features rather than relearning them", STAGE2)
-    tune: bool = option(False, "compare: first give every method the same trials on the first seed, its "
-                        "learning rate at a third of, at, and at three times its default, choose each one's on "
-                        "val accuracy, then train every seed with it", ("compare",))
+    tune: bool = option(False, "compare: first give every method the same trials on the first seed (its "
+                        "learning rate at a third of, at, and at three times its default; with --optimizer auto "
+                        "also the other optimizer family at its usual rate), choose each one's on val accuracy, "
+                        "then train every seed with it (the first seed's run is the chosen trial)", ("compare",))
     methods: str = option("ce,supcon", "compare: the methods trained side by side, comma-separated: ce (the "
                           "baseline), supcon (stage 1 + linear probe), supcon-finetune (stage 1, then fine-tuned "
                           "with CE), supcon+ce (the joint objective)", ("compare",), metavar="LIST")
     linear_augment: str = option("none", "augmentation while training the linear probe (none: features are "
                                  "computed once)", STAGE2,
                                  choices=("none", "crop", "simclr", "autoaugment", "randaugment"))
-    patience: int = option(10, "early stopping: epochs without a better --monitor value (0: off)",
-                           STAGE2 + BASELINE)
-    monitor: str = option("val_acc", "what early stopping watches (the best epoch's weights are restored)",
-                          STAGE2 + BASELINE, choices=("val_acc", "val_loss"))
+    patience: int = option(10, "the stopping policy of every stage: it stops after this many epochs without a "
+                           "better validation score and restores its best epoch (stage 1 watches its kNN "
+                           "accuracy, the others --monitor); 0: every stage trains its whole budget and keeps its "
+                           "last epoch", STAGE1 + STAGE2 + BASELINE)
+    monitor: str = option("val_acc", "what the stopping policy watches in stage 2 and CE (and in stage 1 of the "
+                          "joint objective)", STAGE2 + BASELINE, choices=("val_acc", "val_loss"))
     head: str = option("softmax", "classifier of stage 2 and CE: softmax (one logit per class, cross-entropy) or "
                        "binary (two classes only: one logit, sigmoid and binary cross-entropy)", STAGE2 + BASELINE,
                        choices=("softmax", "binary"))

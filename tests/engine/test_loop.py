@@ -114,3 +114,23 @@ def test_early_stopping_on_val_loss_keeps_the_lowest_loss_epoch():
                            lambda e: iter([batch]), 1, opt, evaluate=evaluate),
                  FitOptions(epochs=4, patience=2, monitor="val_loss", progress=False))
     assert result.best_epoch == 2 and result.best_val_acc == 0.6 and result.stopped_early
+
+
+def test_stopping_on_knn_accuracy_counts_only_the_epochs_it_was_measured():
+    """Stage 1's monitor may skip epochs (``--knn-every 2``): those neither improve nor count against patience,
+    and the steps taken are counted."""
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    curve = iter([{"knn_acc": 0.5}, {}, {"knn_acc": 0.8}, {}, {"knn_acc": 0.7}, {}, {"knn_acc": 0.6}, {}])
+    weights = []
+
+    def evaluate():
+        weights.append(model.weight.detach().clone())
+        return next(curve)
+
+    batch = [torch.ones(2, 2), torch.tensor([0, 1])]
+    result = fit(Trainable(model, lambda b: (nn.functional.cross_entropy(model(b[0]), b[1]), None),
+                           lambda e: iter([batch, batch]), 2, opt, evaluate=evaluate),
+                 FitOptions(epochs=8, patience=2, monitor="knn_acc", progress=False))
+    assert result.best_epoch == 3 and result.stopped_early and len(result.history) == 7
+    assert torch.equal(model.weight, weights[2]) and result.steps == 14

@@ -56,7 +56,7 @@ def test_report_has_the_table_the_options_and_linked_pictures(runs, tmp_path, ca
     assert main(["report", str(runs), "--out", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
     text = out.read_text()
-    assert "| run | method | test acc | val acc | stage-1 loss | kNN acc | train acc | time |" in text
+    assert "| run | method | test acc | val acc | stage-1 loss | kNN acc | train acc | optimizer steps | time |" in text
     rows = [line for line in text.splitlines() if line.startswith("| ../")]
     names = [row.split(" | ")[0].rsplit("/", 2)[-2:] for row in rows]
     assert names == [["cmp", "supcon"], ["cmp", "ce"], ["more", "ce"], [runs.name, "sup"]]

@@ -36,7 +36,9 @@ def test_pretrain_writes_a_run_directory(pretrained):
     assert [r["epoch"] for r in lines] == [1, 2] and all(r["stage"] == "pretrain" for r in lines)
     assert all(math.isfinite(r["loss"]) for r in lines)
     run = read_json(out / "results.json")["runs"][0]
-    assert run["method"] == "supcon" and run["stage1_loss"] == pytest.approx(lines[-1]["loss"])
+    kept = lines[run["pretrain_best_epoch"] - 1]  # the epoch of the best kNN accuracy, which stage 1 restored
+    assert kept["knn_acc"] == max(r["knn_acc"] for r in lines)
+    assert run["method"] == "supcon" and run["stage1_loss"] == pytest.approx(kept["loss"])
 
 
 def test_pretrain_is_deterministic_on_cpu(digits, pretrained):

@@ -39,7 +39,7 @@ from supcon.engine.checkpoint import Checkpoints, rng_state, set_rng_state
 from supcon.engine.state import LoopState
 from supcon.io import append_jsonl, atomic_write_text
 
-MONITORS = {"val_acc": 1.0, "val_loss": -1.0}  # the sign that makes a larger score better
+MONITORS = {"val_acc": 1.0, "val_loss": -1.0, "knn_acc": 1.0}  # the sign that makes a larger score better
 
 
 @dataclass
@@ -92,10 +92,12 @@ class FitOptions:
 @dataclass
 class FitResult:
     """What :func:`fit` did: one record per epoch, the best epoch by ``monitor`` (whose weights it restored), its
-    validation accuracy, whether it stopped early, its time, and the checkpoint it resumed from."""
+    validation accuracy, whether it stopped early, the optimizer steps it took, its time, and the checkpoint it
+    resumed from."""
 
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
+    steps: int = 0
     best_val_acc: float | None = None
     stopped_early: bool = False
     seconds: float = 0.0
@@ -201,6 +203,7 @@ class _Loop:
         epoch_bar.close()
         if self.best_weights is not None:
             self.task.model.load_state_dict(self.best_weights)
+        self.result.steps = self.state.global_step
         self.result.seconds = self.result.earlier_seconds + time.perf_counter() - self.started
         return self.result
 

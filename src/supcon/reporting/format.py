@@ -8,9 +8,9 @@ from typing import Any
 
 from supcon.methods import run_title, verdict_name
 
-COLUMNS = ("method", "test acc", "val acc", "stage-1 loss", "kNN acc", "train acc", "time")
+COLUMNS = ("method", "test acc", "val acc", "stage-1 loss", "kNN acc", "train acc", "optimizer steps", "time")
 COMPARISON_COLUMNS = ("method", "test acc (95% CI)", "val acc", "stage-1 loss", "kNN acc", "train acc",
-                      "time per seed")
+                      "optimizer steps", "time per seed")
 VERDICTS = {"supcon_better": "SupCon better at this budget", "ce_better": "cross-entropy better at this budget",
             "no_significant_difference": "no significant difference at this budget"}
 MISSING = "–"
@@ -31,6 +31,14 @@ def seconds(value: float | None) -> str:
     return MISSING if value is None else f"{value:.0f} s"
 
 
+def optimizer_steps(runs: list[dict[str, Any]]) -> str:
+    """The optimizer steps the runs' stages took (their mean over seeds): ``1,200 + 310`` for stage 1 and stage 2,
+    ``540`` for a single stage; a dash for runs written before steps were recorded."""
+    parts = [_mean(runs, key) for key in ("pretrain_steps", "linear_steps", "steps")]
+    taken = [f"{value:,.0f}" for value in parts if value is not None]
+    return " + ".join(taken) if taken else MISSING
+
+
 def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
@@ -43,7 +51,7 @@ def results_rows(runs: list[dict[str, Any]], names: list[str] | None = None) -> 
     for i, run in enumerate(runs):
         rows.append(([names[i]] if names is not None else []) + [
             run_title(run), num(run.get("test_acc")), num(run.get("val_acc")), num(run.get("stage1_loss")),
-            num(run.get("knn_acc")), num(run.get("train_acc")), seconds(run.get("seconds"))])
+            num(run.get("knn_acc")), num(run.get("train_acc")), optimizer_steps([run]), seconds(run.get("seconds"))])
     return columns, rows
 
 
@@ -72,7 +80,7 @@ def comparison_rows(results: dict[str, Any]) -> tuple[tuple[str, ...], list[list
         runs = [r for r in results["runs"] if r["method"] == method]
         rows.append([run_title(runs[0]), with_interval(line["test_acc"], line["test_acc_ci"]),
                      num(line["val_acc"]), num(_mean(runs, "stage1_loss")), num(_mean(runs, "knn_acc")),
-                     num(_mean(runs, "train_acc")), seconds(_mean(runs, "seconds"))])
+                     num(_mean(runs, "train_acc")), optimizer_steps(runs), seconds(_mean(runs, "seconds"))])
     return COMPARISON_COLUMNS, rows
 
 
@@ -108,16 +116,20 @@ def verdict_lines(results: dict[str, Any]) -> list[str]:
 
 
 def tuning_line(tuning: dict[str, dict[str, Any]], runs: list[dict[str, Any]]) -> str:
-    """``compare --tune``'s trials and choices in one line: each method's rates tried, their validation
-    accuracies, and the one chosen."""
+    """``compare --tune``'s trials and choices in one line: each method's optimizers and rates tried, their
+    validation accuracies, and the one chosen."""
     titles = {run["method"]: run_title(run) for run in runs}
+
+    def setting(trial: dict[str, Any]) -> str:  # trials of a tuning written before the optimizer was tried have none
+        optimizer = trial.get("optimizer")
+        return f"{OPTIMIZER_TITLES.get(optimizer, optimizer)} {trial['lr']:g}" if optimizer else f"lr {trial['lr']:g}"
+
     parts = []
     for method, t in tuning.items():
-        tried = ", ".join(f"{trial['lr']:g}: {trial['val_acc']:.4f}" for trial in t["trials"])
-        parts.append(f"{titles.get(method, method)} lr {t['lr']:g} ({tried})")
+        tried = ", ".join(f"{setting(trial)}: {trial['val_acc']:.4f}" for trial in t["trials"])
+        parts.append(f"{titles.get(method, method)} {setting(t)} ({tried})")
     first = next(iter(tuning.values()))
-    return (f"tuned on val accuracy, seed {first['seed']}, {len(first['trials'])} learning rates each: "
-            + "; ".join(parts))
+    return f"tuned on val accuracy, seed {first['seed']}, {len(first['trials'])} trials each: " + "; ".join(parts)
 
 
 def answer_lines(results: dict[str, Any]) -> list[str]:

@@ -55,12 +55,12 @@ def train_ce(ctx: StageContext, data: DataSplits) -> StageResult:
     task = Trainable(model, classification_step(forward, device, dtype), batches, batches.steps, optimizer,
                      scheduler, scaler_for(dtype),
                      evaluate=lambda: validation_metrics(logits_of(data.val.images), data.val.labels))
-    result = fit(task, ctx.fit_options("ce", cfg.epochs, cfg.patience))
+    result = fit(task, ctx.fit_options("ce", cfg.epochs))
     summary = {"method": "ce", "loss": "ce", "seed": cfg.seed, "stage1_loss": None,
                "train_acc": accuracy(logits_of(data.train.images), data.train.labels),
                "val_acc": accuracy(logits_of(data.val.images), data.val.labels),
                **test_metrics(logits_of(data.test.images), data.test.labels),
-               "epochs": len(result.history), "best_epoch": result.best_epoch,
+               "epochs": len(result.history), "best_epoch": result.best_epoch, "steps": result.steps,
                "stopped_early": result.stopped_early, "val_chance": chance_accuracy(data.val.labels),
                # what trained it, for the notes' advice: they suggest only what would change something
                "optimizer": cfg.resolved_optimizer("ce"), "lr": cfg.resolved_lr("ce"),

@@ -77,10 +77,11 @@ class StageContext:
             checkpoints = checkpoints if cfg.keep_checkpoints > 0 else None
         return dataclasses.replace(self, checkpoints=checkpoints)
 
-    def fit_options(self, stage: str, epochs: int, patience: int = 0) -> FitOptions:
-        """How the loop trains ``stage`` here: the config's options, this run's metrics file and checkpoints."""
+    def fit_options(self, stage: str, epochs: int, monitor: str | None = None) -> FitOptions:
+        """How the loop trains ``stage`` here: the config's options (the one stopping policy, ``cfg.patience``, on
+        ``monitor``, by default ``cfg.monitor``), this run's metrics file and checkpoints."""
         cfg = self.cfg
-        return FitOptions(epochs=epochs, stage=stage, patience=patience, monitor=cfg.monitor,
+        return FitOptions(epochs=epochs, stage=stage, patience=cfg.patience, monitor=monitor or cfg.monitor,
                           grad_clip=cfg.grad_clip, metrics_path=self.run.metrics_path if self.run else None,
                           progress=not cfg.quiet, on_epoch=self.tracker.log_metrics, checkpoints=self.checkpoints,
                           resume=cfg.resume is not None, detect_anomaly=cfg.detect_anomaly,

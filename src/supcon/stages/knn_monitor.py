@@ -42,10 +42,12 @@ class KnnMonitor(Callback):
     state_key = "knn_monitor"
 
     def __init__(self, cfg: Config, data: DataSplits, encoder: nn.Module, inputs: Inputs, device: torch.device,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, every_epoch: bool = False):
         self.cfg, self.data, self.encoder, self.inputs = cfg, data, encoder, inputs
         self.device, self.dtype = device, dtype
-        self.schedule = KnnSchedule(cfg.knn_every if cfg.knn_every == "auto" else int(cfg.knn_every), cfg.epochs)
+        # a stage that stops on the monitor needs it every epoch, whatever it costs: `auto` then means 1
+        every = 1 if every_epoch and cfg.knn_every == "auto" else cfg.knn_every
+        self.schedule = KnnSchedule(every if every == "auto" else int(every), cfg.epochs)
         self.on = self.schedule.resolved != 0
         self.curve: list[list[float]] = []  # [epoch, accuracy]; epoch 0 is the untrained encoder
         self.epoch, self.started = 0, time.perf_counter()
@@ -82,9 +84,12 @@ class KnnMonitor(Callback):
         self.curve.append([self.epoch, acc])
         return {"knn_acc": acc, "knn_seconds": seconds}
 
-    def summary(self) -> dict[str, Any]:
-        """The run summary's kNN entries: the last accuracy, the curve, chance and the period (``{}`` when off)."""
+    def summary(self, epoch: int | None = None) -> dict[str, Any]:
+        """The run summary's kNN entries: the accuracy at ``epoch`` (the one stage 1 kept; default and where it
+        was not measured: the last), the curve, chance and the period (``{}`` when off)."""
         if not self.on:
             return {}
-        return {"knn_acc": self.curve[-1][1] if len(self.curve) > 1 else None, "knn_curve": self.curve,
+        at = {int(e): acc for e, acc in self.curve[1:]}
+        last = self.curve[-1][1] if len(self.curve) > 1 else None
+        return {"knn_acc": at.get(epoch, last), "knn_curve": self.curve,
                 "knn_chance": chance_accuracy(self.data.val.labels), "knn_every": self.schedule.resolved}

@@ -8,9 +8,10 @@
 
 from __future__ import annotations
 
+
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -165,7 +166,7 @@ def build_stage1(cfg: Config, data: DataSplits, device: torch.device, dtype: tor
     else:
         step = _step(cfg, forward, criterion, device, dtype, queue)
     progress = Stage1Progress(cfg.loss, cfg.loss != "simclr", 1 - cfg.ce_weight if _joint(cfg) else 1.0)
-    monitor = KnnMonitor(cfg, data, model.encoder, inputs, device, dtype)
+    monitor = KnnMonitor(cfg, data, model.encoder, inputs, device, dtype, every_epoch=_stops_on_knn(cfg))
     classify = _joint_classifier(model, inputs, cfg, device, dtype) if _joint(cfg) else None
     evaluate = ((lambda: validation_metrics(classify(data.val.images), data.val.labels))
                 if classify is not None else None)
@@ -177,6 +178,13 @@ def build_stage1(cfg: Config, data: DataSplits, device: torch.device, dtype: tor
 
 def _joint(cfg: Config) -> bool:
     return cfg.loss == "supcon+ce"
+
+
+def _stops_on_knn(cfg: Config) -> bool:
+    """Whether stage 1 follows the stopping policy (``cfg.patience``) on its kNN accuracy: it does unless the
+    joint objective's classifier is there to watch instead, or the monitor is off (then it keeps its last
+    epoch)."""
+    return cfg.patience > 0 and not _joint(cfg) and cfg.knn_every != "0"
 
 
 def _step(cfg: Config, forward, criterion: nn.Module, device: torch.device, dtype: torch.dtype | None,
@@ -215,19 +223,25 @@ def pretrain(ctx: StageContext, data: DataSplits) -> StageResult:
     SimCLR's ignores the labels), with the kNN monitor of ``cfg.knn_every``. Writes nothing but its metrics and
     checkpoints: :func:`supcon.stages.train_run` writes the run's files.
 
-    With ``--loss supcon+ce`` its classifier trains in the same stage: every epoch is validated by it as well,
-    early stopping on ``cfg.monitor`` restores the best epoch, and the summary holds its accuracies (the run then
-    needs no stage 2)."""
+    It follows the stopping policy of every stage (``cfg.patience``): it stops after that many epochs without a
+    better kNN accuracy on the validation split, measured every epoch, and restores its best epoch, whose loss and
+    kNN accuracy the summary reports. With ``--loss supcon+ce`` its classifier trains in the same stage and is what
+    the policy watches (``cfg.monitor``), and the summary holds its accuracies (the run then needs no stage 2)."""
     cfg, ctx = ctx.cfg, ctx.for_stage("pretrain")
     started = time.perf_counter()
     stage = build_stage1(cfg, data, ctx.device, ctx.dtype)
     classify = stage.classify
-    result = fit(stage.trainable, ctx.fit_options("pretrain", cfg.epochs, cfg.patience if classify is not None else 0))
+    options = ctx.fit_options("pretrain", cfg.epochs, None if classify is not None else "knn_acc")
+    if classify is None and not _stops_on_knn(cfg):
+        options = replace(options, patience=0)  # nothing to watch: the whole budget, the last epoch
+    result = fit(stage.trainable, options)
     method = cfg.loss if cfg.loss in ("simclr", "supcon+ce") else "supcon"  # stage 1's own (supcon.methods)
+    kept = result.best_epoch if options.patience > 0 and result.best_epoch is not None else len(result.history)
     summary = {"method": method, "loss": cfg.loss, "seed": cfg.seed, "optimizer": cfg.resolved_optimizer("supcon"),
                "lr": cfg.resolved_lr("supcon"),
-               **stage.progress.summary(result.history[-1]["loss"]), **stage.monitor.summary(),
-               "val_acc": None, "train_acc": None, "epochs": len(result.history)}
+               **stage.progress.summary(result.history[kept - 1]["loss"]), **stage.monitor.summary(kept),
+               "val_acc": None, "train_acc": None, "epochs": len(result.history), "pretrain_best_epoch": kept,
+               "pretrain_stopped_early": result.stopped_early, "pretrain_steps": result.steps}
     if classify is not None:  # the joint classifier, measured once training and its choices are over
         summary.update(train_acc=accuracy(classify(data.train.images), data.train.labels),
                        val_acc=accuracy(classify(data.val.images), data.val.labels),

@@ -70,14 +70,14 @@ def linear_probe(ctx: StageContext, data: DataSplits, encoder: Encoder, inputs: 
     forward = forward if transform is None else compiled(forward, cfg)  # compiling a lone linear layer gains nothing
     task = Trainable(trained, classification_step(forward, device, dtype), batches, batches.steps, optimizer,
                      scheduler, evaluate=lambda: validation_metrics(logits_of(val_x), data.val.labels))
-    result = fit(task, ctx.fit_options("linear", cfg.linear_epochs, cfg.patience))
+    result = fit(task, ctx.fit_options("linear", cfg.linear_epochs))
     test_x = data.test.images
     if transform is None:  # the test features, computed now that training and its choices are over
         test_x = outputs(encoder, test_x, transform=plain, device=device, batch_size=cfg.eval_batch_size, dtype=dtype)
     summary = {"stage2": "linear", "train_acc": accuracy(logits_of(train_x), data.train.labels),
                "val_acc": accuracy(logits_of(val_x), data.val.labels),
                **test_metrics(logits_of(test_x), data.test.labels),
-               "linear_epochs": len(result.history), "best_epoch": result.best_epoch,
+               "linear_epochs": len(result.history), "best_epoch": result.best_epoch, "linear_steps": result.steps,
                "stopped_early": result.stopped_early,
                "linear_seconds": time.perf_counter() - started + result.earlier_seconds}
     return StageResult(summary, result, encoder, probe, inputs)
@@ -111,11 +111,11 @@ def finetune(ctx: StageContext, data: DataSplits, encoder: Encoder, inputs: Inpu
     task = Trainable(model, classification_step(forward, device, dtype), batches, batches.steps, optimizer,
                      scheduler, scaler_for(dtype),
                      evaluate=lambda: validation_metrics(logits_of(data.val.images), data.val.labels))
-    result = fit(task, ctx.fit_options("finetune", cfg.linear_epochs, cfg.patience))
+    result = fit(task, ctx.fit_options("finetune", cfg.linear_epochs))
     summary = {"stage2": "finetune", "train_acc": accuracy(logits_of(data.train.images), data.train.labels),
                "val_acc": accuracy(logits_of(data.val.images), data.val.labels),
                **test_metrics(logits_of(data.test.images), data.test.labels),
-               "linear_epochs": len(result.history), "best_epoch": result.best_epoch,
+               "linear_epochs": len(result.history), "best_epoch": result.best_epoch, "linear_steps": result.steps,
                "stopped_early": result.stopped_early,
                "linear_seconds": time.perf_counter() - started + result.earlier_seconds}
     return StageResult(summary, result, model.encoder, model, inputs)
