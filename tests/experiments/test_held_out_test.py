@@ -72,17 +72,20 @@ def test_tuning_chooses_on_validation_alone_with_equal_trials(tmp_path):
     clean = compare(cfg, tmp_path / "clean", data, log=lambda line: None)
     poisoned = compare(cfg, tmp_path / "poisoned", _poisoned(data), log=lambda line: None)
     tuning = clean["tuning"]
-    assert set(tuning) == {"supcon", "ce"} and {len(t["trials"]) for t in tuning.values()} == {3}
-    assert tuning["ce"]["default_lr"] == 1e-3 and [t["lr"] for t in tuning["ce"]["trials"]] == [3.33e-4, 1e-3, 3e-3]
+    assert set(tuning) == {"supcon", "ce"} and {len(t["trials"]) for t in tuning.values()} == {4}
+    assert tuning["ce"]["default_lr"] == 1e-3 and [(t["optimizer"], t["lr"]) for t in tuning["ce"]["trials"]] == \
+        [("adamw", 3.33e-4), ("adamw", 1e-3), ("adamw", 3e-3), ("sgd", 0.1)]
+    assert [(t["optimizer"], t["lr"]) for t in tuning["supcon"]["trials"]] == \
+        [("sgd", 0.0333), ("sgd", 0.1), ("sgd", 0.3), ("adamw", 1e-3)]
     assert tuning == poisoned["tuning"]  # every trial's val accuracy and every choice
     for method, t in tuning.items():
         best = max(trial["val_acc"] for trial in t["trials"])
         assert next(trial for trial in t["trials"] if trial["lr"] == t["lr"])["val_acc"] == best
         saved = Config.from_yaml(tmp_path / "clean" / method / "config.yaml")
-        assert saved.lr == t["lr"]  # the comparison's run trained with the rate chosen
+        assert (saved.optimizer, saved.lr) == (t["optimizer"], t["lr"])  # the comparison's run trained with the choice
     assert [r["val_acc"] for r in clean["runs"]] == [r["val_acc"] for r in poisoned["runs"]]
     text = (tmp_path / "clean" / "results.md").read_text()
-    assert "tuned on val accuracy, seed 0, 3 learning rates each: SupCon + linear lr" in text
+    assert "tuned on val accuracy, seed 0, 4 trials each: SupCon + linear " in text
     from supcon.cli import main
 
     assert main(["report", str(tmp_path / "clean"), "--out", str(tmp_path / "report.md")]) == 0

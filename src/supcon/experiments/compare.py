@@ -15,19 +15,22 @@ encoders of the first seed side by side); each file once.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from supcon.config import TSNE_POINTS, Config
+from supcon.config import DEFAULT_LR, TSNE_POINTS, Config
 from supcon.data import DataSplits, describe
 from supcon.engine import distributed
 from supcon.engine.callbacks import Callback
+from supcon.engine.checkpoint import DIRNAME as CHECKPOINTS
 from supcon.engine.tracking import open_tracker
 from supcon.evaluate.tsne import MIN_POINTS, plot_embeddings, tsne_subset
 from supcon.experiments.statistics import difference, method_summary
 from supcon.io import atomic_write_text
 from supcon.methods import COMPARABLE, LOSS_TITLES, METHODS
+from supcon.reporting.format import OPTIMIZER_TITLES
 from supcon.reporting.notes import comparison_text
 from supcon.runs import RunDir
 from supcon.runs.rundir import SEED_PREFIX
@@ -37,6 +40,10 @@ from supcon.stages.run import data_facts
 
 TUNE_DIR = "tune"  # compare --tune's trials, beside the comparison's runs
 TUNE_FACTORS = (1 / 3, 1.0, 3.0)  # of each method's default learning rate: the same number of trials for each
+# compare --tune's other optimizer for a method, at its usual rate: the family the literature or the reference study
+# trained that method with where ours does not (CE: SGD, as Khosla et al. and torchvision; SupCon: Adam's, the
+# study's best)
+OTHER_OPTIMIZER = {"sgd": "adamw", "adam": "sgd", "adamw": "sgd", "rmsprop": "sgd"}
 
 
 def seeds_of(cfg: Config) -> list[int]:
@@ -65,12 +72,17 @@ def compare(cfg: Config, out: str | Path, data: DataSplits | None = None,
         home = run.path if len(seeds) == 1 else run.path / f"{SEED_PREFIX}{seed}"
         where = f" (seed {seed}, {i + 1} of {len(seeds)})" if len(seeds) > 1 else ""
         for n, method in enumerate(methods, 1):
-            kept = cfg.resume is not None and RunDir(home / method).is_run()
+            sub = cfg.replace(seed=seed, **({k: tuning[method][k] for k in ("optimizer", "lr")} if method in tuning
+                                            else {}))
+            reused = i == 0 and _reuses_trial(method, methods, tuning)
+            if reused:  # the first seed at the chosen rate is the trial that chose it: trained once
+                distributed.from_main(lambda: _copy_trial(run.path / tuning[method]["run"], home / method))
+                sub = sub.replace(resume=str(run.path))
+            kept = sub.resume is not None and RunDir(home / method).is_run()
             log(f"{n}/{len(methods)} {METHODS[method].describe(cfg.loss)}{where}"
-                + (": finished before, kept" if kept else ""))
-            chosen = {"lr": tuning[method]["lr"]} if method in tuning else {}
-            trained[method].append(_method_run(method, cfg.replace(seed=seed, **chosen), data, home, run.path.name,
-                                               "supcon" in methods, callbacks))
+                + (": the chosen tuning trial, kept" if reused else ": finished before, kept" if kept else ""))
+            trained[method].append(_method_run(method, sub, data, home, run.path.name, "supcon" in methods,
+                                               callbacks))
     results = comparison_results(data, {m: [r.summary for r in runs] for m, runs in trained.items()})
     if tuning:
         results["tuning"] = tuning
@@ -78,34 +90,63 @@ def compare(cfg: Config, out: str | Path, data: DataSplits | None = None,
         return results
     run.write_results(results, data.skipped)
     atomic_write_text(run.file("results.md"), comparison_text(results) + "\n")
-    redraw = cfg.resume is not None and len(data.val) >= MIN_POINTS
     firsts = [trained[m][0] for m in methods]
-    if cfg.tsne and all(r.tsne_xy is not None or redraw for r in firsts):
-        _draw_side_by_side(cfg.replace(seed=seeds[0]), data, methods, firsts, run.file("tsne.png"))
+    if cfg.tsne and len(data.val) >= MIN_POINTS:
+        if all(r.tsne_xy is not None or r.encoder is not None for r in firsts):
+            _draw_side_by_side(cfg.replace(seed=seeds[0]), data, methods, firsts, run.file("tsne.png"))
+        else:
+            log(f"tsne.png not drawn: seed {seeds[0]}'s weights are not here (a run kept as its record alone)")
     return results
+
+
+def _reuses_trial(method: str, methods: list[str], tuning: dict[str, dict[str, Any]]) -> bool:
+    """Whether ``method``'s first seed is its chosen tuning trial: the same options and seed, so the same run. Not
+    a fine-tuned SupCon beside the linear one, which continues the linear one's stage 1, not its trial's own."""
+    return method in tuning and not (method == "supcon-finetune" and "supcon" in methods)
+
+
+def _copy_trial(trial: Path, home: Path) -> None:
+    if not home.exists():
+        shutil.copytree(trial, home, ignore=shutil.ignore_patterns(CHECKPOINTS))
+
+
+def tune_grid(cfg: Config, method: str) -> list[tuple[str, float]]:
+    """``method``'s trials as (optimizer, learning rate) pairs: its optimizer at each of :data:`TUNE_FACTORS` times
+    its default rate (before ``--lr-scale``, which each trial's config applies again) and, where ``--optimizer``
+    is left to ``auto``, the other family (:data:`OTHER_OPTIMIZER`) at its usual rate: as many for every method."""
+    kind = "ce" if method == "ce" else "supcon"
+    optimizer, default = cfg.resolved_optimizer(kind), cfg.resolved_lr(kind) / cfg.lr_factor()
+    grid = [(optimizer, float(f"{default * factor:.3g}")) for factor in TUNE_FACTORS]
+    if cfg.optimizer == "auto":
+        other = OTHER_OPTIMIZER[optimizer]
+        grid.append((other, DEFAULT_LR[other]))
+    return grid
 
 
 def tune(cfg: Config, data: DataSplits, out: Path, methods: list[str], log: Callable[[str], None],
          callbacks: Sequence[Callback] = ()) -> dict[str, dict[str, Any]]:
-    """``compare --tune``: every method gets the same trials, on ``cfg.seed`` alone, each a whole run in
-    ``out/<method>-lr<rate>/``: its learning rate (stage 1's, or CE's) at each of :data:`TUNE_FACTORS` times its
-    default. Each method keeps the rate of its best validation accuracy (the default on a tie; the test split plays
-    no part). Returns, per method, its trials and the rate chosen. A fine-tuned SupCon beside the linear one is
-    tuned on a stage 1 of its own; in the comparison it then continues the linear one's, as without tuning."""
+    """``compare --tune``: every method gets the same number of trials (:func:`tune_grid`), on ``cfg.seed`` alone,
+    each a whole run in ``out/<method>-<optimizer>-lr<rate>/``. Each method keeps the trial of its best validation
+    accuracy (its default on a tie; the test split plays no part). Returns, per method, its trials, the optimizer
+    and rate chosen and the chosen trial's folder (relative to the comparison's), which then serves as the first
+    seed's run. A fine-tuned SupCon beside the linear one is tuned on a stage 1 of its own; in the comparison it
+    then continues the linear one's, as without tuning."""
     chosen = {}
     for method in methods:
-        # the rate before --lr-scale, which the trial's own config applies again
-        default = cfg.resolved_lr("ce" if method == "ce" else "supcon") / cfg.lr_factor()
+        grid = tune_grid(cfg, method)
         trials = []
-        for factor in TUNE_FACTORS:
-            lr = float(f"{default * factor:.3g}")
-            where = out / f"{method}-lr{lr:g}"
-            result = train_run(method, cfg.replace(lr=lr, tsne=False, out=str(where)), data, where,
+        for optimizer, lr in grid:
+            where = out / f"{method}-{optimizer}-lr{lr:g}"
+            result = train_run(method, cfg.replace(optimizer=optimizer, lr=lr, out=str(where)), data, where,
                                keep_finished=True, callbacks=callbacks)
-            trials.append({"lr": lr, "val_acc": result.summary["val_acc"]})
-            log(f"  tuning {METHODS[method].title}: lr {lr:g}, val acc {result.summary['val_acc']:.4f}")
-        best, _ = max(zip(trials, TUNE_FACTORS, strict=True), key=lambda tried: (tried[0]["val_acc"], tried[1] == 1.0))
-        chosen[method] = {"trials": trials, "lr": best["lr"], "default_lr": default, "chosen_on": "val_acc",
+            trials.append({"optimizer": optimizer, "lr": lr, "val_acc": result.summary["val_acc"],
+                           "run": str(where.relative_to(out.parent))})
+            log(f"  tuning {METHODS[method].title}: {OPTIMIZER_TITLES.get(optimizer, optimizer)} lr {lr:g}, "
+                f"val acc {result.summary['val_acc']:.4f}")
+        default = grid[TUNE_FACTORS.index(1.0)]
+        best = max(trials, key=lambda t: (t["val_acc"], (t["optimizer"], t["lr"]) == default))
+        chosen[method] = {"trials": trials, "optimizer": best["optimizer"], "lr": best["lr"], "run": best["run"],
+                          "default_optimizer": default[0], "default_lr": default[1], "chosen_on": "val_acc",
                           "seed": cfg.seed}
     return chosen
 

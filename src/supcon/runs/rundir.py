@@ -81,6 +81,13 @@ class RunDir:
         """Whether the run finished: its ``results.json`` is there."""
         return (self.path / RESULTS).is_file()
 
+    def is_record_only(self) -> bool:
+        """Whether this is a finished run's record without its weights: ``results.json``, ``config.yaml`` and
+        ``metrics.jsonl`` as ``experiments/collect.py`` commits them to docs/runs, so that a study continues from
+        what is committed. A run killed while writing its outputs still has its checkpoints, and is not one."""
+        return (self.is_run() and not any(self.weights(n).is_file() for n in ("encoder", "linear"))
+                and not (self.path / DIRNAME).is_dir())
+
     def require(self) -> RunDir:
         """This run directory, or a one-line ValueError when it holds no finished run."""
         if not self.is_run():

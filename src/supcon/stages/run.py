@@ -47,8 +47,8 @@ class RunResult:
     loop of its last stage (empty for a run kept from before a resume) and the t-SNE points of its ``tsne.png``."""
 
     summary: dict[str, Any]
-    encoder: Encoder
-    model: nn.Module
+    encoder: Encoder | None  # None: a record kept without its weights
+    model: nn.Module | None
     inputs: Inputs
     fit: FitResult = dataclasses.field(default_factory=FitResult)
     tsne_xy: Any = None
@@ -95,9 +95,15 @@ def train_run(method: str | Method, cfg: Config, data: DataSplits | None = None,
 
 
 def _kept(ctx: StageContext, last: str) -> RunResult | None:
-    """A finished run read back, when resuming a comparison that had finished it (on every process alike)."""
+    """A finished run read back, when resuming a comparison that had finished it (on every process alike); a
+    record without weights (:meth:`RunDir.is_record_only`, a committed study continued) gives its summary and no
+    encoder."""
     run = ctx.reads
-    if ctx.cfg.resume is None or run is None or not run.is_run() or run.stage_finished(last) is None:
+    if ctx.cfg.resume is None or run is None or not run.is_run():
+        return None
+    if run.is_record_only():
+        return RunResult(run.summary(), None, None, Inputs(**run.results()["input"]))
+    if run.stage_finished(last) is None:
         return None
     encoder, _, inputs = load_encoder(run.path, ctx.device)
     return RunResult(run.summary(), encoder, encoder, inputs)
