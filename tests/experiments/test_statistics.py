@@ -72,6 +72,7 @@ def test_verdicts():
     assert verdict(-0.05, -0.01) == "ce_better"
     assert verdict(-0.03, 0.02) == "no_significant_difference"
     assert verdict(0.05, 0.05) == "no_significant_difference"  # zero width: nothing varied, no side called
+    assert verdict(0.05599999999999998, 0.05600000000000001) == "no_significant_difference"  # rounding, no width
 
 
 def _run(method: str, seed: int, hits: str, val: float) -> dict:

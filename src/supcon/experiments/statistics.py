@@ -36,6 +36,9 @@ SIGNS = {"supcon_better": "above_zero", "ce_better": "below_zero",
          "no_significant_difference": "no_significant_difference"}
 
 
+WIDTH_TOLERANCE = 1e-9  # far below one test image in a billion, far above float64's rounding of accuracies
+
+
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> list[float] | None:
     """The ``confidence`` t-interval of the mean of ``values`` (a method's test accuracy over seeds); None for a
     single value, which has no spread to estimate."""
@@ -83,8 +86,9 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES, s
 
 def verdict(low: float, high: float) -> str:
     """``supcon_better`` where the interval of SupCon − CE lies above zero, ``ce_better`` where it lies below,
-    else ``no_significant_difference``; an interval of no width (nothing varied) calls no side."""
-    if not high > low:
+    else ``no_significant_difference``; an interval of no width (nothing varied) calls no side, including one whose
+    ends differ by rounding alone (the same difference under every seed, computed from different accuracies)."""
+    if not high - low > WIDTH_TOLERANCE:
         return "no_significant_difference"
     if low > 0:
         return "supcon_better"
