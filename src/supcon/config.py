@@ -160,7 +160,8 @@ class Config:
     knn_every: str = option("auto", "kNN accuracy of the validation split's encoder features against the training "
                             "split's every N epochs of stage 1 and at its last (metrics.jsonl knn_acc); auto: every "
                             "epoch when stage 1 stops on it (--patience above 0), else every epoch where it costs "
-                            "under a tenth of an epoch, or every 5; 0: off (also the final kNN of ce runs)", STAGE1 + ("ce",), metavar="N|auto")
+                            "under a tenth of an epoch, or every 5; 0: off (also the final kNN of ce runs)",
+                            STAGE1 + ("ce",), metavar="N|auto")
     knn_k: int = option(20, "neighbours of the kNN monitor", STAGE1 + ("ce",))
     knn_temperature: float = option(0.07, "the kNN monitor weighs each neighbour's vote by exp(similarity / T)",
                                     STAGE1 + ("ce",), metavar="T")

@@ -119,7 +119,8 @@ def test_compare_on_digits_writes_the_run_directory(tmp_path, capsys):
     out = tmp_path / "cmp"
     code, text, _ = run_cli(capsys, "compare", *PICTURED_FLAGS, "--out", str(out))
     assert code == 0
-    assert "| method | test acc (95% CI) | val acc | stage-1 loss | kNN acc | train acc | optimizer steps | time per seed |" in text
+    assert ("| method | test acc (95% CI) | val acc | stage-1 loss | kNN acc | train acc | optimizer steps "
+            "| time per seed |") in text
     assert f"outputs (results.json, results.md, tsne.png, ce/, supcon/) in {out}" in text
     for name in ("config.yaml", "results.json", "results.md", "tsne.png"):
         assert (out / name).is_file(), name

@@ -22,8 +22,9 @@ from supcon.evaluate.corruptions import (
     disk_kernel,
     parameter_table,
 )
-from supcon.evaluate.inference import outputs
+from supcon.evaluate.inference import hits_array, outputs
 from supcon.experiments.robustness import seed_differences
+from supcon.experiments.statistics import paired_difference, seed_paired_difference
 from supcon.runs import expand_runs
 from supcon.runs.load import data_for_run, load_classifier, load_encoder
 
@@ -267,3 +268,26 @@ def test_seed_differences_pair_runs_by_seed_and_condition_and_read_each_measurem
     assert m["median_margin"]["difference"] == 0 and m["median_margin"]["favours"] is None
     assert not any(x["metric"].startswith(("fgsm", "pgd")) for x in clean["metrics"])  # no attack was run
 
+
+
+def test_accuracies_with_per_image_hits_get_compare_s_interval_over_seeds_and_images():
+    """Where every run kept its per-image hits, an accuracy's SupCon − CE interval is compare's two-level one
+    (the same numbers as statistics.paired_difference on those hits); the calibration error keeps the seeds' t."""
+    rng = np.random.default_rng(0)
+    runs = []
+    for method, p in (("supcon", 0.62), ("ce", 0.7)):
+        for seed in range(3):
+            hits = rng.random(100) < p + 0.02 * seed
+            record = _record(method, seed, float(hits.mean()), 0.05 + 0.01 * seed)
+            record["test_correct"] = "".join("1" if h else "0" for h in hits)
+            runs.append(record)
+    (clean,) = seed_differences(runs, [])
+    m = {x["metric"]: x for x in clean["metrics"]}
+    a = np.stack([hits_array(r["test_correct"]) for r in runs[:3]])
+    b = np.stack([hits_array(r["test_correct"]) for r in runs[3:]])
+    want = paired_difference(a, b)
+    assert m["clean_acc"]["method"].startswith("two-level") and m["clean_acc"]["ci"] == pytest.approx(want["ci"])
+    assert m["clean_acc"]["difference"] == pytest.approx(want["supcon_minus_ce"])
+    seeds_only = seed_paired_difference([r["clean_acc"] for r in runs[:3]], [r["clean_acc"] for r in runs[3:]])
+    assert want["ci"][1] - want["ci"][0] > seeds_only["ci"][1] - seeds_only["ci"][0]  # the images' share added
+    assert m["ece"]["method"].startswith("t-interval")

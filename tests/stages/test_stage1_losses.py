@@ -104,7 +104,8 @@ def test_compare_with_the_max_margin_loss_then_knn_of_its_encoder(tmp_path, caps
             "--quiet", "--no-tsne", "--encoder", "smallcnn"]
     assert main(["compare", "--loss", "maxmargin", *args, "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "| method | test acc (95% CI) | val acc | stage-1 loss | kNN acc | train acc | optimizer steps | time per seed |" in text
+    assert ("| method | test acc (95% CI) | val acc | stage-1 loss | kNN acc | train acc | optimizer steps "
+            "| time per seed |") in text
     assert "| max-margin + linear |" in text and "| max-margin + linear |" in (out / "results.md").read_text()
     runs = read_json(out / "results.json")["runs"]
     assert [r["loss"] for r in runs] == ["maxmargin", "ce"]

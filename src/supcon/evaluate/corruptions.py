@@ -38,8 +38,9 @@ from torchvision.transforms.v2 import functional as F
 from supcon.evaluate.attacks import ATTACKS, fgsm, pgd
 from supcon.evaluate.inference import correct, outputs
 
-__all__ = ["CORRUPTIONS", "PARAMETERS", "SEVERITIES", "adversarial_accuracy", "corrupt", "corruption_accuracy",
-           "corruption_errors", "disk_kernel", "image_seeds", "parameter_table"]
+__all__ = ["CORRUPTIONS", "PARAMETERS", "SEVERITIES", "adversarial_accuracy", "adversarial_hits", "corrupt",
+           "corruption_accuracy", "corruption_errors", "corruption_hits", "disk_kernel", "image_seeds",
+           "parameter_table"]
 
 SEVERITIES = (1, 2, 3, 4, 5)
 REFERENCE_SIZE = 64  # the image size the spatial parameters below are given for
@@ -256,18 +257,19 @@ def _as_float(images: Tensor) -> Tensor:
     return images.float() / 255 if images.dtype == torch.uint8 else images.float()
 
 
-def corruption_accuracy(model: nn.Module, images: Tensor, labels: Tensor,
-                        corruptions: Sequence[str] = CORRUPTIONS, severities: Sequence[int] = SEVERITIES, *,
-                        seed: int = 0, device: torch.device | str = "cpu", batch_size: int = 256,
-                        advance: Callable[[], None] | None = None) -> dict[str, dict[int, float]]:
-    """Accuracy of ``model`` (on float images in [0, 1]) on ``images`` under each corruption and severity.
+def corruption_hits(model: nn.Module, images: Tensor, labels: Tensor,
+                    corruptions: Sequence[str] = CORRUPTIONS, severities: Sequence[int] = SEVERITIES, *,
+                    seed: int = 0, device: torch.device | str = "cpu", batch_size: int = 256,
+                    advance: Callable[[], None] | None = None) -> dict[str, dict[int, Tensor]]:
+    """Per image, whether ``model`` (on float images in [0, 1]) classifies it right under each corruption and
+    severity (bool ``[N]``): what :func:`corruption_accuracy` averages, kept per image for paired intervals.
 
     ``advance()`` is called after each (corruption, severity), for a progress bar.
     """
     unknown = sorted(set(corruptions) - set(CORRUPTIONS))
     if unknown:
         raise ValueError(f"unknown corruption(s) {', '.join(unknown)}; expected some of {', '.join(CORRUPTIONS)}")
-    results: dict[str, dict[int, float]] = {}
+    results: dict[str, dict[int, Tensor]] = {}
     for stream, name in enumerate(CORRUPTIONS):
         if name not in corruptions:
             continue
@@ -277,18 +279,35 @@ def corruption_accuracy(model: nn.Module, images: Tensor, labels: Tensor,
                 return corrupt(x, name, severity, image_seeds(seed, indices, stream))
 
             logits = outputs(model, images, device=device, batch_size=batch_size, perturb=transform)
-            results[name][severity] = correct(logits, labels).sum().item() / len(labels)
+            results[name][severity] = correct(logits, labels)
             if advance is not None:
                 advance()
     return results
 
 
+def corruption_accuracy(model: nn.Module, images: Tensor, labels: Tensor,
+                        corruptions: Sequence[str] = CORRUPTIONS, severities: Sequence[int] = SEVERITIES,
+                        **options: Any) -> dict[str, dict[int, float]]:
+    """Accuracy of ``model`` (on float images in [0, 1]) on ``images`` under each corruption and severity (the
+    options of :func:`corruption_hits`)."""
+    hits = corruption_hits(model, images, labels, corruptions, severities, **options)
+    return {name: {severity: h.float().mean().item() for severity, h in by.items()} for name, by in hits.items()}
+
+
 def adversarial_accuracy(model: nn.Module, images: Tensor, labels: Tensor, attack: str,
-                         epsilons: Sequence[float], *, steps: int = 10, seed: int = 0,
-                         device: torch.device | str = "cpu", batch_size: int = 256,
-                         advance: Callable[[], None] | None = None) -> dict[float, float]:
+                         epsilons: Sequence[float], **options: Any) -> dict[float, float]:
     """Accuracy under ``attack`` (``fgsm`` or ``pgd``, see :mod:`supcon.evaluate.attacks`) at each eps (in [0, 1]
-    pixel units). PGD's random start of image ``i`` is seeded by its index, whatever the batch."""
+    pixel units; the options of :func:`adversarial_hits`)."""
+    hits = adversarial_hits(model, images, labels, attack, epsilons, **options)
+    return {eps: h.float().mean().item() for eps, h in hits.items()}
+
+
+def adversarial_hits(model: nn.Module, images: Tensor, labels: Tensor, attack: str,
+                     epsilons: Sequence[float], *, steps: int = 10, seed: int = 0,
+                     device: torch.device | str = "cpu", batch_size: int = 256,
+                     advance: Callable[[], None] | None = None) -> dict[float, Tensor]:
+    """Per image, whether ``model`` still classifies it right under ``attack`` at each eps (bool ``[N]``). PGD's
+    random start of image ``i`` is seeded by its index, whatever the batch."""
     if attack not in ATTACKS:
         raise ValueError(f"attack must be one of {', '.join(ATTACKS)}; got {attack!r}")
     labels = labels.long()
@@ -303,7 +322,7 @@ def adversarial_accuracy(model: nn.Module, images: Tensor, labels: Tensor, attac
 def _adversarial(model, images, labels, attack, epsilons, steps, seed, device, batch_size, advance):
     results = {}
     for eps in epsilons:
-        hits = 0
+        hits = []
         for start in range(0, len(images), batch_size):
             x = _as_float(images[start:start + batch_size]).to(device)
             y = labels[start:start + len(x)].to(device)
@@ -313,8 +332,8 @@ def _adversarial(model, images, labels, attack, epsilons, steps, seed, device, b
                 seeds = image_seeds(seed, range(start, start + len(x)), len(CORRUPTIONS))
                 x_adv = pgd(model, x, y, eps, steps=steps, seeds=seeds)
             with torch.no_grad():
-                hits += correct(model(x_adv).float(), y).sum().item()
-        results[eps] = hits / len(images)
+                hits.append(correct(model(x_adv).float(), y))
+        results[eps] = torch.cat(hits)
         if advance is not None:
             advance()
     return results

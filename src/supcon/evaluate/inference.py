@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -68,6 +69,16 @@ def predicted_class(logits: Tensor) -> Tensor:
 def correct(logits: Tensor, labels: Tensor) -> Tensor:
     """Per image, whether :func:`predicted_class` gets its label right (bool ``[N]``, on the CPU)."""
     return predicted_class(logits).cpu() == labels.cpu().long()
+
+
+def hits_text(hits: Tensor) -> str:
+    """Per-image hits (bool ``[N]``) as the "0"/"1" text that a run's ``test_correct`` keeps."""
+    return "".join("1" if h else "0" for h in hits.tolist())
+
+
+def hits_array(text: str) -> np.ndarray:
+    """:func:`hits_text`'s text back as a bool array."""
+    return np.frombuffer(text.encode(), dtype=np.uint8) == ord("1")
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> float:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ def compare(cfg: Config, out: str | Path, data: DataSplits | None = None,
                                             else {}))
             reused = i == 0 and _reuses_trial(method, methods, tuning)
             if reused:  # the first seed at the chosen rate is the trial that chose it: trained once
-                distributed.from_main(lambda: _copy_trial(run.path / tuning[method]["run"], home / method))
+                distributed.from_main(partial(_copy_trial, run.path / tuning[method]["run"], home / method))
                 sub = sub.replace(resume=str(run.path))
             kept = sub.resume is not None and RunDir(home / method).is_run()
             log(f"{n}/{len(methods)} {METHODS[method].describe(cfg.loss)}{where}"

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from supcon.augment import apply_batch
@@ -33,12 +34,12 @@ from supcon.evaluate.corruptions import (
     CORRUPTIONS,
     PARAMETERS,
     SEVERITIES,
-    adversarial_accuracy,
-    corruption_accuracy,
+    adversarial_hits,
     corruption_errors,
+    corruption_hits,
 )
-from supcon.evaluate.inference import outputs
-from supcon.experiments.statistics import seed_paired_difference
+from supcon.evaluate.inference import correct, hits_array, hits_text, outputs
+from supcon.experiments.statistics import SIGNS, paired_difference, seed_paired_difference
 from supcon.options import TOOL, option
 from supcon.reporting.robustness import eps_key, write_robustness
 from supcon.runs import expand_runs
@@ -153,22 +154,33 @@ def _evaluate(name, run, dataset, images, labels, opts: RobustnessOptions, devic
     logits = outputs(model, images, device=device, batch_size=batch_size)
     advance()
     calibration = calibration_summary(logits, labels, opts.bins)
-    accuracy = corruption_accuracy(model, images, labels, opts.corruptions, opts.severities, seed=seed, device=device,
-                                   batch_size=batch_size, advance=advance)
-    adversarial = {}
+    hits = corruption_hits(model, images, labels, opts.corruptions, opts.severities, seed=seed, device=device,
+                           batch_size=batch_size, advance=advance)
+    accuracy = {c: {s: h.float().mean().item() for s, h in by.items()} for c, by in hits.items()}
+    adversarial, adversarial_correct = {}, {}
     for attack in opts.attacks:
-        acc = adversarial_accuracy(model, images, labels, attack, [e / 255 for e in epsilons], steps=opts.pgd_steps,
-                                   seed=seed, device=device, batch_size=batch_size, advance=advance)
-        adversarial[attack] = {eps_key(e): a for e, a in zip(epsilons, acc.values(), strict=True)}
+        under = adversarial_hits(model, images, labels, attack, [e / 255 for e in epsilons], steps=opts.pgd_steps,
+                                 seed=seed, device=device, batch_size=batch_size, advance=advance)
+        adversarial[attack] = {eps_key(e): h.float().mean().item() for e, h in zip(epsilons, under.values(),
+                                                                                   strict=True)}
+        adversarial_correct[attack] = {eps_key(e): hits_text(h) for e, h in zip(epsilons, under.values(), strict=True)}
     corrupted = [a for by_severity in accuracy.values() for a in by_severity.values()]
+    corrupted_hits = [h for by_severity in hits.values() for h in by_severity.values()]
     record = {"name": name, "run_dir": str(run.run.path), "method": summary.get("method"), "seed": cfg.seed,
               "loss": summary.get("loss"), "dataset": dataset, "test_images": len(labels),
               "label_noise": cfg.label_noise, "label_noise_mode": cfg.label_noise_mode,
               "clean_acc": calibration["accuracy"],
               "corrupted_acc": sum(corrupted) / len(corrupted) if corrupted else None,
               "corruptions": {c: {str(s): a for s, a in by.items()} for c, by in accuracy.items()},
-              "adversarial": adversarial, "calibration": calibration, "_labels": labels, "_accuracy": accuracy}
+              "adversarial": adversarial, "calibration": calibration,
+              # per test image, for the paired intervals of seed_differences: clean hits, how many of the
+              # corruption x severity conditions it survived, and its hits under each attack
+              "test_correct": hits_text(correct(logits, labels)),
+              "corrupted_correct": (torch.stack(corrupted_hits).sum(0).tolist() if corrupted_hits else None),
+              "corrupted_conditions": len(corrupted_hits), "adversarial_correct": adversarial_correct,
+              "_labels": labels, "_accuracy": accuracy}
     return record, margins(logits, labels)
+
 
 
 def _add_corruption_errors(runs: list[dict[str, Any]], base: dict[str, Any]) -> None:
@@ -184,14 +196,35 @@ def _add_corruption_errors(runs: list[dict[str, Any]], base: dict[str, Any]) -> 
         del run["_labels"], run["_accuracy"]
 
 
-# (key, what it is, how to read it from a run's record, whether higher is more robust)
+def _per_image_clean(r: dict[str, Any]) -> np.ndarray | None:
+    return _hits(r.get("test_correct"))
+
+
+def _per_image_corrupted(r: dict[str, Any]) -> np.ndarray | None:
+    if not r.get("corrupted_correct"):
+        return None
+    return np.asarray(r["corrupted_correct"], dtype=np.float64) / r["corrupted_conditions"]
+
+
+def _per_image_drop(r: dict[str, Any]) -> np.ndarray | None:
+    clean, corrupted = _per_image_clean(r), _per_image_corrupted(r)
+    return None if clean is None or corrupted is None else clean - corrupted
+
+
+def _hits(text: str | None) -> np.ndarray | None:
+    return hits_array(text) if text else None
+
+
+# (key, what it is, how to read it from a run's record, whether higher is more robust, and its per-image values,
+# whose mean it is, where the record has them: then the interval is compare's, over seeds and test images)
 PAIRED_METRICS = (
-    ("clean_acc", "clean accuracy", lambda r: r["clean_acc"], True),
-    ("corrupted_acc", "mean accuracy under the corruptions", lambda r: r["corrupted_acc"], True),
+    ("clean_acc", "clean accuracy", lambda r: r["clean_acc"], True, _per_image_clean),
+    ("corrupted_acc", "mean accuracy under the corruptions", lambda r: r["corrupted_acc"], True,
+     _per_image_corrupted),
     ("corruption_drop", "clean minus corrupted accuracy",
-     lambda r: None if r["corrupted_acc"] is None else r["clean_acc"] - r["corrupted_acc"], False),
-    ("ece", "expected calibration error", lambda r: r["calibration"]["ece"], False),
-    ("median_margin", "median logit margin", lambda r: r["calibration"]["margin_quantiles"]["p50"], True),
+     lambda r: None if r["corrupted_acc"] is None else r["clean_acc"] - r["corrupted_acc"], False, _per_image_drop),
+    ("ece", "expected calibration error", lambda r: r["calibration"]["ece"], False, None),
+    ("median_margin", "median logit margin", lambda r: r["calibration"]["margin_quantiles"]["p50"], True, None),
 )
 
 
@@ -204,7 +237,8 @@ def seed_differences(runs: list[dict[str, Any]], epsilons: Sequence[float]) -> l
     for attack in ("fgsm", "pgd"):
         for key in [eps_key(e) for e in sorted({min(epsilons), max(epsilons)})] if epsilons else []:
             metrics.append((f"{attack}_{key}", f"{attack.upper()} accuracy at eps {key}/255",
-                            lambda r, a=attack, k=key: r["adversarial"].get(a, {}).get(k), True))
+                            lambda r, a=attack, k=key: r["adversarial"].get(a, {}).get(k), True,
+                            lambda r, a=attack, k=key: _hits(r.get("adversarial_correct", {}).get(a, {}).get(k))))
     groups: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
     for run in runs:
         if run["method"] in ("supcon", "ce"):
@@ -217,17 +251,31 @@ def seed_differences(runs: list[dict[str, Any]], epsilons: Sequence[float]) -> l
     out = []
     for (dataset, noise, mode, images), pairs in conditions.items():
         rows = []
-        for key, label, value, higher in metrics:
+        for key, label, value, higher, per_image in metrics:
             sup, ce = [value(s) for s, _ in pairs], [value(c) for _, c in pairs]
             if any(v is None for v in sup + ce):
                 continue
-            d = seed_paired_difference(sup, ce)
+            d = _paired(pairs, per_image) or seed_paired_difference(sup, ce)
             favours = {"above_zero": "supcon" if higher else "ce", "below_zero": "ce" if higher else "supcon"}
             rows.append({"metric": key, "label": label, "higher_is_more_robust": higher, **d,
                          "favours": favours.get(d["sign"])})
         out.append({"dataset": dataset, "label_noise": noise, "label_noise_mode": mode, "test_images": images,
                     "seeds": [s["seed"] for s, _ in pairs], "metrics": rows})
     return out
+
+
+def _paired(pairs: list[tuple[dict, dict]], per_image) -> dict[str, Any] | None:
+    """SupCon minus CE from the runs' per-image values, with :func:`~supcon.experiments.statistics.difference`'s
+    two-level interval over seeds and test images (in :func:`seed_paired_difference`'s keys); None where a run
+    lacks them (a measurement without them, or a robustness.json written before they were kept)."""
+    if per_image is None or len(pairs) < 2:
+        return None
+    sup, ce = [per_image(s) for s, _ in pairs], [per_image(c) for _, c in pairs]
+    if any(v is None for v in sup + ce):
+        return None
+    d = paired_difference(np.stack(sup), np.stack(ce))
+    return {"difference": d["supcon_minus_ce"], "ci": d["ci"], "sign": SIGNS[d["verdict"]], "seeds": d["seeds"],
+            "confidence": d["confidence"], "method": d["method"]}
 
 
 def _check_options(opts: RobustnessOptions) -> None:

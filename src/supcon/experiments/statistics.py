@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from supcon.evaluate.inference import hits_array
+
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
 VERDICTS = ("supcon_better", "ce_better", "no_significant_difference", "needs_seeds")
@@ -57,7 +59,7 @@ def correctness(summary: dict[str, Any]) -> np.ndarray:
     if not text:
         raise ValueError(f"the {summary.get('method')} run of seed {summary.get('seed')} has no per-image test "
                          "results (test_correct); it was written before runs had a test split")
-    return np.frombuffer(text.encode(), dtype=np.uint8) == ord("1")
+    return hits_array(text)
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES, seed: int = 0,

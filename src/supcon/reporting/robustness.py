@@ -57,17 +57,20 @@ def differences_table(report: dict[str, Any]) -> list[str]:
         seeds = cond["seeds"]
         lines += ["", f"### SupCon − CE on {cond['dataset']}{noise}: {len(seeds)} seed pair"
                   f"{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})", "",
-                  "| measurement | more robust when | SupCon − CE | 95% CI over seeds | favours |",
-                  "|---|---|---|---|---|"]
+                  "| measurement | more robust when | SupCon − CE | 95% CI | over | favours |",
+                  "|---|---|---|---|---|---|"]
         for m in cond["metrics"]:
             ci = "–" if m["ci"] is None else f"[{m['ci'][0]:+.4f}, {m['ci'][1]:+.4f}]"
             favours = {"supcon": "SupCon", "ce": "CE"}.get(m["favours"], "neither" if m["ci"] else "–")
+            over = "seeds and test images" if m.get("method", "").startswith("two-level") else "seeds"
             lines.append(f"| {m['label']} | {'higher' if m['higher_is_more_robust'] else 'lower'} | "
-                         f"{m['difference']:+.4f} | {ci} | {favours} |")
+                         f"{m['difference']:+.4f} | {ci} | {over} | {favours} |")
     if lines:
         lines[0:0] = ["", "## SupCon − CE, paired by seed", "",
-                      "Each seed's SupCon run minus the CE run of the same seed; the interval is a t-interval over "
-                      "the seed pairs, and a measurement favours a method only where it excludes zero."]
+                      "Each seed's SupCon run minus the CE run of the same seed. Where the runs kept each test "
+                      "image's result (the accuracies), the interval is compare's, over seeds and test images; "
+                      "otherwise (the calibration error, the margin, a robustness.json written before) a t-interval "
+                      "over the seed pairs. A measurement favours a method only where its interval excludes zero."]
     return lines
 
 

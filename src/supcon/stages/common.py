@@ -23,7 +23,7 @@ from supcon.engine.checkpoint import Checkpoints
 from supcon.engine.loop import FitOptions, FitResult
 from supcon.engine.optim import build_optimizer, build_schedule
 from supcon.engine.tracking import Tracker
-from supcon.evaluate.inference import accuracy, correct, predicted_class
+from supcon.evaluate.inference import accuracy, correct, hits_text, predicted_class
 from supcon.models import Encoder
 from supcon.runs import RunDir
 
@@ -147,7 +147,7 @@ def test_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
     right ("0"/"1" per image, in the split's order), from which the comparisons' paired intervals are computed.
     A stage computes them once, after training and after every choice was made on the validation split."""
     hits = correct(logits, labels)
-    return {"test_acc": hits.float().mean().item(), "test_correct": "".join("1" if h else "0" for h in hits.tolist())}
+    return {"test_acc": hits.float().mean().item(), "test_correct": hits_text(hits)}
 
 
 def validation_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
