@@ -16,12 +16,4 @@ docs=docs/runs/crop-imagenet5-64-seeds3
 $py -m supcon sweep --dataset folder:../shared/data/imagenet5_128 --image-size 64 --grid store_size=64,128 \
   --ce-grid store_size=64,128 --seeds 3 --out "$out" --quiet
 $py experiments/collect.py "$out" "$docs"
-$py experiments/paired.py "stored at 64 px=$docs/cells/supcon-64/seed-*" \
-  "stored at 128 px=$docs/cells/supcon-128/seed-*" \
-  | tee "$docs/paired.md"
-$py experiments/paired.py "stored at 64 px=$docs/cells/ce-64/seed-*" "stored at 128 px=$docs/cells/ce-128/seed-*" \
-  | tee "$docs/paired-ce.md"
-for size in 64 128; do  # SupCon against CE under each way of storing
-  echo; echo "stored at $size px:"; echo
-  $py experiments/paired.py "CE=$docs/cells/ce-$size/seed-*" "SupCon=$docs/cells/supcon-$size/seed-*"
-done | tee "$docs/paired-supcon-ce.md"
+bash experiments/paired-tables.sh crop

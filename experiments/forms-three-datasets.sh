@@ -24,9 +24,6 @@ for name in "${@:-imagenet5 flowers5 cats_vs_dogs}"; do
     fi
     docs="docs/runs/forms-${one}-64-seeds3"
     $py experiments/collect.py "$out" "$docs"
-    # each form against the plain two-stage SupCon (compare's own table pairs each form with CE)
-    $py experiments/paired.py "SupCon + linear=$docs/seed-*/supcon" \
-      "SupCon + fine-tuning=$docs/seed-*/supcon-finetune" "SupCon + CE, joint=$docs/seed-*/supcon+ce" \
-      "CE=$docs/seed-*/ce" | tee "$docs/paired.md"
+    bash experiments/paired-tables.sh forms "$one"
   done
 done

@@ -9,9 +9,7 @@ set -eu
 py=${PYTHON:-python3}
 out=runs/joint-stopgrad-imagenet5-64-seeds3
 docs=docs/runs/joint-stopgrad-imagenet5-64-seeds3
-forms=docs/runs/forms-imagenet5-64-seeds3
 $py -m supcon sweep --dataset npz:../shared/data/imagenet5_64.npz --loss supcon+ce --grid ce_stop_grad=true \
   --no-ce --seeds 3 --out "$out" --quiet
 $py experiments/collect.py "$out" "$docs"
-$py experiments/paired.py "joint=$forms/seed-*/supcon+ce" "joint, stop-gradient=$docs/cells/*/seed-*" \
-  "SupCon + linear=$forms/seed-*/supcon" "CE=$forms/seed-*/ce" | tee "$docs/paired.md"
+bash experiments/paired-tables.sh joint

@@ -23,11 +23,4 @@ for epochs in 100 30; do
   fi
   $py experiments/collect.py "$out" "docs/runs/$name"
 done
-long=docs/runs/longer-imagenet5-64-e100-seeds3
-short=docs/runs/longer-imagenet5-64-e30-seeds3
-{
-  $py experiments/paired.py "SupCon, 30 epochs=$short/seed-*/supcon" "SupCon, 100 epochs=$long/seed-*/supcon"
-  echo
-  $py experiments/paired.py "CE, 30 epochs=$short/seed-*/ce" "CE, 100 epochs=$long/seed-*/ce" \
-    "SupCon, 100 epochs=$long/seed-*/supcon" "SupCon, 30 epochs=$short/seed-*/supcon"
-} | tee "$long/paired.md"
+bash experiments/paired-tables.sh longer

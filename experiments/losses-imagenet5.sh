@@ -14,6 +14,4 @@ docs=docs/runs/losses-imagenet5-64-seeds3
 $py -m supcon sweep --dataset npz:../shared/data/imagenet5_64.npz --grid loss=maxmargin --no-ce --seeds 3 \
   --out "$out" --quiet
 $py experiments/collect.py "$out" "$docs"
-compare=docs/runs/compare-imagenet5-64-seeds3
-$py experiments/paired.py "SupCon=$compare/seed-*/supcon" "max-margin=$docs/cells/*/seed-*" "CE=$compare/seed-*/ce" \
-  | tee "$docs/paired.md"
+bash experiments/paired-tables.sh losses
