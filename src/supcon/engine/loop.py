@@ -91,12 +91,14 @@ class FitOptions:
 
 @dataclass
 class FitResult:
-    """What :func:`fit` did: one record per epoch, the best epoch by ``monitor`` (whose weights it restored), its
-    validation accuracy, whether it stopped early, the optimizer steps it took, its time, and the checkpoint it
-    resumed from."""
+    """What :func:`fit` did: one record per epoch, the best epoch by ``monitor``, its validation accuracy, the
+    epoch whose weights the model holds at the end (``kept_epoch``: the best one where early stopping restored it,
+    else the last), whether it stopped early, the optimizer steps it took, its time, and the checkpoint it resumed
+    from."""
 
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
+    kept_epoch: int | None = None
     steps: int = 0
     best_val_acc: float | None = None
     stopped_early: bool = False
@@ -201,8 +203,10 @@ class _Loop:
             if self.result.stopped_early:
                 break
         epoch_bar.close()
+        self.result.kept_epoch = len(self.result.history)
         if self.best_weights is not None:
             self.task.model.load_state_dict(self.best_weights)
+            self.result.kept_epoch = self.result.best_epoch
         self.result.steps = self.state.global_step
         self.result.seconds = self.result.earlier_seconds + time.perf_counter() - self.started
         return self.result

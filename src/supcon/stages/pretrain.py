@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -181,9 +181,8 @@ def _joint(cfg: Config) -> bool:
 
 def _stops_on_knn(cfg: Config) -> bool:
     """Whether stage 1 follows the stopping policy (``cfg.patience``) on its kNN accuracy: it does unless the
-    joint objective's classifier is there to watch instead, or the monitor is off (then it keeps its last
-    epoch)."""
-    return cfg.patience > 0 and not _joint(cfg) and cfg.knn_every != "0"
+    joint objective's classifier is there to watch instead."""
+    return cfg.patience > 0 and not _joint(cfg)
 
 
 def _step(cfg: Config, forward, criterion: nn.Module, device: torch.device, dtype: torch.dtype | None,
@@ -230,12 +229,10 @@ def pretrain(ctx: StageContext, data: DataSplits) -> StageResult:
     started = time.perf_counter()
     stage = build_stage1(cfg, data, ctx.device, ctx.dtype)
     classify = stage.classify
-    options = ctx.fit_options("pretrain", cfg.epochs, None if classify is not None else "knn_acc")
-    if classify is None and not _stops_on_knn(cfg):
-        options = replace(options, patience=0)  # nothing to watch: the whole budget, the last epoch
-    result = fit(stage.trainable, options)
+    # without a kNN monitor the loop sees no score to watch: it trains the whole budget and keeps the last epoch
+    result = fit(stage.trainable, ctx.fit_options("pretrain", cfg.epochs, None if classify is not None else "knn_acc"))
     method = cfg.loss if cfg.loss in ("simclr", "supcon+ce") else "supcon"  # stage 1's own (supcon.methods)
-    kept = result.best_epoch if options.patience > 0 and result.best_epoch is not None else len(result.history)
+    kept = result.kept_epoch
     summary = {"method": method, "loss": cfg.loss, "seed": cfg.seed, "optimizer": cfg.resolved_optimizer("supcon"),
                "lr": cfg.resolved_lr("supcon"),
                **stage.progress.summary(result.history[kept - 1]["loss"]), **stage.monitor.summary(kept),
