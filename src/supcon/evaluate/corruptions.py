@@ -39,8 +39,8 @@ from supcon.evaluate.attacks import ATTACKS, fgsm, pgd
 from supcon.evaluate.inference import correct, outputs
 
 __all__ = ["CORRUPTIONS", "PARAMETERS", "SEVERITIES", "adversarial_accuracy", "adversarial_hits", "corrupt",
-           "corruption_accuracy", "corruption_errors", "corruption_hits", "disk_kernel", "image_seeds",
-           "parameter_table"]
+           "corruption_accuracy", "corruption_errors", "corruption_hits", "disk_kernel", "hit_rates",
+           "image_seeds", "parameter_table"]
 
 SEVERITIES = (1, 2, 3, 4, 5)
 REFERENCE_SIZE = 64  # the image size the spatial parameters below are given for
@@ -290,16 +290,20 @@ def corruption_accuracy(model: nn.Module, images: Tensor, labels: Tensor,
                         **options: Any) -> dict[str, dict[int, float]]:
     """Accuracy of ``model`` (on float images in [0, 1]) on ``images`` under each corruption and severity (the
     options of :func:`corruption_hits`)."""
-    hits = corruption_hits(model, images, labels, corruptions, severities, **options)
-    return {name: {severity: h.float().mean().item() for severity, h in by.items()} for name, by in hits.items()}
+    return {name: hit_rates(by) for name, by in
+            corruption_hits(model, images, labels, corruptions, severities, **options).items()}
+
+
+def hit_rates(hits: dict[Any, Tensor]) -> dict[Any, float]:
+    """Each condition's per-image hits (bool ``[N]``) as its accuracy."""
+    return {key: h.float().mean().item() for key, h in hits.items()}
 
 
 def adversarial_accuracy(model: nn.Module, images: Tensor, labels: Tensor, attack: str,
                          epsilons: Sequence[float], **options: Any) -> dict[float, float]:
     """Accuracy under ``attack`` (``fgsm`` or ``pgd``, see :mod:`supcon.evaluate.attacks`) at each eps (in [0, 1]
     pixel units; the options of :func:`adversarial_hits`)."""
-    hits = adversarial_hits(model, images, labels, attack, epsilons, **options)
-    return {eps: h.float().mean().item() for eps, h in hits.items()}
+    return hit_rates(adversarial_hits(model, images, labels, attack, epsilons, **options))
 
 
 def adversarial_hits(model: nn.Module, images: Tensor, labels: Tensor, attack: str,

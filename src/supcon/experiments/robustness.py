@@ -37,6 +37,7 @@ from supcon.evaluate.corruptions import (
     adversarial_hits,
     corruption_errors,
     corruption_hits,
+    hit_rates,
 )
 from supcon.evaluate.inference import correct, hits_array, hits_text, outputs
 from supcon.experiments.statistics import SIGNS, paired_difference, seed_paired_difference
@@ -156,14 +157,14 @@ def _evaluate(name, run, dataset, images, labels, opts: RobustnessOptions, devic
     calibration = calibration_summary(logits, labels, opts.bins)
     hits = corruption_hits(model, images, labels, opts.corruptions, opts.severities, seed=seed, device=device,
                            batch_size=batch_size, advance=advance)
-    accuracy = {c: {s: h.float().mean().item() for s, h in by.items()} for c, by in hits.items()}
+    accuracy = {c: hit_rates(by) for c, by in hits.items()}
     adversarial, adversarial_correct = {}, {}
     for attack in opts.attacks:
         under = adversarial_hits(model, images, labels, attack, [e / 255 for e in epsilons], steps=opts.pgd_steps,
                                  seed=seed, device=device, batch_size=batch_size, advance=advance)
-        adversarial[attack] = {eps_key(e): h.float().mean().item() for e, h in zip(epsilons, under.values(),
-                                                                                   strict=True)}
-        adversarial_correct[attack] = {eps_key(e): hits_text(h) for e, h in zip(epsilons, under.values(), strict=True)}
+        by_key = {eps_key(e): h for e, h in zip(epsilons, under.values(), strict=True)}
+        adversarial[attack] = hit_rates(by_key)
+        adversarial_correct[attack] = {key: hits_text(h) for key, h in by_key.items()}
     corrupted = [a for by_severity in accuracy.values() for a in by_severity.values()]
     corrupted_hits = [h for by_severity in hits.values() for h in by_severity.values()]
     record = {"name": name, "run_dir": str(run.run.path), "method": summary.get("method"), "seed": cfg.seed,
