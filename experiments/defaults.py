@@ -18,14 +18,12 @@ SETS = ("imagenet5", "flowers5", "cats_vs_dogs")
 
 
 def trials_of(study: Path) -> dict[str, dict[tuple[str, float], float]]:
-    """Per method, each finished trial's (optimizer, rate) and its val accuracy, from its own results.json (so a
-    study still running gives the trials it has)."""
+    """Per method, each finished trial's (optimizer, rate), as its summary records them, and its val accuracy, from
+    its own results.json (so a study still running gives the trials it has)."""
     found: dict[str, dict[tuple[str, float], float]] = {}
     for path in sorted((study / "tune").glob("*/results.json")):
         (run,) = json.loads(path.read_text())["runs"]
-        config = (path.parent / "config.yaml").read_text()
-        optimizer = next(line.split(":", 1)[1].strip() for line in config.splitlines() if line.startswith("optimizer:"))
-        found.setdefault(run["method"], {})[(optimizer, float(run["lr"]))] = run["val_acc"]
+        found.setdefault(run["method"], {})[(run["optimizer"], float(run["lr"]))] = run["val_acc"]
     return found
 
 
